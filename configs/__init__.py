@@ -1,0 +1,1 @@
+"""Dataset, model and stage configs (YAML), installed as sssc.configs."""
