@@ -1,4 +1,9 @@
-"""Command-line entry points: ``sssc-train`` and ``sssc``."""
+"""Command-line entry points: ``sssc-train`` (the stages) and ``sssc`` (data, eval, viz).
+
+Each subcommand lives beside the code it drives and registers itself here:
+``sssc.data.cli`` (``sssc data ...``), ``sssc.eval.cli`` (``sssc eval``) and ``sssc.stages``
+(``sssc-train --stage ...``).
+"""
 
 from __future__ import annotations
 
@@ -9,23 +14,41 @@ STAGES = ("segment", "select", "bootstrap", "correct", "all")
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sssc-train", description="Run one stage of Segment, Select, Correct.")
+    p = argparse.ArgumentParser(
+        prog="sssc-train", description="Run one stage of Segment, Select, Correct."
+    )
     p.add_argument("--stage", choices=STAGES, required=True)
     p.add_argument("--config", help="YAML config; default: the embedded synthetic dataset on CPU")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
     p.add_argument("--run", default="runs/default", help="run directory (default: runs/default)")
     return p
 
 
 def train_main(argv: list[str] | None = None) -> int:
+    """``sssc-train``: parse, load the config, run the stage (and the missing ones before it)."""
     args = _train_parser().parse_args(argv)
-    print(f"sssc-train: stage {args.stage!r} is not implemented yet", file=sys.stderr)
-    return 2
+    from .config import ConfigError, load_config
+    from .stages import StageError, run_stage
+
+    try:
+        cfg = load_config(args.config, args.set)
+        run_stage(args.stage, cfg, args.run)
+    except (ConfigError, StageError) as e:
+        print(f"sssc-train: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="sssc", description="sssc tools: data, eval, viz.")
-    p.add_subparsers(dest="cmd")
-    p.parse_args(argv)
-    p.print_help()
-    return 0
+    """``sssc``: data preparation and checks, evaluation."""
+    from .data.cli import add_data_commands
+    from .eval.cli import add_eval_command
+
+    p = argparse.ArgumentParser(prog="sssc", description="sssc tools: data, eval.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    add_data_commands(sub)
+    add_eval_command(sub)
+    args = p.parse_args(argv)
+    return int(args.func(args) or 0)
