@@ -1,0 +1,379 @@
+"""Run configuration: YAML files read into typed dataclasses.
+
+A config file gives any subset of the keys below; the rest keep their defaults. An unknown key or a
+value of the wrong type is a :class:`ConfigError` that names the dotted key and the file (or the
+``--set`` override) it came from. ``load_config(None, [])`` returns the embedded default, the
+synthetic dataset on CPU with simulated Stage 1/2 producers (``configs/synthetic.yaml``).
+
+Example::
+
+    cfg = load_config("configs/refcoco.yaml", ["data.batch_expressions=30", "device=cuda"])
+    cfg.data.split_by  # "unc"
+
+Relative paths in a config (``data.root``, ``data.image_dir``, weights) are relative to the current
+working directory, not to the config file, so that the same file works from a checkout and from an
+installed package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "RunConfig",
+    "SegmentConfig",
+    "SegmentModelsConfig",
+    "SelectConfig",
+    "SelectModelsConfig",
+    "SimS1Config",
+    "SimS2Config",
+    "SynthConfig",
+    "config_to_dict",
+    "embedded_config_path",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the dotted key and its source."""
+
+
+@dataclass
+class SynthConfig:
+    """The embedded synthetic dataset, generated under ``data.root`` when missing."""
+
+    num_images: int = 1000
+    image_size: int = 96
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Which REFER-format dataset to read and how to batch it."""
+
+    dataset: str = "synthetic"  # folder under root: refcoco | refcoco+ | refcocog | synthetic
+    root: str = "data"  # <root>/<dataset>/instances.json and refs(<split_by>).p
+    split_by: str = "synthetic"  # unc | umd | google | synthetic: picks refs(<split_by>).p
+    image_dir: str = "data/synthetic/images"
+    class_names: list[str] = field(default_factory=list)  # class-projection targets
+    train_split: str = "train"
+    eval_split: str = "val"
+    batch_expressions: int = 60  # whole images per batch, up to this many expressions (paper: 60)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+
+@dataclass
+class SimS1Config:
+    """Simulated Stage 1: the referred class's instances, with these documented error rates."""
+
+    p_drop: float = 0.1
+    jitter_px: float = 1.0
+    p_false_positive: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class SegmentModelsConfig:
+    """Stage 1 with the paper's models (local weight paths)."""
+
+    spacy_model: str = "en_core_web_md"
+    clip_model: str = "ViT-L-14-336"
+    clip_weights: str = ""
+    gdino_config: str = ""
+    gdino_weights: str = ""
+    sam_type: str = "vit_h"
+    sam_weights: str = ""
+    box_threshold: float = 0.35
+    text_threshold: float = 0.25
+
+
+@dataclass
+class SegmentConfig:
+    backend: str = "simulated"  # simulated | models
+    simulate: SimS1Config = field(default_factory=SimS1Config)
+    models: SegmentModelsConfig = field(default_factory=SegmentModelsConfig)
+
+
+@dataclass
+class SimS2Config:
+    """Simulated Stage 2: right with ``p_correct``; when wrong, systematically so."""
+
+    p_correct: float = 0.6
+    wrong_choice: str = "largest"  # largest | central | mixed
+    seed: int = 0
+
+
+@dataclass
+class SelectModelsConfig:
+    """Stage 2 with CLIP: reverse blur, then score every candidate against the expression."""
+
+    clip_model: str = "ViT-L-14-336"
+    clip_weights: str = ""
+    sigma: float = 50.0
+    min_area: int = 500
+    prompt: str = "reverse_blur"
+    score: str = "mean"
+
+
+@dataclass
+class SelectConfig:
+    backend: str = "simulated"  # simulated | models
+    simulate: SimS2Config = field(default_factory=SimS2Config)
+    models: SelectModelsConfig = field(default_factory=SelectModelsConfig)
+
+
+@dataclass
+class EvalConfig:
+    resolution: Union[str, int] = 480  # noqa: UP007 - 480 (LAVT) or "original"
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    device: str = "cpu"
+    data: DataConfig = field(default_factory=DataConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: dict = field(default_factory=dict)  # free-form until the training issue types it
+
+
+# Values with a closed set of choices; checked after the types, with the same kind of message.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "segment.backend": ("simulated", "models"),
+    "select.backend": ("simulated", "models"),
+    "select.simulate.wrong_choice": ("largest", "central", "mixed"),
+}
+_PROBABILITIES = (
+    "segment.simulate.p_drop",
+    "segment.simulate.p_false_positive",
+    "select.simulate.p_correct",
+)
+_POSITIVE_INTS = ("data.batch_expressions", "data.synth.num_images", "data.synth.image_size")
+
+
+def embedded_config_path(name: str = "synthetic") -> Path:
+    """Path of a config shipped in the package (``sssc.configs``), e.g. ``"refcoco+"``."""
+    return Path(str(importlib.resources.files("sssc.configs") / f"{name}.yaml"))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config into a :class:`RunConfig` and apply ``--set`` overrides.
+
+    Args:
+        path: a YAML file; ``None`` means the embedded default (``configs/synthetic.yaml``). A bare
+            name such as ``"refcoco"`` that is not an existing file picks the embedded config of
+            that name.
+        overrides: ``"a.b=value"`` strings, applied in order; the value is parsed with
+            ``yaml.safe_load`` (so ``10`` is an int, ``[a, b]`` a list, ``null`` None).
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, a key is unknown, a value has the wrong
+            type or is out of range. The message names the dotted key and the source.
+    """
+    file = _resolve_path(path)
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{file}: cannot read config file: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{file}: not valid YAML: {e}") from None
+    if raw is None:
+        raw = {}
+    source = str(file)
+    cfg = _build(RunConfig, raw, "", source)
+    _check_values(cfg, source)
+    for ov in overrides or []:
+        key, value = _parse_override(ov)
+        source = f"override --set {ov!r} (on top of {file})"
+        raw = _set_dotted(raw, key, value, source)
+        cfg = _build(RunConfig, raw, "", source)
+        _check_values(cfg, source)
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """A plain, JSON-serialisable dict of a config (for reports and ``metrics.json``)."""
+    return dataclasses.asdict(cfg)
+
+
+def _resolve_path(path: str | Path | None) -> Path:
+    if path is None:
+        return embedded_config_path("synthetic")
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.suffix == "" and p.parent == Path("."):
+        embedded = embedded_config_path(str(p))
+        if embedded.is_file():
+            return embedded
+    raise ConfigError(
+        f"{p}: config file not found (give a YAML path, or one of the embedded names: "
+        f"{', '.join(_embedded_names())})"
+    )
+
+
+def _embedded_names() -> list[str]:
+    root = importlib.resources.files("sssc.configs")
+    return sorted(f.name[: -len(".yaml")] for f in root.iterdir() if f.name.endswith(".yaml"))
+
+
+def _parse_override(ov: str) -> tuple[str, Any]:
+    key, sep, text = ov.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {ov!r}: expected KEY=VALUE, e.g. data.synth.num_images=10")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {ov!r}: the value is not valid YAML: {e}") from None
+    return key, value
+
+
+def _set_dotted(raw: Any, key: str, value: Any, source: str) -> dict:
+    """Return a copy of ``raw`` with ``key`` (dotted) set; unknown keys fail against the schema."""
+    if not isinstance(raw, dict):
+        raw = {}
+    out = dict(raw)
+    parts = key.split(".")
+    node_type: Any = RunConfig
+    node = out
+    for i, part in enumerate(parts):
+        dotted = ".".join(parts[: i + 1])
+        if node_type is not None:  # inside a typed section: the key must exist
+            hints = _hints(node_type)
+            if part not in hints:
+                raise ConfigError(_unknown_key_message(dotted, node_type, source))
+            node_type = hints[part] if dataclasses.is_dataclass(hints[part]) else None
+        if i == len(parts) - 1:
+            node[part] = value
+        else:
+            child = node.get(part)
+            child = dict(child) if isinstance(child, dict) else {}
+            node[part] = child
+            node = child
+    return out
+
+
+@typing.no_type_check
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unknown_key_message(dotted: str, cls: type, source: str) -> str:
+    known = ", ".join(f.name for f in dataclasses.fields(cls))
+    section = dotted.rpartition(".")[0] or "the top level"
+    return f"{source}: unknown key {dotted!r}; the keys of {section} are: {known}"
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    """Turn a dict into the dataclass ``cls``, checking every key and type on the way."""
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{source}: {where} must be a mapping of keys to values, got "
+            f"{type(raw).__name__} {raw!r}"
+        )
+    hints = _hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in hints:
+            raise ConfigError(_unknown_key_message(str(dotted), cls, source))
+        kwargs[key] = _convert(hints[key], value, dotted, source)
+    return cls(**kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _convert(tp: Any, value: Any, dotted: str, source: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, dotted + ".", source)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        for arg in args:
+            try:
+                return _convert(arg, value, dotted, source)
+            except ConfigError:
+                continue
+        return _wrong_type(tp, value, dotted, source)
+    if origin is list:
+        if not isinstance(value, list):
+            return _wrong_type(tp, value, dotted, source)
+        return [_convert(args[0], v, f"{dotted}[{i}]", source) for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            return _wrong_type(tp, value, dotted, source)
+        return dict(value)
+    # bool is an int in Python; a config "true" for a count is a mistake, not a 1.
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return _wrong_type(tp, value, dotted, source)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return _wrong_type(tp, value, dotted, source)
+        return float(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            return _wrong_type(tp, value, dotted, source)
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            return _wrong_type(tp, value, dotted, source)
+        return value
+    raise TypeError(f"config schema: unsupported type {tp!r} for {dotted}")  # a bug in this file
+
+
+def _wrong_type(tp: Any, value: Any, dotted: str, source: str) -> Any:
+    raise ConfigError(
+        f"{source}: {dotted!r} must be {_type_name(tp)}, got {type(value).__name__} {value!r}"
+    )
+
+
+def _get_dotted(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _check_values(cfg: RunConfig, source: str) -> None:
+    for key, choices in _CHOICES.items():
+        value = _get_dotted(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{source}: {key!r} must be one of {choices}, got {value!r}")
+    for key in _PROBABILITIES:
+        value = _get_dotted(cfg, key)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{source}: {key!r} is a probability in [0, 1], got {value!r}")
+    for key in _POSITIVE_INTS:
+        value = _get_dotted(cfg, key)
+        if value < 1:
+            raise ConfigError(f"{source}: {key!r} must be a positive int, got {value!r}")
+    res = cfg.eval.resolution
+    if not (res == "original" or (isinstance(res, int) and res > 0)):
+        raise ConfigError(
+            f"{source}: 'eval.resolution' must be a positive int (e.g. 480, as LAVT) or "
+            f"'original', got {res!r}"
+        )
+    if not cfg.data.dataset or not cfg.data.split_by:
+        raise ConfigError(f"{source}: 'data.dataset' and 'data.split_by' must not be empty")
