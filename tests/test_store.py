@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sssc.kernels.testing import blob_masks
 
 from sssc.data import masks, store
 from sssc.data.store import Store, StoreError, s1_record, s2_record, write_store
-from sssc.kernels.testing import blob_masks
 
 PRODUCER = {"name": "test", "p": 0.5}
 
@@ -43,7 +43,7 @@ def test_roundtrip_and_lookup(tmp_path):
     for rec in st:
         ref = blob_masks(3, 24, 20, seed=rec.image_id)
         assert [c.id for c in rec.candidates] == [0, 1, 2]
-        for c, m in zip(rec.candidates, ref):
+        for c, m in zip(rec.candidates, ref, strict=True):
             np.testing.assert_array_equal(c.decode(), m)
             assert c.area == m.sum()
         assert rec.object(1000 + rec.image_id).eligible == (0, 1)

@@ -1,8 +1,8 @@
 """Binary masks as COCO run-length encodings (RLE), over pycocotools.
 
-An RLE here is the dict pycocotools uses, ``{"size": [H, W], "counts": str}``, with ``counts`` as a
-``str`` (pycocotools hands out ``bytes``) so that it can go into JSON unchanged. Every helper accepts
-``counts`` as ``str`` or ``bytes``.
+An RLE here is the dict pycocotools uses, ``{"size": [H, W], "counts": str}``, with ``counts`` as
+a ``str`` (pycocotools hands out ``bytes``) so that it can go into JSON unchanged. Every helper
+accepts ``counts`` as ``str`` or ``bytes``.
 """
 
 from __future__ import annotations

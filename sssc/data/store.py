@@ -6,18 +6,18 @@ Layout of a stage directory::
     <stage_dir>/shards/shard-00000.jsonl   images 0..shard_size-1 of the ordered image ids
     <stage_dir>/shards/shard-00001.jsonl   ...
 
-A shard is JSON Lines: one line per image, then one footer line
-``{"__footer__": {"schema", "kind", "producer", "shard", "count", "image_ids", "sha256"}}`` where ``sha256`` is the
-hash of every byte before the footer. A shard without a footer, with a wrong hash or count, or made
+A shard is JSON Lines: one line per image, then one footer line ``{"__footer__": {"schema", "kind",
+"producer", "shard", "count", "image_ids", "sha256"}}`` where ``sha256`` is the hash of every byte
+before the footer. A shard without a footer, with a wrong hash or count, or made
 by another producer is *invalid*: the reader raises :class:`StoreError` naming it, and the writer
 reports it by name and redoes it. Shards are written to a temporary file in the same directory,
 fsync'ed and renamed into place (``os.replace``), so a kill loses at most the shard in flight.
 
 Why JSON Lines: one self-describing record per image that ``head``/``grep``/``jq`` read, appendable
-while streaming, no dependency beyond the standard library, and the masks are COCO RLE strings that are
-already compact (a few hundred bytes per mask). Parquet would buy column pruning, which per-image
-records never need. Reading is lazy twice over: a shard's lines are parsed only when an image is
-asked for, and a candidate's RLE stays a string until :meth:`Candidate.decode`.
+while streaming, no dependency beyond the standard library, and the masks are COCO RLE strings that
+are already compact (a few hundred bytes per mask). Parquet would buy column pruning, which
+per-image records never need. Reading is lazy twice over: a shard's lines are parsed only when an
+image is asked for, and a candidate's RLE stays a string until :meth:`Candidate.decode`.
 
 Records (``kind`` S1)::
 
@@ -178,7 +178,7 @@ def s1_record(
     candidates: Sequence[dict],
     objects: Sequence[tuple[int, Sequence[int]]],
 ) -> dict:
-    """Build an S1 line. ``candidates``: dicts with ``rle, box, score, label`` (ids are assigned)."""
+    """Build an S1 line; ``candidates`` are dicts with ``rle, box, score, label`` (ids assigned)."""
     return {
         "image_id": int(image_id),
         "height": int(height),
