@@ -2,7 +2,7 @@
 
 Layout of a stage directory::
 
-    <stage_dir>/store.json                 manifest: schema, kind (S1|S2), producer, shard size, ids
+    <stage_dir>/store.json                 manifest: schema, kind, producer, shard size, image ids
     <stage_dir>/shards/shard-00000.jsonl   images 0..shard_size-1 of the ordered image ids
     <stage_dir>/shards/shard-00001.jsonl   ...
 
@@ -66,6 +66,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 KINDS = ("S1", "S2")
 _FOOTER = "__footer__"
+_CACHED_SHARDS = 4
 
 
 class StoreError(Exception):
@@ -226,10 +227,6 @@ def _dumps(obj) -> str:
     # Sorted keys and no spaces: the same record always gives the same bytes, so reruns are
     # byte-identical and the checksum means something.
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
-def _ids_digest(image_ids: Sequence[int]) -> str:
-    return hashlib.sha256(",".join(str(int(i)) for i in image_ids).encode()).hexdigest()[:16]
 
 
 class _Shard:
@@ -399,17 +396,18 @@ def write_store(
         "shard_size": shard_size,
         "num_images": len(ids),
         "num_shards": num_shards,
-        "image_ids_sha256": _ids_digest(ids),
+        "image_ids": ids,
     }
     mpath = stage_dir / "store.json"
     if mpath.exists():
         old = _read_manifest(mpath)
         diff = [k for k in manifest if old.get(k) != manifest[k]]
         if diff:
+            shown = [k for k in diff if k != "image_ids"]  # a long list helps nobody
             raise StoreError(
                 f"{mpath} belongs to another run: {', '.join(diff)} differ "
-                f"(stored {', '.join(f'{k}={old.get(k)!r}' for k in diff)}; "
-                f"now {', '.join(f'{k}={manifest[k]!r}' for k in diff)}). "
+                f"(stored {', '.join(f'{k}={old.get(k)!r}' for k in shown)}; "
+                f"now {', '.join(f'{k}={manifest[k]!r}' for k in shown)}). "
                 "Use another --run directory, or delete this stage directory to redo it."
             )
     elif rank == 0:
@@ -518,25 +516,36 @@ class Store:
             )
         self.num_shards: int = self.manifest["num_shards"]
         self._shards: dict[int, _Shard] = {}
-        self._index: dict[int, tuple[int, int]] | None = None
+        self._index: dict[int, int] | None = None
 
     def __len__(self) -> int:
         return int(self.manifest["num_images"])
 
     def shard(self, k: int) -> _Shard:
-        if k not in self._shards:
-            path = self.dir / "shards" / shard_name(k)
-            expect = {
-                "schema": SCHEMA_VERSION,
-                "kind": self.kind,
-                "producer": self.producer,
-                "shard": k,
-            }
-            shard, why = _check_shard(path, expect)
-            if shard is None:
-                raise StoreError(f"{path} is {why}; rerun the stage to redo it")
-            self._shards[k] = shard
-        return self._shards[k]
+        """Shard ``k``, read and validated on first use (a few recent shards stay cached)."""
+        if k in self._shards:
+            self._shards[k] = self._shards.pop(k)  # most recently used last
+            return self._shards[k]
+        path = self.dir / "shards" / shard_name(k)
+        expect = {
+            "schema": SCHEMA_VERSION,
+            "kind": self.kind,
+            "producer": self.producer,
+            "shard": k,
+        }
+        shard, why = _check_shard(path, expect)
+        if shard is None:
+            raise StoreError(f"{path} is {why}; rerun the stage to redo it")
+        lo = k * self.manifest["shard_size"]
+        if shard.image_ids() != self.manifest["image_ids"][lo : lo + len(shard)]:
+            raise StoreError(
+                f"{path} holds other images than {self.dir / 'store.json'} lists; "
+                "rerun the stage to redo it"
+            )
+        self._shards[k] = shard
+        while len(self._shards) > _CACHED_SHARDS:  # bounded memory on RefCOCO-sized stores
+            self._shards.pop(next(iter(self._shards)))
+        return shard
 
     def verify(self) -> list[tuple[str, str]]:
         """Check every shard; returns ``(shard name, reason)`` for each invalid one."""
@@ -555,20 +564,24 @@ class Store:
                 yield s.record(i)
 
     def image_ids(self) -> list[int]:
-        return [i for k in range(self.num_shards) for i in self.shard(k).image_ids()]
+        """The store's images in shard order (from the manifest; no shard is read)."""
+        return [int(i) for i in self.manifest["image_ids"]]
+
+    def __contains__(self, image_id: int) -> bool:
+        return self._position(image_id) is not None
+
+    def _position(self, image_id: int) -> int | None:
+        if self._index is None:
+            self._index = {int(i): p for p, i in enumerate(self.manifest["image_ids"])}
+        return self._index.get(int(image_id))
 
     def get(self, image_id: int) -> ImageRecord:
-        """The record of one image (loads and validates its shard)."""
-        if self._index is None:
-            self._index = {
-                i: (k, j)
-                for k in range(self.num_shards)
-                for j, i in enumerate(self.shard(k).image_ids())
-            }
-        if image_id not in self._index:
+        """The record of one image (reads and validates its shard only)."""
+        p = self._position(image_id)
+        if p is None:
             raise KeyError(f"{self.dir}: image {image_id} is not in the store")
-        k, j = self._index[image_id]
-        return self.shard(k).record(j)
+        size = self.manifest["shard_size"]
+        return self.shard(p // size).record(p % size)
 
 
 def chosen_masks(s1: Store, s2: Store, image_id: int) -> dict[int, np.ndarray | None]:
