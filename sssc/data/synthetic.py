@@ -1,0 +1,335 @@
+"""A synthetic referring dataset in the REFER on-disk format, generated in seconds on a CPU.
+
+Each image holds 3 to 5 flat shapes (categories ``circle``, ``square``, ``triangle``) in one of
+four colours, usually with two or three instances of the same category, so that an expression has
+to use an attribute, a relation or a superlative to pick one out:
+
+* attribute:   ``"the red circle"``
+* relation:    ``"the circle left of the square"``, ``"the triangle above the blue square"``
+* superlative: ``"the largest circle"``, ``"the leftmost triangle"``
+
+Every expression is TRUE and UNIQUE for its object under these rules, on the visible part of each
+instance (its GT mask): ``A left of B`` means A's box centre is left of B's (likewise right of,
+above, below); ``the largest X`` means the X with the largest visible area; ``the leftmost X`` the X
+whose box centre is leftmost. The generator keeps a margin (8% of the image for positions, 30% for
+areas) so that the choice is also clear to the eye. Objects with fewer than three such expressions
+are drawn but not referred to.
+
+Shapes may overlap, but every instance keeps at least 70% of its pixels visible and touching
+shapes differ in colour; its GT mask (an RLE in ``instances.json``) is the visible part.
+Annotations also carry ``"shape"`` and ``"color"``.
+Splits are by image: about 80% train, 10% val, 10% test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+__all__ = ["COLORS", "SHAPES", "ensure_generated", "generate"]
+
+SHAPES = ("circle", "square", "triangle")
+COLORS = {  # RGB, far apart so that a colour name is never in doubt
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 205, 40),
+}
+_VERSION = 1
+_MIN_VISIBLE = 0.7  # fraction of an instance's pixels that must stay visible
+_POS_MARGIN = 0.08  # of the image size, for left/right/above/below and leftmost/...
+_AREA_RATIO = 1.3  # largest/smallest must beat every other instance by this factor
+_PLACE_TRIES = 30
+
+
+@dataclass
+class _Obj:
+    shape: str
+    color: str
+    full: np.ndarray  # bool [S, S], as drawn
+    visible: np.ndarray | None = None  # bool [S, S], after later shapes are drawn over it
+    bbox: tuple[int, int, int, int] = (0, 0, 0, 0)  # x, y, w, h of the visible part
+    area: int = 0
+
+    @property
+    def cx(self) -> float:
+        return self.bbox[0] + self.bbox[2] / 2
+
+    @property
+    def cy(self) -> float:
+        return self.bbox[1] + self.bbox[3] / 2
+
+
+def generate(
+    out_dir: str | Path, seed: int = 0, num_images: int = 1000, image_size: int = 96
+) -> Path:
+    """Write the synthetic dataset under ``out_dir`` in the REFER layout.
+
+    Writes ``<out>/synthetic/instances.json``, ``<out>/synthetic/refs(synthetic).p``,
+    ``<out>/synthetic/images/*.png`` and ``<out>/synthetic/generator.json`` (the settings). The
+    folder is built under a temporary name and renamed into place, so a reader never sees half a
+    dataset; an existing one is replaced. Same arguments, same bytes.
+
+    Args:
+        out_dir: the dataset root (``data.root``).
+        seed: RNG seed.
+        num_images: number of images.
+        image_size: side of the square images, in pixels (at least 32).
+
+    Returns:
+        The dataset folder ``<out>/synthetic``.
+    """
+    if num_images < 1 or image_size < 32:
+        raise ValueError(
+            f"generate: need num_images >= 1 and image_size >= 32, got {num_images}, {image_size}"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    final = out / "synthetic"
+    tmp = Path(tempfile.mkdtemp(prefix=".synthetic.tmp-", dir=out))
+    try:
+        _write(tmp, seed, num_images, image_size)
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=".synthetic.old-", dir=out))
+            os.replace(final, old / "synthetic")
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def ensure_generated(data_cfg: Any) -> Path:
+    """Generate the synthetic dataset of a ``DataConfig`` unless it exists with its settings."""
+    synth = data_cfg.synth
+    settings = _settings(synth.seed, synth.num_images, synth.image_size)
+    folder = Path(data_cfg.root) / "synthetic"
+    try:
+        if json.loads((folder / "generator.json").read_text()) == settings:
+            return folder
+    except (OSError, ValueError):
+        pass
+    print(
+        f"sssc: generating the synthetic dataset in {folder} "
+        f"(seed={synth.seed}, num_images={synth.num_images}, image_size={synth.image_size})",
+        file=sys.stderr,
+    )
+    return generate(data_cfg.root, synth.seed, synth.num_images, synth.image_size)
+
+
+def _settings(seed: int, num_images: int, image_size: int) -> dict:
+    return {
+        "generator": "sssc.data.synthetic",
+        "version": _VERSION,
+        "seed": seed,
+        "num_images": num_images,
+        "image_size": image_size,
+    }
+
+
+def _write(folder: Path, seed: int, num_images: int, image_size: int) -> None:
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir()
+    splits = _image_splits(num_images, rng)
+    images, anns, refs = [], [], []
+    cat_id = {s: i + 1 for i, s in enumerate(SHAPES)}
+    sent_id = 0
+    for k in range(num_images):
+        image_id = k + 1
+        file_name = f"synthetic_{image_id:06d}.png"
+        img, objs = _draw_image(rng, image_size)
+        cv2.imwrite(str(folder / "images" / file_name), img[:, :, ::-1])  # RGB -> BGR
+        images.append(
+            {"id": image_id, "file_name": file_name, "height": image_size, "width": image_size}
+        )
+        ann_ids = []
+        for o in objs:
+            rle = mask_utils.encode(np.asfortranarray(o.visible, dtype=np.uint8))
+            ann_ids.append(len(anns) + 1)
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": image_id,
+                    "category_id": cat_id[o.shape],
+                    "segmentation": {
+                        "size": [image_size, image_size],
+                        "counts": rle["counts"].decode("ascii"),
+                    },
+                    "area": o.area,
+                    "bbox": list(o.bbox),
+                    "iscrowd": 0,
+                    "shape": o.shape,
+                    "color": o.color,
+                }
+            )
+        for i, o in enumerate(objs):
+            exprs = _choose_expressions(rng, objs, i, image_size)
+            if exprs is None:
+                continue
+            sentences = []
+            for e in exprs:
+                sentences.append({"sent_id": sent_id, "sent": e, "raw": e, "tokens": e.split()})
+                sent_id += 1
+            refs.append(
+                {
+                    "ref_id": len(refs),
+                    "ann_id": ann_ids[i],
+                    "image_id": image_id,
+                    "split": splits[k],
+                    "category_id": cat_id[o.shape],
+                    "file_name": file_name,
+                    "sent_ids": [s["sent_id"] for s in sentences],
+                    "sentences": sentences,
+                }
+            )
+    coco = {
+        "info": _settings(seed, num_images, image_size),
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": cat_id[s], "name": s, "supercategory": "shape"} for s in SHAPES],
+    }
+    (folder / "instances.json").write_text(json.dumps(coco))
+    # Protocol 2, as the published REFER files (written by Python 2).
+    (folder / "refs(synthetic).p").write_bytes(pickle.dumps(refs, protocol=2))
+    (folder / "generator.json").write_text(json.dumps(_settings(seed, num_images, image_size)))
+
+
+def _image_splits(n: int, rng: np.random.Generator) -> list[str]:
+    n_val = n // 10 if n >= 10 else int(n >= 2)
+    n_test = n // 10 if n >= 10 else int(n >= 3)
+    names = ["val"] * n_val + ["test"] * n_test + ["train"] * (n - n_val - n_test)
+    return [names[i] for i in rng.permutation(n)]
+
+
+def _shape_mask(shape: str, cx: int, cy: int, s: int, size: int) -> np.ndarray:
+    m = np.zeros((size, size), np.uint8)
+    if shape == "circle":
+        cv2.circle(m, (cx, cy), s, 1, thickness=-1, lineType=cv2.LINE_8)
+    elif shape == "square":
+        h = max(int(round(s * 0.9)), 2)  # about a circle's area
+        cv2.rectangle(m, (cx - h, cy - h), (cx + h, cy + h), 1, thickness=-1)
+    else:  # triangle, apex up
+        h = int(round(s * 1.2))
+        pts = np.array([[cx, cy - h], [cx - h, cy + h * 3 // 4], [cx + h, cy + h * 3 // 4]])
+        cv2.fillPoly(m, [pts.astype(np.int32)], 1, lineType=cv2.LINE_8)
+    return m.astype(bool)
+
+
+def _draw_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[_Obj]]:
+    """One image: RGB uint8 ``[S, S, 3]`` and its instances, in drawing order."""
+    n = int(rng.integers(3, 6))
+    main = SHAPES[int(rng.integers(len(SHAPES)))]
+    n_main = min(n, int(rng.integers(2, 4)))  # 2-3 of one category: the hard case
+    shapes = [main] * n_main + [SHAPES[int(rng.integers(len(SHAPES)))] for _ in range(n - n_main)]
+    shapes = [shapes[i] for i in rng.permutation(n)]
+    color_names = list(COLORS)
+    objs: list[_Obj] = []
+    for shape in shapes:
+        for _ in range(_PLACE_TRIES):
+            s = int(rng.uniform(0.08, 0.18) * size)
+            cx, cy = (int(v) for v in rng.integers(s + 1, size - s - 1, size=2))
+            full = _shape_mask(shape, cx, cy, s, size)
+            # The new shape is drawn on top: each earlier one must stay mostly visible.
+            if not all((o.visible & ~full).sum() >= _MIN_VISIBLE * o.full.sum() for o in objs):
+                continue
+            # Touching shapes of one colour would read as one blob: give them different colours.
+            near = cv2.dilate(full.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+            taken = {o.color for o in objs if (o.full & near).any()}
+            free = [c for c in color_names if c not in taken]
+            if free:
+                break
+        else:
+            continue  # no room left: draw fewer shapes
+        color = free[int(rng.integers(len(free)))]
+        for o in objs:
+            o.visible = o.visible & ~full
+        objs.append(_Obj(shape, color, full, visible=full.copy()))
+    bg = rng.integers(190, 246, size=3)
+    img = np.empty((size, size, 3), np.uint8)
+    img[:] = bg
+    for o in objs:
+        img[o.full] = COLORS[o.color]
+        ys, xs = np.nonzero(o.visible)
+        o.area = int(len(ys))
+    for o in objs:
+        ys, xs = np.nonzero(o.visible)
+        o.bbox = (
+            int(xs.min()),
+            int(ys.min()),
+            int(xs.max() - xs.min() + 1),
+            int(ys.max() - ys.min() + 1),
+        )
+    return img, objs
+
+
+def _choose_expressions(
+    rng: np.random.Generator, objs: list[_Obj], i: int, size: int
+) -> list[str] | None:
+    """Three true, unique expressions for ``objs[i]``, one of each kind where possible."""
+    kinds = _candidate_expressions(objs, i, size * _POS_MARGIN)
+    pools = [list(kinds[k]) for k in ("attribute", "relation", "superlative")]
+    if sum(len(p) for p in pools) < 3:
+        return None
+    for p in pools:
+        rng.shuffle(p)
+    chosen: list[str] = []
+    order = [int(j) for j in rng.permutation(len(pools))]
+    while len(chosen) < 3:  # round robin over the kinds, so expressions differ in kind
+        for j in order:
+            if pools[j] and len(chosen) < 3:
+                chosen.append(pools[j].pop())
+    return chosen
+
+
+def _candidate_expressions(objs: list[_Obj], i: int, margin: float) -> dict[str, list[str]]:
+    t = objs[i]
+    same = [o for j, o in enumerate(objs) if o.shape == t.shape and j != i]
+    out: dict[str, list[str]] = {"attribute": [], "relation": [], "superlative": []}
+    if not any(o.color == t.color for o in same):
+        out["attribute"].append(f"the {t.color} {t.shape}")
+    if same:
+        others = same
+        tests = {
+            "largest": all(t.area >= _AREA_RATIO * o.area for o in others),
+            "smallest": all(o.area >= _AREA_RATIO * t.area for o in others),
+            "leftmost": all(t.cx + margin <= o.cx for o in others),
+            "rightmost": all(t.cx >= o.cx + margin for o in others),
+            "topmost": all(t.cy + margin <= o.cy for o in others),
+            "bottommost": all(t.cy >= o.cy + margin for o in others),
+        }
+        out["superlative"] += [f"the {w} {t.shape}" for w, ok in tests.items() if ok]
+    for lm in objs:
+        if lm.shape == t.shape:
+            continue
+        same_lm = [o for o in objs if o.shape == lm.shape]
+        if len(same_lm) == 1:
+            lm_phrase = f"the {lm.shape}"
+        elif sum(o.color == lm.color for o in same_lm) == 1:
+            lm_phrase = f"the {lm.color} {lm.shape}"
+        else:
+            continue  # the landmark itself would be ambiguous
+        # The target holds with a margin; every other instance of its shape fails outright.
+        rels = {  # word: (target holds with the margin, some other instance holds at all)
+            "left of": (t.cx + margin <= lm.cx, any(o.cx < lm.cx for o in same)),
+            "right of": (t.cx >= lm.cx + margin, any(o.cx > lm.cx for o in same)),
+            "above": (t.cy + margin <= lm.cy, any(o.cy < lm.cy for o in same)),
+            "below": (t.cy >= lm.cy + margin, any(o.cy > lm.cy for o in same)),
+        }
+        for word, (target_ok, other_ok) in rels.items():
+            if target_ok and not other_ok:
+                out["relation"].append(f"the {t.shape} {word} {lm_phrase}")
+    return out
