@@ -258,7 +258,13 @@ def _set_dotted(raw: Any, key: str, value: Any, source: str) -> dict:
             hints = _hints(node_type)
             if part not in hints:
                 raise ConfigError(_unknown_key_message(dotted, node_type, source))
-            node_type = hints[part] if dataclasses.is_dataclass(hints[part]) else None
+            tp = hints[part]
+            if i < len(parts) - 1 and not (dataclasses.is_dataclass(tp) or tp is dict):
+                raise ConfigError(
+                    f"{source}: unknown key {key!r}: {dotted!r} is a {_type_name(tp)}, "
+                    "not a section"
+                )
+            node_type = tp if dataclasses.is_dataclass(tp) else None  # dict: free-form below
         if i == len(parts) - 1:
             node[part] = value
         else:

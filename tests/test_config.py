@@ -1,0 +1,209 @@
+"""Config loading: defaults, dataset configs, unknown keys, wrong types, --set overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import yaml
+
+from sssc.config import (
+    ConfigError,
+    RunConfig,
+    config_to_dict,
+    embedded_config_path,
+    load_config,
+)
+
+DATASET_CONFIGS = {  # name: (dataset folder, split_by, eval split)
+    "refcoco": ("refcoco", "unc", "val"),
+    "refcoco+": ("refcoco+", "unc", "val"),
+    "refcocog-umd": ("refcocog", "umd", "val"),
+    "refcocog-google": ("refcocog", "google", "val"),
+}
+
+
+def _keys(d: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in d.items():
+        out.add(prefix + k)
+        if isinstance(v, dict) and v:
+            out |= _keys(v, f"{prefix}{k}.")
+    return out
+
+
+def _write(tmp_path, text: str):
+    p = tmp_path / "cfg.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_embedded_default_lists_every_key_with_its_default():
+    raw = yaml.safe_load(embedded_config_path("synthetic").read_text())
+    assert _keys(raw) == _keys(config_to_dict(RunConfig()))
+    cfg = load_config(None, [])
+    expected = config_to_dict(RunConfig())
+    expected["data"]["class_names"] = ["circle", "square", "triangle"]
+    assert config_to_dict(cfg) == expected
+
+
+def test_partial_file_keeps_defaults(tmp_path):
+    cfg = load_config(_write(tmp_path, "data:\n  batch_expressions: 30\nseed: 3\n"), [])
+    assert (cfg.seed, cfg.data.batch_expressions) == (3, 30)
+    assert cfg.select.simulate.p_correct == 0.6 and cfg.data.synth == RunConfig().data.synth
+
+
+def test_empty_file_is_the_schema_default(tmp_path):
+    assert load_config(_write(tmp_path, ""), []) == RunConfig()
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("data:\n  synth:\n    num_imgs: 3\n", "'data.synth.num_imgs'"),
+        ("segmnt: {}\n", "'segmnt'"),
+        ("select:\n  models:\n    sigmaa: 3\n", "'select.models.sigmaa'"),
+    ],
+    ids=["nested", "top-level", "models-section"],
+)
+def test_unknown_key_names_dotted_key_and_file(tmp_path, text, key):
+    p = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p, [])
+    assert key in str(e.value) and str(p) in str(e.value) and "unknown key" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "text, key, expected",
+    [
+        ("data:\n  batch_expressions: many\n", "'data.batch_expressions'", "must be int"),
+        ("data:\n  batch_expressions: true\n", "'data.batch_expressions'", "must be int"),
+        ("data:\n  batch_expressions: 2.5\n", "'data.batch_expressions'", "must be int"),
+        ("segment:\n  simulate:\n    p_drop: x\n", "'segment.simulate.p_drop'", "must be float"),
+        ("data:\n  class_names: person\n", "'data.class_names'", "must be list[str]"),
+        ("data:\n  class_names: [a, 3]\n", "'data.class_names[1]'", "must be str"),
+        ("data: 3\n", "data", "must be a mapping"),
+        ("train: [1]\n", "'train'", "must be dict"),
+        ("eval:\n  resolution: [480]\n", "'eval.resolution'", "must be Union[str, int]"),
+    ],
+    ids=[
+        "str-for-int",
+        "bool-for-int",
+        "float-for-int",
+        "str-for-float",
+        "str-for-list",
+        "int-in-list",
+        "scalar-for-section",
+        "list-for-dict",
+        "list-for-union",
+    ],
+)
+def test_wrong_type_names_key_and_expected_type(tmp_path, text, key, expected):
+    p = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p, [])
+    msg = str(e.value)
+    assert key in msg and expected in msg and str(p) in msg
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("select.simulate.wrong_choice=random", "must be one of"),
+        ("select.simulate.p_correct=1.5", "probability"),
+        ("eval.resolution=full", "'original'"),
+        ("eval.resolution=0", "positive int"),
+        ("data.batch_expressions=0", "positive int"),
+        ("segment.backend=gpu", "must be one of"),
+    ],
+)
+def test_out_of_range_values_are_named(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert override.split("=")[0] in str(e.value) and message in str(e.value)
+
+
+def test_int_is_accepted_for_float_and_resolution_takes_both():
+    cfg = load_config(None, ["select.models.sigma=25", "eval.resolution=original"])
+    assert cfg.select.models.sigma == 25.0 and isinstance(cfg.select.models.sigma, float)
+    assert cfg.eval.resolution == "original"
+    assert load_config(None, ["eval.resolution=320"]).eval.resolution == 320
+
+
+def test_overrides_apply_in_order_with_yaml_values():
+    cfg = load_config(
+        None,
+        [
+            "data.synth.num_images=10",
+            "data.class_names=[a, b]",
+            "train.lr=0.001",
+            "train.schedule.warmup=5",
+            "device=cuda:1",
+            "seed=1",
+            "seed=2",
+        ],
+    )
+    assert cfg.data.synth.num_images == 10 and isinstance(cfg.data.synth.num_images, int)
+    assert cfg.data.class_names == ["a", "b"]
+    assert cfg.train == {"lr": 0.001, "schedule": {"warmup": 5}}
+    assert (cfg.device, cfg.seed) == ("cuda:1", 2)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data.synth.num_imgs=10", "'data.synth.num_imgs'"),
+        ("data.sinth.num_images=10", "'data.sinth'"),
+        ("datasets=refcoco", "'datasets'"),
+        ("seed.value=1", "'seed.value'"),
+    ],
+    ids=["leaf", "section", "top-level", "below-a-scalar"],
+)
+def test_unknown_override_key_fails_clearly(override, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    msg = str(e.value)
+    assert key in msg and override in msg and "--set" in msg
+
+
+@pytest.mark.parametrize("bad", ["num_images", "=3", ""])
+def test_malformed_override(bad):
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(None, [bad])
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found") as e:
+        load_config(tmp_path / "nope.yaml", [])
+    assert "nope.yaml" in str(e.value)
+    p = _write(tmp_path, "data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p, [])
+
+
+@pytest.mark.parametrize("name", sorted(DATASET_CONFIGS))
+def test_dataset_configs(name):
+    folder, split_by, eval_split = DATASET_CONFIGS[name]
+    cfg = load_config(name, [])  # a bare name picks the embedded config
+    assert cfg == load_config(embedded_config_path(name), [])
+    assert (cfg.data.dataset, cfg.data.split_by, cfg.data.eval_split) == (
+        folder,
+        split_by,
+        eval_split,
+    )
+    names = cfg.data.class_names
+    assert len(names) == 80 and len(set(names)) == 80  # COCO's 80 categories
+    assert {"person", "dog", "toothbrush", "traffic light"} <= set(names)
+    assert cfg.data.batch_expressions == 60  # the paper's batch
+    assert cfg.segment.backend == "models" and cfg.select.backend == "models"
+    assert cfg.select.models.sigma == 50.0
+    assert "train2014" in cfg.data.image_dir
+
+
+def test_config_to_dict_is_json_and_round_trips(tmp_path):
+    cfg = load_config(None, ["train.lr=0.1"])
+    d = config_to_dict(cfg)
+    p = _write(tmp_path, yaml.safe_dump(json.loads(json.dumps(d))))
+    assert load_config(p, []) == cfg
+    assert dataclasses.is_dataclass(cfg) and d["train"] == {"lr": 0.1}
