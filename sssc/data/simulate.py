@@ -1,0 +1,289 @@
+"""Simulated Stage 1 (S1) and Stage 2 (S2) producers, for datasets without pretrained models.
+
+No detector or CLIP is available offline, so on the synthetic dataset Stages 1-2 can be
+*simulated* from the GT with documented, configurable errors. Every record they make is written
+with ``producer = {"name": "simulated", ...settings}``, and every report shows that producer.
+
+S1 (``SimulatedSegmenter``, settings ``segment.simulate``): for each category referred to in an
+image (the real pipeline finds it by projecting the head noun onto the class names), the pool gets
+every GT instance of that category in the image, each
+
+* dropped with probability ``p_drop`` (a missed detection),
+* otherwise boundary-jittered: shifted by ``round(U(-j, j))`` pixels in x and in y and then dilated
+  (or eroded, for a negative draw) by ``|round(U(-j, j))|`` pixels with a 3x3 cross, where
+  ``j = jitter_px``; a jitter that would empty the mask keeps it as it was,
+
+plus, with probability ``p_false_positive`` per image, one false positive labelled as one of the
+image's referred categories: an instance of another category when the image has one (a confusion),
+else a random ellipse. Each object's eligible candidates are the pool's candidates of its category.
+Scores are simulated detector confidences (TP in [0.35, 1), FP in [0.35, 0.6)).
+
+S2 (``SimulatedSelector``, settings ``select.simulate``): per object, with probability
+``p_correct`` the eligible candidate that overlaps its GT best; otherwise, *systematically* like
+CLIP, the largest (``wrong_choice: largest``) or most central (``central``: box centre nearest the
+image centre) *other* eligible candidate, or per image one of the two (``mixed``). Objects sharing
+an image therefore collide on one mask when wrong. An object with one eligible candidate gets it;
+one with none gets ``None`` (counted). Scores are simulated similarities whose argmax is the choice.
+
+Both are deterministic given their seed: image ``i`` draws from ``default_rng([seed, i])``, so the
+result does not depend on the shard layout, the rank, or the order images are processed in.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from . import masks as _masks
+from .refer import DatasetError, Refer
+from .store import ImageRecord, s1_record, s2_record
+
+__all__ = ["SimulatedSegmenter", "SimulatedSelector", "image_annotations", "jitter_mask"]
+
+
+def image_annotations(refer: Refer) -> dict[int, list[int]]:
+    """Every annotation id of every image (not only the referred ones), sorted.
+
+    ``Refer`` exposes annotations by id only; S1 needs *all* instances of a class in an image, the
+    non-referred ones too, so this reads them from the reader's annotation table.
+    """
+    if hasattr(refer, "image_annotations"):  # a later Refer may offer it directly
+        return {i: sorted(refer.image_annotations(i)) for i in refer.images}
+    anns = getattr(refer, "_anns", None)
+    out: dict[int, list[int]] = collections.defaultdict(list)
+    if anns is None:  # fall back to the referred objects only
+        for r in refer.refs.values():
+            out[r.image_id].append(r.ann_id)
+    else:
+        for ann_id, a in anns.items():
+            out[int(a["image_id"])].append(int(ann_id))
+    return {i: sorted(set(v)) for i, v in out.items()}
+
+
+def _shift(m: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    out = np.zeros_like(m)
+    h, w = m.shape
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[yd, xd] = m[ys, xs]
+    return out
+
+
+def _dilate(m: np.ndarray) -> np.ndarray:
+    """One step of binary dilation with a 3x3 cross (4-neighbourhood)."""
+    out = m.copy()
+    out[1:] |= m[:-1]
+    out[:-1] |= m[1:]
+    out[:, 1:] |= m[:, :-1]
+    out[:, :-1] |= m[:, 1:]
+    return out
+
+
+def jitter_mask(mask: np.ndarray, dy: int, dx: int, grow: int) -> np.ndarray:
+    """Shift a mask by ``(dy, dx)`` (zero fill), then dilate ``grow`` times (erode if negative).
+
+    Args:
+        mask: bool ``[H, W]``.
+        dy, dx: shift in pixels.
+        grow: dilation steps with a 3x3 cross; negative erodes (the image border counts as
+            background).
+
+    Returns:
+        bool ``[H, W]``.
+    """
+    m = _shift(mask.astype(bool), dy, dx)
+    for _ in range(abs(grow)):
+        m = _dilate(m) if grow > 0 else ~_dilate(~m | _border(m.shape))
+    return m
+
+
+def _border(shape: tuple[int, int]) -> np.ndarray:
+    b = np.zeros(shape, dtype=bool)
+    b[0, :] = b[-1, :] = b[:, 0] = b[:, -1] = True
+    return b
+
+
+def _ellipse(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    frac = rng.uniform(0.03, 0.15)
+    a = np.sqrt(frac * h * w / np.pi) * np.exp(rng.uniform(-0.4, 0.4))
+    b = frac * h * w / np.pi / a
+    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+    m = ((yy - cy) / a) ** 2 + ((xx - cx) / b) ** 2 <= 1.0
+    if not m.any():
+        m[int(min(cy, h - 1)), int(min(cx, w - 1))] = True
+    return m
+
+
+class SimulatedSegmenter:
+    """Simulated Stage 1: ``segmenter(image_id) -> S1 record`` (see :func:`store.s1_record`).
+
+    Args:
+        refer: the dataset.
+        cfg: ``segment.simulate`` (``p_drop``, ``jitter_px``, ``p_false_positive``, ``seed``).
+        splits: the splits whose refs are this stage's objects.
+        data: a JSON-able description of the dataset, stored in the producer so that labels made
+            on another dataset version are not reused.
+
+    Attributes:
+        producer: what goes into the store and every report.
+        counts: ``dropped``, ``false_positive``, ``jitter_kept_original``, ``no_candidates``
+            (images), ``no_eligible`` (objects), ``bad_annotation`` (skipped GT instances).
+    """
+
+    def __init__(self, refer: Refer, cfg: Any, splits: Iterable[str], data: dict | None = None):
+        self.refer, self.cfg, self.splits = refer, cfg, tuple(splits)
+        self.producer = {
+            "name": "simulated",
+            "stage": "segment",
+            "p_drop": float(cfg.p_drop),
+            "jitter_px": float(cfg.jitter_px),
+            "p_false_positive": float(cfg.p_false_positive),
+            "seed": int(cfg.seed),
+            "data": data or {},
+        }
+        self.counts: collections.Counter = collections.Counter()
+        self._anns = image_annotations(refer)
+
+    def _gt(self, ann_id: int) -> np.ndarray | None:
+        try:
+            m = self.refer.gt_mask(ann_id)
+        except DatasetError:
+            self.counts["bad_annotation"] += 1
+            return None
+        if not m.any():
+            self.counts["bad_annotation"] += 1
+            return None
+        return m
+
+    def _jitter(self, rng: np.random.Generator, m: np.ndarray) -> np.ndarray:
+        j = float(self.cfg.jitter_px)
+        dy, dx, grow = (int(np.rint(v)) for v in rng.uniform(-j, j, size=3))
+        out = jitter_mask(m, dy, dx, grow)
+        if not out.any():
+            self.counts["jitter_kept_original"] += 1
+            return m
+        return out
+
+    def __call__(self, image_id: int) -> dict:
+        info = self.refer.images[image_id]
+        h, w = info.height, info.width
+        rng = np.random.default_rng([int(self.cfg.seed), int(image_id)])
+        refs = [r for s in self.splits for r in self.refer.image_refs(image_id, s)]
+        cats = sorted({r.category_id for r in refs})
+        by_cat: dict[int, list[int]] = collections.defaultdict(list)
+        for a in self._anns.get(image_id, []):
+            by_cat[int(self.refer.annotation(a)["category_id"])].append(a)
+
+        cands: list[dict] = []
+        for c in cats:
+            label = self.refer.categories.get(c, str(c))
+            for a in by_cat.get(c, []):
+                drop, score = rng.random() < self.cfg.p_drop, rng.uniform(0.35, 1.0)
+                gt = self._gt(a)
+                if gt is None:
+                    continue
+                if drop:
+                    self.counts["dropped"] += 1
+                    continue
+                cands.append(self._candidate(self._jitter(rng, gt), score, label))
+
+        if cats and rng.random() < self.cfg.p_false_positive:
+            c = cats[int(rng.integers(len(cats)))]
+            others = [a for k, v in sorted(by_cat.items()) if k != c for a in v]
+            gt = self._gt(others[int(rng.integers(len(others)))]) if others else None
+            m = self._jitter(rng, gt) if gt is not None else _ellipse(rng, h, w)
+            label = self.refer.categories.get(c, str(c))
+            cands.append(self._candidate(m, rng.uniform(0.35, 0.6), label))
+            self.counts["false_positive"] += 1
+
+        if not cands:
+            self.counts["no_candidates"] += 1
+        objects = []
+        for ann_id in sorted({r.ann_id for r in refs}):
+            label = self.refer.categories.get(self.refer.annotation(ann_id)["category_id"])
+            eligible = [i for i, cd in enumerate(cands) if cd["label"] == label]
+            if not eligible:
+                self.counts["no_eligible"] += 1
+            objects.append((ann_id, eligible))
+        return s1_record(image_id, h, w, cands, objects)
+
+    @staticmethod
+    def _candidate(m: np.ndarray, score: float, label: str) -> dict:
+        rle = _masks.encode(m)
+        return {"rle": rle, "box": _masks.bbox(rle), "score": score, "label": label}
+
+
+class SimulatedSelector:
+    """Simulated Stage 2: ``selector(s1_record) -> S2 record`` (see :func:`store.s2_record`).
+
+    Args:
+        refer: the dataset (GT masks decide which candidate is right).
+        cfg: ``select.simulate`` (``p_correct``, ``wrong_choice``, ``seed``).
+        s1_producer: the producer of the S1 store read, kept inside this producer.
+
+    Attributes:
+        producer: what goes into the store and every report.
+        counts: ``correct``, ``wrong``, ``only_one_eligible``, ``no_eligible`` (objects).
+    """
+
+    def __init__(self, refer: Refer, cfg: Any, s1_producer: dict):
+        if cfg.wrong_choice not in ("largest", "central", "mixed"):
+            raise ValueError(f"wrong_choice must be largest, central or mixed: {cfg.wrong_choice}")
+        self.refer, self.cfg = refer, cfg
+        self.producer = {
+            "name": "simulated",
+            "stage": "select",
+            "p_correct": float(cfg.p_correct),
+            "wrong_choice": str(cfg.wrong_choice),
+            "seed": int(cfg.seed),
+            "segment": s1_producer,
+        }
+        self.counts: collections.Counter = collections.Counter()
+
+    def __call__(self, rec: ImageRecord) -> dict:
+        rng = np.random.default_rng([int(self.cfg.seed), int(rec.image_id)])
+        mode = self.cfg.wrong_choice
+        if mode == "mixed":  # one bias per image, so that the image's mistakes still collide
+            mode = ("largest", "central")[int(rng.integers(2))]
+        cands = rec.candidates
+        h, w = rec.height, rec.width
+        out = []
+        for obj in rec.objects:
+            u = rng.random()
+            el = list(obj.eligible)
+            scores = rng.uniform(0.10, 0.30, size=len(el))
+            if not el:
+                self.counts["no_eligible"] += 1
+                out.append((obj.ann_id, None, [], []))
+                continue
+            gt = _masks.encode(self.refer.gt_mask(obj.ann_id))
+            ious = _masks.iou([cands[i].rle for i in el], [gt])[:, 0]
+            best = el[int(np.argmax(ious))]
+            if len(el) == 1:
+                chosen = best
+                self.counts["only_one_eligible"] += 1
+            elif u < self.cfg.p_correct:
+                chosen = best
+                self.counts["correct"] += 1
+            else:
+                chosen = self._wrong([i for i in el if i != best], cands, mode, h, w)
+                self.counts["wrong"] += 1
+            scores[el.index(chosen)] = 0.30 + 0.05 * u  # the argmax is the choice
+            out.append((obj.ann_id, chosen, el, scores.tolist()))
+        return s2_record(rec.image_id, out)
+
+    @staticmethod
+    def _wrong(others: list[int], cands, mode: str, h: int, w: int) -> int:
+        if mode == "largest":  # ties: the smaller id, as max() keeps the first
+            return max(others, key=lambda i: (cands[i].area, -i))
+        cy, cx = h / 2.0, w / 2.0
+
+        def dist(i: int) -> tuple[float, int]:
+            x, y, bw, bh = cands[i].box
+            return ((x + bw / 2 - cx) ** 2 + (y + bh / 2 - cy) ** 2, i)
+
+        return min(others, key=dist)

@@ -1,0 +1,286 @@
+"""Stage runners behind ``sssc-train --stage ...``: Stage 1 (segment) and Stage 2 (select).
+
+Each stage writes under ``<run>/<stage>/``: the pseudo-label store (``store.json``, ``shards/``),
+``log.txt`` (appended by every run), ``config.yaml`` (the config it ran with) and ``metrics.json``:
+for ``segment`` the S1 oracle (the best eligible candidate per expression), for ``select`` the S+S
+zero-shot choice, both on ``data.eval_split`` against the GT (see :mod:`sssc.eval.metrics`).
+
+The stores cover the images of ``data.train_split`` (the labels Stage 3 trains on) and of
+``data.eval_split`` (the ones scored). A rerun skips finished shards; ``select`` runs ``segment``
+first when its output is missing or incomplete, as ``--stage correct`` will run every stage before
+it. Only the ``simulated`` backends exist so far (see :mod:`sssc.data.simulate`).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .data import masks as _masks
+from .data.refer import DatasetError, Refer
+from .data.store import Store, StoreError, store_complete, write_store
+from .eval.metrics import eval_size, evaluate_masks, format_table, resize_mask
+
+__all__ = ["StageError", "evaluate_stage", "run_stage"]
+
+SHARD_SIZE = 256
+_WHAT = {
+    "segment": "S1 oracle (best eligible candidate per expression)",
+    "select": "S+S (the Stage 2 choice)",
+}
+
+
+class StageError(Exception):
+    """A stage cannot run; the message says why and what to do (``sssc-train`` exits with 2)."""
+
+
+def run_stage(stage: str, cfg: Any, run_dir: str | Path) -> dict:
+    """Run one stage (and the missing ones before it) and return its metrics.
+
+    Args:
+        stage: ``segment`` | ``select`` | ``bootstrap`` | ``correct`` | ``all``.
+        cfg: a :class:`sssc.config.RunConfig`.
+        run_dir: the run directory; the stage writes under ``<run_dir>/<stage>/``.
+
+    Returns:
+        The stage's ``metrics.json`` content.
+
+    Raises:
+        StageError: an unimplemented stage or backend, a dataset or store problem.
+    """
+    run_dir = Path(run_dir)
+    if stage in ("bootstrap", "correct", "all"):
+        raise StageError(
+            f"--stage {stage}: Stage 3 (LAVT training) is not implemented yet; "
+            "`sssc-train --stage select` runs the zero-shot stages (Segment and Select)"
+        )
+    if stage not in ("segment", "select"):
+        raise StageError(f"unknown stage {stage!r}; choose segment, select, bootstrap or correct")
+    for name in ("segment",) if stage == "segment" else ("segment", "select"):
+        backend = getattr(cfg, name).backend
+        if backend != "simulated":
+            raise StageError(
+                f"{name}.backend={backend!r}: the models backend of Stage 1/2 is issue 4, not "
+                "implemented yet; use the default simulated backend (--set "
+                f"{name}.backend=simulated)"
+            )
+    try:
+        refer = Refer.from_config(cfg.data)
+        if stage == "segment":
+            return _run_segment(refer, cfg, run_dir)
+        seg_dir = run_dir / "segment"
+        if not store_complete(seg_dir) or Store(seg_dir).verify():
+            print(
+                f"sssc-train: the segment output in {seg_dir} is missing or incomplete; "
+                "running --stage segment first"
+            )
+            _run_segment(refer, cfg, run_dir)
+        return _run_select(refer, cfg, run_dir)
+    except DatasetError as e:
+        raise StageError(f"dataset: {e}") from None
+    except StoreError as e:
+        raise StageError(f"pseudo-label store: {e}") from None
+
+
+# ---------------------------------------------------------------------------------- the stages
+
+
+class _Log:
+    """Lines to ``<stage>/log.txt`` and to stdout."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, msg: str, echo: bool = True) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+        if echo:
+            print(msg)
+
+
+def _prepare(stage: str, cfg: Any, run_dir: Path) -> tuple[Path, _Log]:
+    from .config import config_to_dict
+
+    d = run_dir / stage
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return d, _Log(d / "log.txt")
+
+
+def _data_desc(cfg: Any) -> dict:
+    """What identifies the dataset, so a store made on another one is not reused."""
+    d = {"dataset": cfg.data.dataset, "split_by": cfg.data.split_by}
+    if cfg.data.dataset == "synthetic":
+        s = cfg.data.synth
+        d["synth"] = {"num_images": s.num_images, "image_size": s.image_size, "seed": s.seed}
+    return d
+
+
+def _stage_images(refer: Refer, cfg: Any) -> tuple[list[str], list[int]]:
+    splits = list(dict.fromkeys([cfg.data.train_split, cfg.data.eval_split]))
+    ids = sorted({i for s in splits for i in refer.split_image_ids(s)})
+    return splits, ids
+
+
+def _write(stage: str, d: Path, log: _Log, kind: str, producer: dict, ids: list[int], make) -> None:
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    with tqdm(
+        total=len(ids),
+        unit="img",
+        desc=f"{stage} ({producer['name']})",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    ) as bar:
+        rep = write_store(
+            d, kind, producer, ids, make, shard_size=SHARD_SIZE, progress=bar.update, log=log
+        )
+    dt = time.perf_counter() - t0
+    done = sum(min(SHARD_SIZE, len(ids) - k * SHARD_SIZE) for k in rep.written)
+    log(
+        f"{stage}: {len(rep.written)} shard(s) written ({done} images, "
+        f"{done / max(dt, 1e-9):.0f} img/s), {len(rep.skipped)} already done, "
+        f"{len(rep.redone)} redone"
+    )
+
+
+def _run_segment(refer: Refer, cfg: Any, run_dir: Path) -> dict:
+    from .data.simulate import SimulatedSegmenter
+
+    d, log = _prepare("segment", cfg, run_dir)
+    splits, ids = _stage_images(refer, cfg)
+    seg = SimulatedSegmenter(refer, cfg.segment.simulate, splits, _data_desc(cfg))
+    log(
+        f"segment: simulated Stage 1 on {cfg.data.dataset} {'+'.join(splits)}: {len(ids)} images "
+        f"-> {d}"
+    )
+    _write("segment", d, log, "S1", seg.producer, ids, seg)
+    if seg.counts:
+        log(f"segment: this session's counts: {dict(seg.counts)}", echo=False)
+    return _finish("segment", refer, cfg, run_dir, log)
+
+
+def _run_select(refer: Refer, cfg: Any, run_dir: Path) -> dict:
+    from .data.simulate import SimulatedSelector
+
+    s1 = Store(run_dir / "segment", kind="S1")
+    d, log = _prepare("select", cfg, run_dir)
+    sel = SimulatedSelector(refer, cfg.select.simulate, s1.producer)
+    log(f"select: simulated Stage 2 on {len(s1)} images of {run_dir / 'segment'} -> {d}")
+    _write("select", d, log, "S2", sel.producer, s1.image_ids(), lambda i: sel(s1.get(i)))
+    if sel.counts:
+        log(f"select: this session's counts: {dict(sel.counts)}", echo=False)
+    return _finish("select", refer, cfg, run_dir, log)
+
+
+def _finish(stage: str, refer: Refer, cfg: Any, run_dir: Path, log: _Log) -> dict:
+    m = evaluate_stage(stage, cfg, run_dir, refer=refer)
+    path = run_dir / stage / "metrics.json"
+    path.write_text(json.dumps(m, indent=1) + "\n")
+    rows = {}
+    seg_metrics = run_dir / "segment" / "metrics.json"
+    if stage == "select" and seg_metrics.exists():
+        rows["S1 oracle"] = json.loads(seg_metrics.read_text())
+    rows["S1 oracle" if stage == "segment" else "S+S"] = m
+    name = m["producer"]["name"]
+    rows = {f"{k} ({name})": v for k, v in rows.items()}
+    log(
+        f"{stage}: {cfg.data.dataset} {m['split']} at resolution {m['resolution']}, "
+        f"{m['num_expressions']} expressions; metrics in {path}\n" + format_table(rows)
+    )
+    return m
+
+
+# ---------------------------------------------------------------------------------- evaluation
+
+
+def evaluate_stage(
+    stage: str, cfg: Any, run_dir: str | Path, split: str | None = None, refer: Refer | None = None
+) -> dict:
+    """Score a stage's store against the GT: the S1 oracle (``segment``) or S2 (``select``).
+
+    Args:
+        stage: ``segment`` or ``select``.
+        cfg: the run's config (dataset, ``eval.resolution``, ``data.eval_split``).
+        run_dir: the run directory holding ``<stage>/store.json``.
+        split: the split to score (default ``data.eval_split``); its images must be in the store.
+        refer: the dataset, if already open.
+
+    Returns:
+        The ``metrics.json`` object: ``stage``, ``what``, ``split``, ``resolution``, ``mIoU``,
+        ``oIoU``, ``prec@0.5`` ... ``prec@0.9``, ``PointM``, ``PointIt`` (percent),
+        ``num_expressions``, ``num_objects``, ``producer``, ``warnings`` (counts).
+    """
+    run_dir = Path(run_dir)
+    refer = refer or Refer.from_config(cfg.data)
+    split = split or cfg.data.eval_split
+    s1 = Store(run_dir / "segment", kind="S1")
+    s2 = Store(run_dir / "select", kind="S2") if stage == "select" else None
+    store = s2 or s1
+    refs = refer.split_refs(split)
+    missing = sorted({r.image_id for r in refs if r.image_id not in store})
+    if missing:
+        raise StoreError(
+            f"{store.dir}: {len(missing)} image(s) of split {split!r} are not in the store "
+            f"(e.g. image {missing[0]}); the stage labels data.train_split and data.eval_split"
+        )
+    warnings: collections.Counter = collections.Counter(
+        {f"dataset.{k}": v for k, v in refer.warnings.items()}
+    )
+    by_sent = {s.sent_id: r for r in refs for s in r.sentences}
+    res = cfg.eval.resolution
+    cache: dict[int, np.ndarray | None] = {}
+
+    def predict(sent_id: int) -> np.ndarray | None:
+        ref = by_sent[sent_id]
+        if ref.ann_id not in cache:  # sentences of a ref are consecutive: keep one
+            cache.clear()
+            cache[ref.ann_id] = _prediction(ref, s1, s2, refer, res, warnings)
+        m = cache[ref.ann_id]
+        info = refer.images[ref.image_id]
+        return m if m is not None else np.zeros((info.height, info.width), dtype=bool)
+
+    out = {"stage": stage, "what": _WHAT[stage]}
+    m = evaluate_masks(refer, split, predict, resolution=res)
+    warnings.update(m.pop("warnings"))
+    out |= m
+    out["producer"] = store.producer
+    out["warnings"] = dict(sorted(warnings.items()))
+    return out
+
+
+def _prediction(ref, s1: Store, s2: Store | None, refer: Refer, res, warnings) -> np.ndarray | None:
+    """The mask scored for one object: the S2 choice, or the S1 oracle. ``None``: no candidate."""
+    rec = s1.get(ref.image_id)
+    if not rec.candidates:
+        warnings["object_in_image_without_candidates"] += 1
+    if s2 is not None:
+        chosen = s2.get(ref.image_id).object(ref.ann_id).chosen
+        if chosen is None:
+            warnings["object_without_choice"] += 1
+            return None
+        return rec.candidate(chosen).decode()
+    eligible = rec.object(ref.ann_id).eligible
+    if not eligible:
+        warnings["object_without_eligible"] += 1
+        return None
+    gt = refer.gt_mask(ref.ann_id)
+    size = eval_size(res, *gt.shape)
+    if size == gt.shape:  # IoU on the RLEs, no decoding
+        ious = _masks.iou([rec.candidate(i).rle for i in eligible], [_masks.encode(gt)])[:, 0]
+    else:  # the oracle maximizes the IoU that is reported, at the evaluation resolution
+        g = resize_mask(gt, size)
+        ious = []
+        for i in eligible:
+            p = resize_mask(rec.candidate(i).decode(), size)
+            u = np.count_nonzero(p | g)
+            ious.append(np.count_nonzero(p & g) / u if u else 0.0)
+    return rec.candidate(eligible[int(np.argmax(ious))]).decode()
