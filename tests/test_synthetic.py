@@ -1,0 +1,208 @@
+"""The synthetic dataset: deterministic, REFER-format, and every expression true and unique."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import numpy as np
+import pytest
+
+from sssc.config import load_config
+from sssc.data import Refer
+from sssc.data.synthetic import COLORS, SHAPES, generate
+
+N_IMAGES = 60
+
+
+def _digest(folder):
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    folder = generate(root, seed=0, num_images=N_IMAGES)
+    return root, folder, Refer(root, "synthetic", "synthetic", folder / "images")
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, synth):
+    _, folder, _ = synth
+    a = _digest(generate(tmp_path / "a", seed=0, num_images=N_IMAGES))
+    assert a == _digest(folder)
+    b = _digest(generate(tmp_path / "b", seed=1, num_images=N_IMAGES))
+    assert a.keys() == b.keys()  # same file names ...
+    assert a["instances.json"] != b["instances.json"]  # ... other content
+    assert a["refs(synthetic).p"] != b["refs(synthetic).p"]
+    assert sum(a[k] != b[k] for k in a if k.startswith("images/")) > N_IMAGES // 2
+
+
+def test_layout_and_round_trip(synth):
+    _, folder, refer = synth
+    assert (folder / "instances.json").is_file() and (folder / "refs(synthetic).p").is_file()
+    assert len(list((folder / "images").glob("*.png"))) == N_IMAGES == len(refer.images)
+    assert refer.splits() == ["train", "val", "test"]
+    assert set(refer.categories.values()) == set(SHAPES)
+    assert not refer.warnings
+    split_images = [set(refer.split_image_ids(s)) for s in refer.splits()]
+    assert sum(len(s) for s in split_images) == len(set().union(*split_images))  # by image
+    for ref in refer.refs.values():
+        assert len(ref.sentences) == 3
+        assert len({s.sent for s in ref.sentences}) == 3
+        ann = refer.annotation(ref.ann_id)
+        assert ann["image_id"] == ref.image_id and ann["category_id"] == ref.category_id
+    # Several instances of one category per image: that is what makes the task hard.
+    per_image = {}
+    for a in refer._anns.values():
+        per_image.setdefault(a["image_id"], []).append(a["category_id"])
+    repeated = sum(max(np.bincount(c)) >= 2 for c in per_image.values())
+    assert repeated >= 0.8 * N_IMAGES
+
+
+def test_masks_are_the_visible_coloured_pixels(synth):
+    """Each colour's pixels in the image are exactly the union of that colour's GT masks."""
+    _, _, refer = synth
+    by_image = {}
+    for a in refer._anns.values():
+        by_image.setdefault(a["image_id"], []).append(a)
+    for image_id, anns in by_image.items():
+        img = refer.load_image(image_id)
+        union = np.zeros(img.shape[:2], bool)
+        for name, rgb in COLORS.items():
+            painted = (img == np.asarray(rgb, np.uint8)).all(-1)
+            masks = [refer.gt_mask(a["id"]) for a in anns if a["color"] == name]
+            expected = np.logical_or.reduce(masks) if masks else np.zeros_like(painted)
+            np.testing.assert_array_equal(painted, expected)
+        for a in anns:
+            m = refer.gt_mask(a["id"])
+            assert m.sum() == a["area"] > 0
+            assert not (union & m).any()  # visible parts do not overlap
+            union |= m
+            ys, xs = np.nonzero(m)
+            x, y, w, h = a["bbox"]
+            assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x, y, x + w, y + h)
+
+
+# -- an independent checker of the expressions -----------------------------------------------------
+
+_COLOR = "|".join(COLORS)
+_SHAPE = "|".join(SHAPES)
+_ATTR = re.compile(rf"^the ({_COLOR}) ({_SHAPE})$")
+_SUPER = re.compile(rf"^the (largest|smallest|leftmost|rightmost|topmost|bottommost) ({_SHAPE})$")
+_REL = re.compile(
+    rf"^the ({_SHAPE}) (left of|right of|above|below) the (?:({_COLOR}) )?({_SHAPE})$"
+)
+
+
+def _centre(a):
+    x, y, w, h = a["bbox"]
+    return x + w / 2, y + h / 2
+
+
+def _resolve(expr: str, anns: list[dict]) -> list[int]:
+    """Ids of the annotations the expression describes, by the rules in the module docstring."""
+    if m := _ATTR.match(expr):
+        color, shape = m.groups()
+        return [a["id"] for a in anns if a["shape"] == shape and a["color"] == color]
+    if m := _SUPER.match(expr):
+        word, shape = m.groups()
+        group = [a for a in anns if a["shape"] == shape]
+        key = {
+            "largest": lambda a: a["area"],
+            "smallest": lambda a: -a["area"],
+            "leftmost": lambda a: -_centre(a)[0],
+            "rightmost": lambda a: _centre(a)[0],
+            "topmost": lambda a: -_centre(a)[1],
+            "bottommost": lambda a: _centre(a)[1],
+        }[word]
+        best = max(key(a) for a in group)
+        return [a["id"] for a in group if key(a) == best]  # a tie would give two ids
+    if m := _REL.match(expr):
+        shape, rel, lcolor, lshape = m.groups()
+        landmarks = [
+            a for a in anns if a["shape"] == lshape and (lcolor is None or a["color"] == lcolor)
+        ]
+        if len(landmarks) != 1:
+            return []  # an ambiguous landmark makes the expression invalid
+        lx, ly = _centre(landmarks[0])
+        test = {
+            "left of": lambda c: c[0] < lx,
+            "right of": lambda c: c[0] > lx,
+            "above": lambda c: c[1] < ly,
+            "below": lambda c: c[1] > ly,
+        }[rel]
+        return [a["id"] for a in anns if a["shape"] == shape and test(_centre(a))]
+    raise AssertionError(f"expression not of any template: {expr!r}")
+
+
+def test_every_expression_is_true_and_unique(synth):
+    _, _, refer = synth
+    by_image = {}
+    for a in refer._anns.values():
+        by_image.setdefault(a["image_id"], []).append(a)
+    kinds = {"attr": 0, "super": 0, "rel": 0}
+    for ref in refer.refs.values():
+        for s in ref.sentences:
+            assert _resolve(s.sent, by_image[ref.image_id]) == [ref.ann_id], s.sent
+            kinds[
+                "attr" if _ATTR.match(s.sent) else "super" if _SUPER.match(s.sent) else "rel"
+            ] += 1
+    assert min(kinds.values()) > 0.1 * sum(kinds.values())  # all three kinds are used
+
+
+def test_checker_rejects_false_and_ambiguous_expressions():
+    """The checker itself can say no: hand-made scenes with known answers."""
+
+    def ann(i, shape, color, x, y, size):
+        return {
+            "id": i,
+            "shape": shape,
+            "color": color,
+            "bbox": [x, y, size, size],
+            "area": size * size,
+        }
+
+    scene = [
+        ann(1, "circle", "red", 0, 0, 10),
+        ann(2, "circle", "red", 50, 0, 20),
+        ann(3, "square", "blue", 30, 40, 10),
+        ann(4, "square", "blue", 70, 40, 10),
+        ann(5, "triangle", "green", 40, 0, 10),
+    ]
+    assert _resolve("the red circle", scene) == [1, 2]  # ambiguous
+    assert _resolve("the green circle", scene) == []  # false
+    assert _resolve("the largest circle", scene) == [2]
+    assert _resolve("the smallest square", scene) == [3, 4]  # a tie
+    assert _resolve("the circle left of the triangle", scene) == [1]
+    assert _resolve("the circle left of the square", scene) == []  # two squares
+    assert _resolve("the square right of the green triangle", scene) == [4]
+    with pytest.raises(AssertionError, match="not of any template"):
+        _resolve("the big circle", scene)
+
+
+# -- generation from a config ----------------------------------------------------------------------
+
+
+def test_from_config_generates_once_and_regenerates_on_new_settings(tmp_path, capsys):
+    overrides = [f"data.root={tmp_path}", f"data.image_dir={tmp_path}/synthetic/images"]
+    cfg = load_config(None, [*overrides, "data.synth.num_images=12"])
+    refer = Refer.from_config(cfg.data)
+    assert len(refer.images) == 12 and "generating" in capsys.readouterr().err
+    stamp = (tmp_path / "synthetic" / "instances.json").stat().st_mtime_ns
+    assert len(Refer.from_config(cfg.data).images) == 12
+    assert capsys.readouterr().err == ""  # reused, not regenerated
+    assert (tmp_path / "synthetic" / "instances.json").stat().st_mtime_ns == stamp
+    cfg = load_config(None, [*overrides, "data.synth.num_images=15"])
+    assert len(Refer.from_config(cfg.data).images) == 15
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic"]  # no temporary left
+
+
+def test_generate_rejects_bad_sizes(tmp_path):
+    with pytest.raises(ValueError, match="num_images"):
+        generate(tmp_path, num_images=0)
+    with pytest.raises(ValueError, match="image_size"):
+        generate(tmp_path, image_size=8)
