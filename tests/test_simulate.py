@@ -136,7 +136,7 @@ def test_s2_correct_rate_and_systematic_mistakes(refer, mode):
             largest = max(others, key=lambda i: (rec.candidate(i).area, -i))
             h, w = rec.height, rec.width
 
-            def d(i):
+            def d(i, rec=rec, h=h, w=w):
                 x, y, bw, bh = rec.candidate(i).box
                 return ((x + bw / 2 - w / 2) ** 2 + (y + bh / 2 - h / 2) ** 2, i)
 

@@ -1,0 +1,145 @@
+"""End to end: sssc-train --stage segment/select on a small synthetic dataset, resume, sssc eval."""
+
+import json
+
+import pytest
+
+from sssc.cli import main, train_main
+from sssc.config import load_config
+from sssc.data.refer import Refer
+
+KEYS = [
+    "split",
+    "mIoU",
+    "oIoU",
+    *(f"prec@{t}" for t in (0.5, 0.6, 0.7, 0.8, 0.9)),
+    "PointM",
+    "PointIt",
+    "producer",
+    "num_expressions",
+    "warnings",
+]
+
+
+@pytest.fixture()
+def sets(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "data"
+    return [
+        "--set",
+        f"data.root={root}",
+        "--set",
+        f"data.image_dir={root}/synthetic/images",
+        "--set",
+        "data.synth.num_images=60",
+    ]
+
+
+def _stats(run):
+    return {
+        p.name: (p.stat().st_ino, p.stat().st_mtime_ns)
+        for stage in ("segment", "select")
+        for p in (run / stage / "shards").iterdir()
+    }
+
+
+def test_select_runs_segment_first_then_resumes(tmp_path, sets, capsys):
+    run = tmp_path / "run"
+    assert train_main(["--stage", "select", "--run", str(run), *sets]) == 0
+    out = capsys.readouterr().out
+    assert "running --stage segment first" in out
+    assert "S1 oracle (simulated)" in out and "S+S (simulated)" in out
+
+    cfg = load_config(None, [s for s in sets if s != "--set"])
+    refer = Refer.from_config(cfg.data)
+    n_expr = sum(len(r.sentences) for r in refer.split_refs("val"))
+    m = {}
+    for stage in ("segment", "select"):
+        d = run / stage
+        assert (d / "config.yaml").is_file() and (d / "log.txt").is_file()
+        m[stage] = json.loads((d / "metrics.json").read_text())
+        assert all(k in m[stage] for k in KEYS), set(KEYS) - set(m[stage])
+        assert m[stage]["split"] == "val" and m[stage]["num_expressions"] == n_expr
+        assert m[stage]["producer"]["name"] == "simulated"
+        for k in KEYS[1:10]:
+            assert 0.0 <= m[stage][k] <= 100.0
+    assert m["select"]["producer"]["segment"] == m["segment"]["producer"]
+    assert m["select"]["producer"]["p_correct"] == 0.6
+    # The oracle takes the best eligible candidate, S2 one of them: never better per expression.
+    for k in ("mIoU", *(f"prec@{t}" for t in (0.5, 0.6, 0.7, 0.8, 0.9))):
+        assert m["segment"][k] >= m["select"][k], k
+    assert m["segment"]["mIoU"] > m["select"]["mIoU"]
+
+    before = _stats(run)
+    assert train_main(["--stage", "select", "--run", str(run), *sets]) == 0
+    out = capsys.readouterr().out
+    assert "running --stage segment first" not in out and "0 shard(s) written" in out
+    assert _stats(run) == before
+    assert json.loads((run / "select" / "metrics.json").read_text()) == m["select"]
+
+    # sssc eval scores the same store to the same numbers, and at another resolution too.
+    assert main(["eval", "--run", str(run), "--stage", "select"]) == 0
+    assert json.loads((run / "select" / "eval_val.json").read_text()) == m["select"]
+    assert (
+        main(
+            [
+                "eval",
+                "--run",
+                str(run),
+                "--stage",
+                "segment",
+                "--split",
+                "train",
+                "--set",
+                "eval.resolution=original",
+                "--out",
+                str(tmp_path / "t.json"),
+            ]
+        )
+        == 0
+    )
+    t = json.loads((tmp_path / "t.json").read_text())
+    assert t["split"] == "train" and t["resolution"] == "original"
+
+
+def test_corrupt_segment_shard_is_redone(tmp_path, sets, capsys):
+    run = tmp_path / "run"
+    assert train_main(["--stage", "segment", "--run", str(run), *sets]) == 0
+    shard = run / "segment" / "shards" / "shard-00000.jsonl"
+    good = shard.read_bytes()
+    shard.write_bytes(good[: len(good) // 3])
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--stage", "segment"]) == 2
+    assert "shard-00000.jsonl" in capsys.readouterr().err
+    assert train_main(["--stage", "select", "--run", str(run), *sets]) == 0
+    out = capsys.readouterr().out
+    assert "running --stage segment first" in out and "shard-00000.jsonl" in out
+    assert shard.read_bytes() == good
+
+
+def test_changed_settings_do_not_reuse_a_store(tmp_path, sets, capsys):
+    run = tmp_path / "run"
+    assert train_main(["--stage", "segment", "--run", str(run), *sets]) == 0
+    capsys.readouterr()
+    rc = train_main(
+        ["--stage", "segment", "--run", str(run), *sets, "--set", "segment.simulate.p_drop=0.5"]
+    )
+    assert rc == 2
+    assert "belongs to another run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args,expect",
+    [
+        (["--stage", "correct"], "Stage 3"),
+        (["--stage", "bootstrap"], "--stage select"),
+        (["--stage", "segment", "--set", "segment.backend=models"], "issue 4"),
+        (["--stage", "select", "--set", "select.backend=models"], "issue 4"),
+    ],
+    ids=["correct", "bootstrap", "segment-models", "select-models"],
+)
+def test_unimplemented_is_a_clear_error(tmp_path, sets, capsys, args, expect):
+    assert train_main([*args, "--run", str(tmp_path / "run"), *sets]) == 2
+    err = capsys.readouterr().err
+    assert expect in err and "not implemented" in err
+    assert not (tmp_path / "run").exists()
