@@ -23,6 +23,7 @@ Splits are by image: about 80% train, 10% val, 10% test.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -33,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 __all__ = ["COLORS", "SHAPES", "ensure_generated", "generate"]
@@ -152,7 +153,7 @@ def _write(folder: Path, seed: int, num_images: int, image_size: int) -> None:
         image_id = k + 1
         file_name = f"synthetic_{image_id:06d}.png"
         img, objs = _draw_image(rng, image_size)
-        cv2.imwrite(str(folder / "images" / file_name), img[:, :, ::-1])  # RGB -> BGR
+        Image.fromarray(img).save(folder / "images" / file_name, compress_level=1)
         images.append(
             {"id": image_id, "file_name": file_name, "height": image_size, "width": image_size}
         )
@@ -216,17 +217,32 @@ def _image_splits(n: int, rng: np.random.Generator) -> list[str]:
 
 
 def _shape_mask(shape: str, cx: int, cy: int, s: int, size: int) -> np.ndarray:
-    m = np.zeros((size, size), np.uint8)
+    """bool ``[S, S]``: the pixels whose centre (integer coordinates) lies in the shape."""
+    yy, xx = _grid(size)
     if shape == "circle":
-        cv2.circle(m, (cx, cy), s, 1, thickness=-1, lineType=cv2.LINE_8)
-    elif shape == "square":
+        return (xx - cx) ** 2 + (yy - cy) ** 2 <= s * s
+    if shape == "square":
         h = max(int(round(s * 0.9)), 2)  # about a circle's area
-        cv2.rectangle(m, (cx - h, cy - h), (cx + h, cy + h), 1, thickness=-1)
-    else:  # triangle, apex up
-        h = int(round(s * 1.2))
-        pts = np.array([[cx, cy - h], [cx - h, cy + h * 3 // 4], [cx + h, cy + h * 3 // 4]])
-        cv2.fillPoly(m, [pts.astype(np.int32)], 1, lineType=cv2.LINE_8)
-    return m.astype(bool)
+        return (abs(xx - cx) <= h) & (abs(yy - cy) <= h)
+    # Triangle, apex up: below the base line and inside both slanted edges.
+    h = int(round(s * 1.2))
+    base = cy + h * 3 // 4
+    depth = base - (cy - h)  # apex to base, in rows
+    return (yy <= base) & (abs(xx - cx) * depth <= h * (yy - (cy - h)))
+
+
+@functools.lru_cache(maxsize=4)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:size, 0:size]
+    yy.flags.writeable = xx.flags.writeable = False  # shared between calls
+    return yy, xx
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """3x3 binary dilation (the mask and its 8-neighbours)."""
+    p = np.pad(mask, 1)
+    h, w = mask.shape
+    return np.logical_or.reduce([p[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)])
 
 
 def _draw_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[_Obj]]:
@@ -247,7 +263,7 @@ def _draw_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[_
             if not all((o.visible & ~full).sum() >= _MIN_VISIBLE * o.full.sum() for o in objs):
                 continue
             # Touching shapes of one colour would read as one blob: give them different colours.
-            near = cv2.dilate(full.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+            near = _dilate(full)
             taken = {o.color for o in objs if (o.full & near).any()}
             free = [c for c in color_names if c not in taken]
             if free:
