@@ -62,7 +62,7 @@ def _random_case(rng, R, C, n_obj, levels=None, p_forbid=0.0, p_nan=0.0, ids=Non
 
 def _grouped_case(rng, n_groups, objs_per_group, refs_per_obj, cands_per_group, levels=4):
     """Groups with unsorted, sparse ids; rows and candidates interleaved across groups."""
-    gids = rng.permutation(50)[:n_groups] * 7 - 30
+    gids = rng.permutation(max(50, 2 * n_groups))[:n_groups] * 7 - 30
     rg, ro, cg = [], [], []
     next_obj = 0
     for gi, g in enumerate(gids):
@@ -189,6 +189,27 @@ def test_groups_equal_dense_with_cross_group_forbidden(case):
     np.testing.assert_array_equal(with_groups, greedy_match(masked, obj))
     np.testing.assert_array_equal(with_groups, brute_force(masked, obj))
     np.testing.assert_array_equal(greedy_match_reference(noisy, obj, rg, cg), with_groups)
+
+
+@pytest.mark.parametrize("threshold", [None, 1], ids=["many_blocks", "forced"])
+def test_numba_parallel_blocks(monkeypatch, threshold):
+    """The prange path (taken for many image blocks) gives the serial result."""
+    import sys
+
+    module = sys.modules["sssc.kernels.greedy_match"]
+    rng = np.random.default_rng(99)
+    if threshold is None:
+        n = module._PARALLEL_MIN_BLOCKS + 6
+        case = _grouped_case(rng, n, [2] * n, 2, list(rng.integers(1, 4, size=n)), levels=3)
+    else:
+        monkeypatch.setattr(module, "_PARALLEL_MIN_BLOCKS", threshold)
+        case = CASES["groups_ties"]
+    calls = []
+    parallel = module._run_blocks_parallel
+    monkeypatch.setattr(module, "_run_blocks_parallel", lambda *a: calls.append(1) or parallel(*a))
+    scores, obj, rg, cg = case
+    np.testing.assert_array_equal(greedy_match(scores, obj, rg, cg), brute_force(*case))
+    assert calls, "the parallel path was not taken"
 
 
 def test_non_contiguous_scores_and_ids():
