@@ -244,6 +244,7 @@ class Refer:
             except (KeyError, TypeError, ValueError) as e:
                 raise DatasetError(f"{path}: categories[{i}] is malformed ({e!r})") from None
         self._anns: dict[int, dict] = {}
+        self._image_anns: dict[int, list[int]] = {}
         for i, a in enumerate(coco["annotations"]):
             if not isinstance(a, dict) or not all(
                 k in a for k in ("id", "image_id", "category_id", "segmentation")
@@ -252,6 +253,7 @@ class Refer:
                     f"{path}: annotations[{i}] lacks one of id, image_id, category_id, segmentation"
                 )
             self._anns[int(a["id"])] = a
+            self._image_anns.setdefault(int(a["image_id"]), []).append(int(a["id"]))
 
     def _load_refs(self, raw_refs: list[dict]) -> None:
         path = self.refs_path
@@ -366,6 +368,10 @@ class Refer:
             return self._anns[ann_id]
         except KeyError:
             raise DatasetError(f"{self.instances_path}: no annotation {ann_id}") from None
+
+    def image_annotations(self, image_id: int) -> list[int]:
+        """Every annotation id of the image, referred or not, ascending (S1 needs all instances)."""
+        return sorted(self._image_anns.get(image_id, []))
 
     def gt_mask(self, ann_id: int) -> np.ndarray:
         """The annotation's mask, bool ``[H, W]`` at the image's original resolution."""

@@ -45,22 +45,8 @@ __all__ = ["SimulatedSegmenter", "SimulatedSelector", "image_annotations", "jitt
 
 
 def image_annotations(refer: Refer) -> dict[int, list[int]]:
-    """Every annotation id of every image (not only the referred ones), sorted.
-
-    ``Refer`` exposes annotations by id only; S1 needs *all* instances of a class in an image, the
-    non-referred ones too, so this reads them from the reader's annotation table.
-    """
-    if hasattr(refer, "image_annotations"):  # a later Refer may offer it directly
-        return {i: sorted(refer.image_annotations(i)) for i in refer.images}
-    anns = getattr(refer, "_anns", None)
-    out: dict[int, list[int]] = collections.defaultdict(list)
-    if anns is None:  # fall back to the referred objects only
-        for r in refer.refs.values():
-            out[r.image_id].append(r.ann_id)
-    else:
-        for ann_id, a in anns.items():
-            out[int(a["image_id"])].append(int(ann_id))
-    return {i: sorted(set(v)) for i, v in out.items()}
+    """Every annotation id of every image (not only the referred ones), sorted."""
+    return {i: refer.image_annotations(i) for i in refer.images}
 
 
 def _shift(m: np.ndarray, dy: int, dx: int) -> np.ndarray:
