@@ -230,6 +230,11 @@ def _mask_weights(masks: torch.Tensor, size: int, crop: str) -> torch.Tensor:
     return a[:, 0, top : top + size, left : left + size]
 
 
+# Masks are converted to float and resampled this many bytes at a time: temporaries below glibc's
+# mmap threshold are reused from the heap instead of being page-faulted in anew on every call.
+_CHUNK_BYTES = 1 << 23
+
+
 def _composite_torch(
     bn: torch.Tensor,
     diff: torch.Tensor,
@@ -239,10 +244,14 @@ def _composite_torch(
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``out [C, 3, size, size] = bn + a_c * diff`` with ``a_c`` from :func:`_mask_weights`."""
-    a = _mask_weights(masks, size, crop)
+    c, h, w = masks.shape
     if out is None:
-        out = torch.empty(masks.shape[0], 3, size, size, dtype=torch.float32, device=bn.device)
-    return torch.addcmul(bn, a[:, None], diff, out=out)
+        out = torch.empty(c, 3, size, size, dtype=torch.float32, device=bn.device)
+    step = max(1, _CHUNK_BYTES // (4 * h * w)) if bn.device.type == "cpu" else max(c, 1)
+    for i in range(0, c, step):
+        a = _mask_weights(masks[i : i + step], size, crop)
+        torch.addcmul(bn, a[:, None], diff, out=out[i : i + step])
+    return out
 
 
 if HAS_TRITON:
