@@ -65,8 +65,9 @@ def greedy_match(scores, ref_object, ref_group=None, cand_group=None, backend: s
 
     Raises:
         ValueError: wrong ranks or lengths, non-integer ids, only one of the two group arguments,
-            or an object whose expressions lie in different groups (checked for CPU inputs only:
-            on CUDA it would need a host synchronisation).
+            or an object whose expressions lie in different groups (not checked for CUDA tensors
+            on the Triton backend, where it would need a host synchronisation; such input then
+            gives an unspecified matching).
     """
     is_torch = isinstance(scores, torch.Tensor)
     device = scores.device if is_torch else torch.device("cpu")
@@ -75,6 +76,9 @@ def greedy_match(scores, ref_object, ref_group=None, cand_group=None, backend: s
     )
     name = resolve_backend(_OP, backend, device, _BACKENDS, cpu_default="numba")
     R, C = scores.shape
+    if name != "triton" or device.type == "cpu":
+        # On the host the ids are cheap to inspect; on CUDA the check would cost a host sync.
+        np_obj, np_rg, np_cg, by_obj = _host_ids(ref_object, ref_group, cand_group)
     if name == "triton":
         if not is_torch:
             raise ValueError(f"{_OP}: backend='triton' needs torch tensors, got numpy arrays")
@@ -82,14 +86,6 @@ def greedy_match(scores, ref_object, ref_group=None, cand_group=None, backend: s
 
     # CPU paths work on numpy views of CPU tensors (no copy for contiguous CPU inputs).
     np_scores = _to_numpy_scores(scores)
-    np_obj = _to_numpy_ids(ref_object)
-    np_rg = np_cg = None
-    if ref_group is not None:
-        np_rg, np_cg = _to_numpy_ids(ref_group), _to_numpy_ids(cand_group)
-    # numpy's stable sorts are far faster than Numba's mergesort, so the kernel gets the orders.
-    by_obj = np.argsort(np_obj, kind="stable")
-    if np_rg is not None:
-        _check_object_groups(np_obj, np_rg, by_obj)
     if name == "reference":
         out = _reference_numpy(np_scores, np_obj, np_rg, np_cg)
     elif R == 0 or C == 0:
@@ -213,6 +209,18 @@ def _to_numpy_scores(scores) -> np.ndarray:
     if scores.dtype in (np.float32, np.float64):
         return scores
     return scores.astype(np.float32 if np.issubdtype(scores.dtype, np.floating) else np.float64)
+
+
+def _host_ids(ref_object, ref_group, cand_group):
+    """Ids as int64 numpy, the object sort order, and the check that objects keep to one group."""
+    np_obj = _to_numpy_ids(ref_object)
+    np_rg = np_cg = None
+    # numpy's stable sorts are far faster than Numba's mergesort, so the kernel gets the orders.
+    by_obj = np.argsort(np_obj, kind="stable")
+    if ref_group is not None:
+        np_rg, np_cg = _to_numpy_ids(ref_group), _to_numpy_ids(cand_group)
+        _check_object_groups(np_obj, np_rg, by_obj)
+    return np_obj, np_rg, np_cg, by_obj
 
 
 def _to_numpy_ids(ids) -> np.ndarray:
