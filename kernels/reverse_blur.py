@@ -18,6 +18,7 @@ an image with ``C`` masks costs one blur and one pass over ``C x 3 x size x size
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -189,6 +190,21 @@ def _normalize_affine(mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
     return m, s
 
 
+@functools.lru_cache(maxsize=64)
+def _blur_operators(
+    h: int, w: int, sigma: float, size: int, crop: str, integer_image: bool
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Per-axis ``resize . blur`` operators (float32, CPU) and block sizes, cached: images of one
+    size (a dataset's usual case) build them once."""
+    new_h, new_w, top, left = _geometry(h, w, size, crop)
+    radius = _gauss_radius(sigma, integer_image)
+    by = min(max(1, int(sigma / _BLOCK_SIGMAS)), h)
+    bx = min(max(1, int(sigma / _BLOCK_SIGMAS)), w)
+    uy = _pooled_blur_operator(h, sigma, radius, by, *_resize_taps(h, new_h, top, size, "bicubic"))
+    ux = _pooled_blur_operator(w, sigma, radius, bx, *_resize_taps(w, new_w, left, size, "bicubic"))
+    return uy.float(), ux.float(), by, bx
+
+
 def _planes(
     image: torch.Tensor, sigma: float, size: int, crop: str, mean, std, integer_image: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,13 +218,9 @@ def _planes(
     )[0, :, top : top + size, left : left + size]
     if sigma == 0:
         return (sharp - m) / s, torch.zeros_like(sharp)
-    radius = _gauss_radius(sigma, integer_image)
-    by = min(max(1, int(sigma / _BLOCK_SIGMAS)), h)
-    bx = min(max(1, int(sigma / _BLOCK_SIGMAS)), w)
-    uy = _pooled_blur_operator(h, sigma, radius, by, *_resize_taps(h, new_h, top, size, "bicubic"))
-    ux = _pooled_blur_operator(w, sigma, radius, bx, *_resize_taps(w, new_w, left, size, "bicubic"))
-    uy = uy.to(device=image.device, dtype=torch.float32)
-    ux = ux.to(device=image.device, dtype=torch.float32)
+    uy, ux, by, bx = _blur_operators(h, w, sigma, size, crop, integer_image)
+    uy = uy.to(device=image.device, non_blocking=True)
+    ux = ux.to(device=image.device, non_blocking=True)
     pooled = _block_sum(image, by, bx)
     # Contract the longer axis first: the second product then runs on the smaller array.
     if pooled.shape[2] >= pooled.shape[1]:
@@ -459,6 +471,12 @@ def reverse_blur(
     CLIP's torchvision preprocessing applies to PIL images: ``crop="center"`` resizes the short
     side to ``size`` (long side truncated) and center-crops, ``crop="none"`` resizes to
     ``size x size`` ignoring the aspect ratio. ``normalize`` is ``(x - mean) / std`` per channel.
+
+    Dtype policy: uint8 images are scaled by 1/255; the fast backends compute in float32 (their
+    operators are built in float64), the reference in float64; the output is float32.
+
+    This is the visual prompt of Subramanian et al. (ReCLIP, 2022) as used by Segment, Select,
+    Correct to score SAM candidates with CLIP (sigma = 50 px).
 
     The fast backends blur once per image (cost independent of ``sigma``) and write all ``C``
     outputs in one pass as ``Bn + a_c * (In - Bn)``, with ``a_c`` the mask averaged over each output
