@@ -291,8 +291,10 @@ def _numba_fwd_kernel(p, m, mw, pidx, cidx, tasks, band, inter, psum, msum):  # 
     """I, sum(p) and sum(m) for every task's pairs; no validation (the dispatcher did it).
 
     ``p`` is ``[N, K]`` float32, ``m`` the ``[C, K]`` mask bytes and ``mw`` the same bytes as
-    ``[C, K/8]`` uint64 words. A zero word is skipped, a full word adds the prediction's
-    precomputed sum over those 8 pixels, and only the words on a blob's edge go pixel by pixel.
+    ``[C, K/8]`` uint64 words. Spans of words that are all zero are skipped with one vectorised
+    OR; a run of full words (all 8 pixels set: the inside of a blob) costs one difference of the
+    prediction's prefix sums over 8-pixel words; only the words on a blob's edge are multiplied
+    out, 8 pixels at a time. Prefix sums are float64 (they are differenced), pixel sums float32.
     """
     k_words = mw.shape[1]
     band_w = band // 8
@@ -300,27 +302,30 @@ def _numba_fwd_kernel(p, m, mw, pidx, cidx, tasks, band, inter, psum, msum):  # 
         s, e, c0, c1, first = tasks[t, 0], tasks[t, 1], tasks[t, 2], tasks[t, 3], tasks[t, 4]
         nb = e - s
         rows = pidx[s:e]
-        s8 = np.zeros((nb, band_w), np.float32)
-        acc = np.zeros(nb, np.float32)
+        cs = np.zeros((nb, band_w + 1), np.float64)  # cs[j, x] = sum of p[j] over band words < x
+        acc = np.zeros(nb, np.float64)
+        edge = np.zeros((nb, 8), np.float32)
+        mf = np.zeros(8, np.float32)
         tot = np.zeros((nb, c1 - c0), np.float64)
         cnt = np.zeros(c1 - c0, np.int64)
         ptot = np.zeros(nb, np.float64)
         for w0 in range(0, k_words, band_w):
             w1 = min(w0 + band_w, k_words)
-            for j in range(nb):  # 8-pixel sums of the band, reused by every candidate
-                prow = p[rows[j]]
-                band_sum = np.float32(0.0)
-                for w in range(w0, w1):
+            for j in range(nb):
+                prow = p[rows[j], 8 * w0 : 8 * w1]
+                run_sum = 0.0
+                for w in range(w1 - w0):
                     v = np.float32(0.0)
                     for q in range(8):
                         v += prow[8 * w + q]
-                    s8[j, w - w0] = v
-                    band_sum += v
-                ptot[j] += band_sum
+                    run_sum += v
+                    cs[j, w + 1] = run_sum
+                ptot[j] += run_sum
             for ci in range(c0, c1):
                 c = cidx[ci]
                 mrow = mw[c]
                 acc[:] = 0.0
+                edge[:, :] = 0.0
                 n_full = 0
                 for wb in range(w0, w1, _SPAN):
                     we = min(wb + _SPAN, w1)
@@ -330,25 +335,32 @@ def _numba_fwd_kernel(p, m, mw, pidx, cidx, tasks, band, inter, psum, msum):  # 
                         any_set |= span[q]
                     if any_set == 0:
                         continue
-                    for q in range(we - wb):
-                        word = span[q]
+                    run = -1  # start of the current run of full words
+                    for q in range(we - wb + 1):
+                        word = span[q] if q < we - wb else np.uint64(0)
+                        if word == _FULL:
+                            if run < 0:
+                                run = q
+                            continue
+                        if run >= 0:  # close the run: inside the blob
+                            lo, hi = wb - w0 + run, wb - w0 + q
+                            for j in range(nb):
+                                acc[j] += cs[j, hi] - cs[j, lo]
+                            n_full += q - run
+                            run = -1
                         if word == 0:
                             continue
-                        w = wb + q
-                        if word == _FULL:  # inside the blob
-                            n_full += 1
-                            for j in range(nb):
-                                acc[j] += s8[j, w - w0]
-                        else:  # on its edge
-                            for q in range(8):
-                                v = m[c, 8 * w + q]
-                                if v != 0:
-                                    cnt[ci - c0] += v
-                                    for j in range(nb):
-                                        acc[j] += p[rows[j], 8 * w + q] * np.float32(v)
+                        k = 8 * (wb + q)  # on the blob's edge: 8 pixels, branch-free
+                        for r in range(8):
+                            mf[r] = m[c, k + r]
+                            cnt[ci - c0] += m[c, k + r]
+                        for j in range(nb):
+                            prow = p[rows[j], k : k + 8]
+                            for r in range(8):
+                                edge[j, r] += prow[r] * mf[r]
                 cnt[ci - c0] += 8 * n_full
                 for j in range(nb):
-                    tot[j, ci - c0] += acc[j]
+                    tot[j, ci - c0] += acc[j] + edge[j].sum()
         for j in range(nb):
             psum[rows[j]] = ptot[j]
             for ci in range(c0, c1):
@@ -362,7 +374,10 @@ def _numba_fwd_kernel(p, m, mw, pidx, cidx, tasks, band, inter, psum, msum):  # 
 def _numba_bwd_kernel(m, mw, w, r, pidx, cidx, tasks, band, grad):  # pragma: no cover - jitted
     """grad[pidx[j]] = sum_c w[pidx[j], c] * m[c] - r[pidx[j]] over each task's candidates.
 
-    Same word walk as the forward pass; each task owns its prediction rows, so no two threads
+    The same word walk as the forward pass. A run of full words adds ``w`` to a float64 difference
+    array over words (at its start, and subtracts it at its end); the pixels of edge words are
+    added to a per-word buffer, zeroed only for the words that have edges. One prefix sum over the
+    words of a band then writes every pixel. Each task owns its prediction rows, so no two threads
     write the same gradient row.
     """
     k_words = mw.shape[1]
@@ -371,11 +386,18 @@ def _numba_bwd_kernel(m, mw, w, r, pidx, cidx, tasks, band, grad):  # pragma: no
         s, e, c0, c1 = tasks[t, 0], tasks[t, 1], tasks[t, 2], tasks[t, 3]
         nb = e - s
         rows = pidx[s:e]
-        buf = np.zeros((nb, band), np.float32)
-        wc = np.zeros(nb, np.float32)
+        diffw = np.zeros((band_w + 1, nb), np.float64)  # word-major: the j loops are contiguous
+        edge = np.zeros((band_w, nb, 8), np.float32)
+        touched = np.zeros(band_w, np.bool_)
+        wc = np.zeros(nb, np.float64)
+        base = np.zeros(nb, np.float64)
+        rr = np.zeros(nb, np.float64)
+        for j in range(nb):
+            rr[j] = r[rows[j]]
         for w0 in range(0, k_words, band_w):
             w1 = min(w0 + band_w, k_words)
-            buf[:, :] = 0.0
+            diffw[:, :] = 0.0
+            touched[:] = False
             for ci in range(c0, c1):
                 c = cidx[ci]
                 nz = False
@@ -393,26 +415,41 @@ def _numba_bwd_kernel(m, mw, w, r, pidx, cidx, tasks, band, grad):  # pragma: no
                         any_set |= span[q]
                     if any_set == 0:
                         continue
-                    for qw in range(we - wb):
-                        word = span[qw]
+                    run = -1
+                    for q in range(we - wb + 1):
+                        word = span[q] if q < we - wb else np.uint64(0)
+                        if word == _FULL:
+                            if run < 0:
+                                run = q
+                            continue
+                        if run >= 0:
+                            for j in range(nb):
+                                diffw[wb - w0 + run, j] += wc[j]
+                                diffw[wb - w0 + q, j] -= wc[j]
+                            run = -1
                         if word == 0:
                             continue
-                        ww = wb + qw
-                        o = 8 * (ww - w0)
-                        if word == _FULL:
-                            for j in range(nb):
-                                for q in range(8):
-                                    buf[j, o + q] += wc[j]
-                        else:
-                            for q in range(8):
-                                v = np.float32(m[c, 8 * ww + q])
-                                if v != 0:
-                                    for j in range(nb):
-                                        buf[j, o + q] += wc[j] * v
-            for j in range(nb):
-                rj = r[rows[j]]
-                for kk in range(8 * w0, 8 * w1):
-                    grad[rows[j], kk] = buf[j, kk - 8 * w0] - rj
+                        wl = wb - w0 + q
+                        if not touched[wl]:
+                            edge[wl, :, :] = 0.0
+                            touched[wl] = True
+                        for q8 in range(8):
+                            v = np.float32(m[c, 8 * (wb + q) + q8])
+                            if v != 0:
+                                for j in range(nb):
+                                    edge[wl, j, q8] += np.float32(wc[j]) * v
+            base[:] = 0.0
+            for wl in range(w1 - w0):
+                k = 8 * (w0 + wl)
+                for j in range(nb):
+                    base[j] += diffw[wl, j]
+                    bj = np.float32(base[j] - rr[j])
+                    if touched[wl]:
+                        for q8 in range(8):
+                            grad[rows[j], k + q8] = bj + edge[wl, j, q8]
+                    else:
+                        for q8 in range(8):
+                            grad[rows[j], k + q8] = bj
 
 
 def _numba_masks(m):
@@ -474,7 +511,13 @@ def _numba_backward(m, w, r, blocks):
     if not (len(tasks) and k):
         return torch.zeros((w.shape[0], k), dtype=torch.float32)
     mb, mw = _numba_masks(m)
-    grad = torch.zeros((w.shape[0], mb.shape[1]), dtype=torch.float32)
+    # Every row of a task is written whole; only the rows of no task need zeros (no memset of
+    # the whole [N, K] buffer).
+    grad = torch.empty((w.shape[0], mb.shape[1]), dtype=torch.float32)
+    seen = torch.zeros(w.shape[0], dtype=torch.bool)
+    for s, e in tasks[:, :2]:
+        seen[s:e] = True
+    grad[blocks.pidx[~seen]] = 0.0
     with numba.parallel_chunksize(1):
         _numba_bwd_kernel(
             mb,
