@@ -35,16 +35,26 @@ def blob_masks(num: int, height: int, width: int, seed: int = 0, min_frac: float
         b = np.sqrt(area / np.pi / aspect)
         cy, cx = rng.uniform(0, height), rng.uniform(0, width)
         th = rng.uniform(0, np.pi)
-        dy, dx = yy - cy, xx - cx
-        u = (dx * np.cos(th) + dy * np.sin(th)) / max(a, 0.5)
-        v = (-dx * np.sin(th) + dy * np.cos(th)) / max(b, 0.5)
+        # Draw only inside the bounding box of the largest wobble (radius 1.15), plus a margin:
+        # the same pixels as over the full grid, at a fraction of the cost.
+        sa, sb = max(a, 0.5), max(b, 0.5)
+        ey = 1.15 * np.hypot(sa * np.sin(th), sb * np.cos(th)) + 2
+        ex = 1.15 * np.hypot(sa * np.cos(th), sb * np.sin(th)) + 2
+        y0, y1 = max(int(cy - ey), 0), min(int(cy + ey) + 2, height)
+        x0, x1 = max(int(cx - ex), 0), min(int(cx + ex) + 2, width)
+        dy, dx = yy[y0:y1, x0:x1] - cy, xx[y0:y1, x0:x1] - cx
+        u = (dx * np.cos(th) + dy * np.sin(th)) / sa
+        v = (-dx * np.sin(th) + dy * np.cos(th)) / sb
         ang = np.arctan2(v, u)
         k = rng.integers(2, 6)
         wobble = 1.0 + 0.15 * np.sin(k * ang + rng.uniform(0, 2 * np.pi))
         m = u * u + v * v <= wobble * wobble
         if not m.any():
+            m = np.zeros((height, width), dtype=bool)
             m[int(np.clip(cy, 0, height - 1)), int(np.clip(cx, 0, width - 1))] = True
-        out[i] = m
+            out[i] = m
+        else:
+            out[i, y0:y1, x0:x1] = m
     return out
 
 
