@@ -218,6 +218,21 @@ def test_grad_half_precision(backend):
     assert _rel(ours, oracle) < 1e-2  # the gradient itself is rounded to bfloat16
 
 
+@pytest.mark.skipif(not _CAN_TRITON, reason="Triton needs CUDA or TRITON_INTERPRET=1")
+def test_triton_split_k(monkeypatch):
+    """Several programs add partial sums of one tile (split over pixels) atomically."""
+    from sssc.kernels import soft_iou
+
+    monkeypatch.setattr(soft_iou, "_sm_count", lambda device: 64)  # ask for many programs
+    dev = _device("triton")
+    pred, cand = _inputs(5, 7, 40, 52, seed=12, device=dev)  # 17 pixel tiles: 3 splits
+    pg = torch.tensor([0, 1, 0, 1, 1], device=dev)
+    cg = torch.tensor([1, 0, 0, 1, 1, 0, 1], device=dev)
+    _check(pairwise_soft_iou(pred, cand, pg, cg, backend="triton"), _formula64(pred, cand, pg, cg))
+    ours, oracle = _grad_pair("triton", pred, cand, pg, cg)
+    assert _rel(ours, oracle) < 1e-5
+
+
 def test_iou_batch_slice_numba_vs_torch():
     """Realistic blocks (many candidates per image, 8-pixel words with ragged edges) on a small
     slice of the training batch: the CPU paths agree with the formula."""
@@ -280,3 +295,97 @@ def test_bad_input_raises(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         pairwise_soft_iou(**args)
+
+
+_FWD_SIG = dict(
+    pidx_ptr="*i64",
+    cidx_ptr="*i64",
+    tiles_ptr="*i64",
+    inter_ptr="*fp32",
+    psum_ptr="*fp32",
+    msum_ptr="*fp32",
+    K="i32",
+    k_per_split="i32",
+    stride_pn="i32",
+    stride_cn="i32",
+    stride_in="i32",
+    BLOCK_N="constexpr",
+    BLOCK_C="constexpr",
+    BLOCK_K="constexpr",
+    NATIVE_DOT="constexpr",
+    PRECISION="constexpr",
+)
+_BWD_SIG = dict(
+    cand_ptr="*u8",
+    w_ptr="*fp32",
+    r_ptr="*fp32",
+    pidx_ptr="*i64",
+    cidx_ptr="*i64",
+    tiles_ptr="*i64",
+    grad_ptr="*fp32",
+    K="i32",
+    stride_cn="i32",
+    stride_wn="i32",
+    stride_gn="i32",
+    BLOCK_N="constexpr",
+    BLOCK_C="constexpr",
+    BLOCK_K="constexpr",
+    PRECISION="constexpr",
+)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs the triton package")
+@pytest.mark.parametrize(
+    ("pred_ptr", "cand_ptr", "native"),
+    [
+        ("*fp32", "*u8", False),
+        ("*fp16", "*u8", True),
+        ("*bf16", "*u8", False),
+        ("*fp64", "*fp32", False),
+    ],
+    ids=["fp32", "fp16-native", "bf16", "fp64-float-cand"],
+)
+def test_triton_kernels_compile_for_sm90(pred_ptr, cand_ptr, native):
+    """The real compiler (not the interpreter) lowers both kernels for Hopper, tensor cores
+    (mma) and atomics included, with the launch settings the wrapper uses."""
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource, compile
+        from triton.runtime.jit import JITFunction
+    except ImportError as e:  # the compile API moves between Triton releases
+        pytest.skip(f"this Triton has no ASTSource/GPUTarget: {e}")
+    from sssc.kernels import soft_iou
+
+    def jit(kernel):  # TRITON_INTERPRET=1 wraps kernels for the interpreter
+        return kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn)
+
+    fwd = ASTSource(
+        fn=jit(soft_iou._soft_iou_fwd_kernel),
+        signature=dict(pred_ptr=pred_ptr, cand_ptr=cand_ptr, **_FWD_SIG),
+        constexprs=dict(
+            BLOCK_N=soft_iou._TRITON_BN,
+            BLOCK_C=soft_iou._TRITON_BC,
+            BLOCK_K=soft_iou._TRITON_BK,
+            NATIVE_DOT=native,
+            PRECISION="tf32x3",
+        ),
+    )
+    bwd = ASTSource(
+        fn=jit(soft_iou._soft_iou_bwd_kernel),
+        signature=_BWD_SIG,
+        constexprs=dict(
+            BLOCK_N=soft_iou._TRITON_BWD_BN,
+            BLOCK_C=soft_iou._TRITON_BWD_BC,
+            BLOCK_K=soft_iou._TRITON_BWD_BK,
+            PRECISION="tf32x3",
+        ),
+    )
+    try:
+        ptx_fwd = compile(fwd, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+        ptx_bwd = compile(bwd, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+    except RuntimeError as e:
+        if "ptxas" in str(e).lower():
+            pytest.skip(f"no usable ptxas here: {e}")
+        raise
+    assert "mma" in ptx_fwd and "atom" in ptx_fwd  # tl.dot on tensor cores, split-K atomics
+    assert "mma" in ptx_bwd
