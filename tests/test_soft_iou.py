@@ -218,6 +218,20 @@ def test_grad_half_precision(backend):
     assert _rel(ours, oracle) < 1e-2  # the gradient itself is rounded to bfloat16
 
 
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("grouped", [False, True], ids=["dense", "grouped"])
+def test_gradcheck_cpu(backend, grouped):
+    """Full Jacobian against finite differences on tiny float64 inputs. The output is float32 by
+    contract, so the tolerances are float32's; the -inf entries are masked to 0 (not finite)."""
+    g = torch.Generator().manual_seed(1)
+    p = torch.rand(3, 5, 6, dtype=torch.float64, generator=g).requires_grad_(True)
+    cand = torch.rand(4, 5, 6, generator=g) > 0.5
+    groups = (torch.tensor([0, 1, 0]), torch.tensor([1, 0, 0, 1])) if grouped else (None, None)
+    same = (groups[0][:, None] == groups[1][None, :]) if grouped else torch.ones(3, 4, dtype=bool)
+    fn = lambda x: pairwise_soft_iou(x, cand, *groups, backend=backend).masked_fill(~same, 0.0)
+    assert torch.autograd.gradcheck(fn, (p,), eps=1e-3, atol=2e-4, rtol=1e-3)
+
+
 @pytest.mark.skipif(not _CAN_TRITON, reason="Triton needs CUDA or TRITON_INTERPRET=1")
 def test_triton_split_k(monkeypatch):
     """Several programs add partial sums of one tile (split over pixels) atomically."""
