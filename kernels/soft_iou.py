@@ -57,7 +57,7 @@ _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 # numba kernels: an 8-byte word of mask pixels is the unit of skipping, and a pixel band keeps the
 # band's predictions (up to _NB_PRED rows) in L2 while every candidate of the block streams past it.
 _NB_PRED = 16
-_BAND = 8192
+_BAND = 16384
 
 
 # --------------------------------------------------------------------------------------------------
