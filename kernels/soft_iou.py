@@ -18,10 +18,13 @@ block::
 
 Backends:
 
-* ``numba`` (CPU default): a parallel kernel over (image block, pixel band) that skips the empty
-  32-pixel runs of each candidate. SAM masks are compact blobs covering about a tenth of the image,
-  so most of the GEMM is multiplying by zero; the kernel reads every mask byte once and does the
-  arithmetic only where the mask is set.
+* ``numba`` (CPU default): a parallel kernel over (image block, pixel band) that walks each mask
+  as 8-pixel words. SAM masks are compact blobs covering about a tenth of the image, so most of the
+  GEMM multiplies by zero: all-zero spans of words are skipped with one vectorised OR, a run of
+  all-one words (a blob's inside) costs one difference of the predictions' prefix sums, and only
+  the words on a blob's edge are multiplied out. It reads every mask byte once and never converts
+  masks to float. The backward pass is the same walk into a difference array. Float masks are
+  read as ``cand != 0`` (a one-byte-per-pixel copy), uint8 masks by value.
 * ``torch``: a GEMM per image block over pixel chunks, converting one cache-sized chunk of ``cand``
   to float at a time (any device; the portable fallback).
 * ``triton`` (CUDA default): one launch over (block tile, pixel split) for the forward pass, with
@@ -30,8 +33,10 @@ Backends:
 * ``reference``: the formula in float64 torch, the oracle for the tests.
 
 Dtype policy: ``pred`` may be float16, bfloat16, float32 or float64; everything accumulates in
-float32 and the result is float32, on the input's device. ``cand`` is read as it is (bool, uint8 or
-float of 0/1); no full float copy of it is ever made.
+float32 (the numba path differences float64 prefix sums) and the result is float32, on the input's
+device. ``cand`` is read as it is (bool, uint8 or float of 0/1); no full float copy of it is ever
+made. On CUDA the block layout and the grid size are read back to the host (one sync per pass);
+the Triton forward adds partial sums with atomics, so its last bits may vary between runs.
 """
 
 from __future__ import annotations
