@@ -288,91 +288,182 @@ def _numba_tasks(blocks):
 
 
 _FULL = np.uint64(0x0101010101010101)  # eight mask bytes that are all 1
+_CAP = 1 << 15  # runs and edge words recorded per band before they are flushed
 _SPAN = 64  # words tested at once for "all zero" before walking them one by one
 
 
+@numba.njit(cache=True, nogil=True)
+def _numba_fwd_flush(  # pragma: no cover - jitted
+    p,
+    m,
+    rows,
+    cidx,
+    c0,
+    w0,
+    w1,
+    cs,
+    ptot,
+    built,
+    tot,
+    run_c,
+    run_lo,
+    run_hi,
+    n_runs,
+    edge_c,
+    edge_w,
+    n_edges,
+):
+    """Add the recorded runs and edge words of one band to ``tot`` (building the band's prefix
+    sums ``cs`` first if they are not built yet): the band's predictions are read here, right
+    after one another, instead of between the mask reads that would evict them from cache."""
+    nb = rows.shape[0]
+    if not built:
+        for j in range(nb):
+            prow = p[rows[j], 8 * w0 : 8 * w1]
+            acc = 0.0
+            for w in range(w1 - w0):
+                v = np.float32(0.0)
+                for q in range(8):
+                    v += prow[8 * w + q]
+                acc += v
+                cs[w + 1, j] = acc
+            ptot[j] += acc
+    for i in range(n_runs):
+        ci, lo, hi = run_c[i], run_lo[i], run_hi[i]
+        for j in range(nb):
+            tot[ci, j] += cs[hi, j] - cs[lo, j]
+    for i in range(n_edges):
+        ci = edge_c[i]
+        c = cidx[c0 + ci]
+        k = 8 * (w0 + edge_w[i])
+        for j in range(nb):
+            prow = p[rows[j], k : k + 8]
+            a = np.float32(0.0)
+            for r in range(8):
+                a += prow[r] * np.float32(m[c, k + r])
+            tot[ci, j] += a
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _numba_fwd_kernel(p, m, mw, pidx, cidx, tasks, band, inter, psum, msum):  # pragma: no cover
+def _numba_fwd_kernel(
+    p, m, mw, pidx, cidx, tasks, band, cap, inter, psum, msum
+):  # pragma: no cover
     """I, sum(p) and sum(m) for every task's pairs; no validation (the dispatcher did it).
 
     ``p`` is ``[N, K]`` float32, ``m`` the ``[C, K]`` mask bytes and ``mw`` the same bytes as
-    ``[C, K/8]`` uint64 words. Spans of words that are all zero are skipped with one vectorised
-    OR; a run of full words (all 8 pixels set: the inside of a blob) costs one difference of the
-    prediction's prefix sums over 8-pixel words; only the words on a blob's edge are multiplied
-    out, 8 pixels at a time. Prefix sums are float64 (they are differenced), pixel sums float32.
+    ``[C, K/8]`` uint64 words. Per band of pixels, every candidate's words are walked first:
+    spans of words that are all zero are skipped with one vectorised OR, a run of full words (all
+    8 pixels set: a blob's inside) is recorded as a run, a partly set word (its edge) as an edge
+    word. Then ``_numba_fwd_flush`` turns runs into differences of the predictions' prefix sums
+    over words and multiplies edge words out, 8 pixels at a time. Prefix sums are float64 (they
+    are differenced), 8-pixel sums float32.
     """
     k_words = mw.shape[1]
     band_w = band // 8
     for t in numba.prange(tasks.shape[0]):
         s, e, c0, c1, first = tasks[t, 0], tasks[t, 1], tasks[t, 2], tasks[t, 3], tasks[t, 4]
         nb = e - s
+        nc = c1 - c0
         rows = pidx[s:e]
-        cs = np.zeros((nb, band_w + 1), np.float64)  # cs[j, x] = sum of p[j] over band words < x
-        acc = np.zeros(nb, np.float64)
-        edge = np.zeros((nb, 8), np.float32)
-        mf = np.zeros(8, np.float32)
-        tot = np.zeros((nb, c1 - c0), np.float64)
-        cnt = np.zeros(c1 - c0, np.int64)
+        cs = np.zeros((band_w + 1, nb), np.float64)  # cs[x, j]: sum of p[j] over band words < x
+        tot = np.zeros((nc, nb), np.float64)
+        cnt = np.zeros(nc, np.int64)
         ptot = np.zeros(nb, np.float64)
+        # Runs and edge words recorded during the walk, flushed when full and at the band's end.
+        run_c = np.empty(cap, np.int64)
+        run_lo = np.empty(cap, np.int64)
+        run_hi = np.empty(cap, np.int64)
+        edge_c = np.empty(cap, np.int64)
+        edge_w = np.empty(cap, np.int64)
         for w0 in range(0, k_words, band_w):
             w1 = min(w0 + band_w, k_words)
-            for j in range(nb):
-                prow = p[rows[j], 8 * w0 : 8 * w1]
-                run_sum = 0.0
-                for w in range(w1 - w0):
-                    v = np.float32(0.0)
-                    for q in range(8):
-                        v += prow[8 * w + q]
-                    run_sum += v
-                    cs[j, w + 1] = run_sum
-                ptot[j] += run_sum
-            for ci in range(c0, c1):
-                c = cidx[ci]
+            built = False
+            n_runs = 0
+            n_edges = 0
+            for ci in range(nc):
+                c = cidx[c0 + ci]
                 mrow = mw[c]
-                acc[:] = 0.0
-                edge[:, :] = 0.0
-                n_full = 0
                 for wb in range(w0, w1, _SPAN):
                     we = min(wb + _SPAN, w1)
                     span = mrow[wb:we]
                     any_set = np.uint64(0)
-                    for q in range(we - wb):  # a vectorised OR: most spans miss the blob
+                    for q in range(we - wb):
                         any_set |= span[q]
                     if any_set == 0:
                         continue
-                    run = -1  # start of the current run of full words
+                    if n_runs + _SPAN + 1 > cap or n_edges + _SPAN + 1 > cap:
+                        _numba_fwd_flush(
+                            p,
+                            m,
+                            rows,
+                            cidx,
+                            c0,
+                            w0,
+                            w1,
+                            cs,
+                            ptot,
+                            built,
+                            tot,
+                            run_c,
+                            run_lo,
+                            run_hi,
+                            n_runs,
+                            edge_c,
+                            edge_w,
+                            n_edges,
+                        )
+                        built = True
+                        n_runs = 0
+                        n_edges = 0
+                    run = -1
                     for q in range(we - wb + 1):
                         word = span[q] if q < we - wb else np.uint64(0)
                         if word == _FULL:
                             if run < 0:
                                 run = q
                             continue
-                        if run >= 0:  # close the run: inside the blob
-                            lo, hi = wb - w0 + run, wb - w0 + q
-                            for j in range(nb):
-                                acc[j] += cs[j, hi] - cs[j, lo]
-                            n_full += q - run
+                        if run >= 0:
+                            run_c[n_runs] = ci
+                            run_lo[n_runs] = wb - w0 + run
+                            run_hi[n_runs] = wb - w0 + q
+                            n_runs += 1
+                            cnt[ci] += 8 * (q - run)
                             run = -1
                         if word == 0:
                             continue
-                        k = 8 * (wb + q)  # on the blob's edge: 8 pixels, branch-free
+                        edge_c[n_edges] = ci
+                        edge_w[n_edges] = wb - w0 + q
+                        n_edges += 1
+                        k = 8 * (wb + q)
                         for r in range(8):
-                            mf[r] = m[c, k + r]
-                            cnt[ci - c0] += m[c, k + r]
-                        for j in range(nb):
-                            prow = p[rows[j], k : k + 8]
-                            for r in range(8):
-                                edge[j, r] += prow[r] * mf[r]
-                cnt[ci - c0] += 8 * n_full
-                for j in range(nb):
-                    tot[j, ci - c0] += acc[j] + edge[j].sum()
+                            cnt[ci] += m[c, k + r]
+            _numba_fwd_flush(
+                p,
+                m,
+                rows,
+                cidx,
+                c0,
+                w0,
+                w1,
+                cs,
+                ptot,
+                built,
+                tot,
+                run_c,
+                run_lo,
+                run_hi,
+                n_runs,
+                edge_c,
+                edge_w,
+                n_edges,
+            )
         for j in range(nb):
             psum[rows[j]] = ptot[j]
-            for ci in range(c0, c1):
-                inter[rows[j], cidx[ci]] = tot[j, ci - c0]
+            for ci in range(nc):
+                inter[rows[j], cidx[c0 + ci]] = tot[ci, j]
         if first:
-            for ci in range(c0, c1):
-                msum[cidx[ci]] = cnt[ci - c0]
+            for ci in range(nc):
+                msum[cidx[c0 + ci]] = cnt[ci]
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -473,7 +564,7 @@ def _numba_masks(m):
     return mb, mb.view(np.uint64)
 
 
-def _numba_forward(p, m, blocks):
+def _numba_forward(p, m, blocks, band=_BAND, cap=_CAP):
     n, c = p.shape[0], m.shape[0]
     inter = torch.zeros((n, c), dtype=torch.float32)
     psum = torch.zeros(n, dtype=torch.float32)
@@ -494,7 +585,8 @@ def _numba_forward(p, m, blocks):
                 blocks.pidx.numpy(),
                 blocks.cidx.numpy(),
                 tasks,
-                _BAND,
+                band,
+                cap,
                 inter.numpy(),
                 psum.numpy(),
                 msum.numpy(),
@@ -510,7 +602,7 @@ def _numba_forward(p, m, blocks):
     return inter, psum, msum
 
 
-def _numba_backward(m, w, r, blocks):
+def _numba_backward(m, w, r, blocks, band=_BAND):
     k = m.shape[1]
     tasks = _numba_tasks(blocks)
     if not (len(tasks) and k):
@@ -532,7 +624,7 @@ def _numba_backward(m, w, r, blocks):
             blocks.pidx.numpy(),
             blocks.cidx.numpy(),
             tasks,
-            _BAND,
+            band,
             grad.numpy(),
         )
     return grad[:, :k]

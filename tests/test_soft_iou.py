@@ -256,6 +256,32 @@ def test_iou_batch_slice_numba_vs_torch():
         _check(pairwise_soft_iou(pred, cand, pg, cg, backend=backend), ref)
 
 
+@pytest.mark.parametrize(
+    ("band", "cap"),
+    [(64, 70), (136, 1 << 15), (2048, 66)],
+    ids=["8-words-tiny-cap", "17-words", "256-words-tiny-cap"],
+)
+def test_numba_bands_and_flushes(band, cap):
+    """The numba kernels over many pixel bands, and with run/edge buffers so small that they are
+    flushed in the middle of a band (the defaults only do either on large images)."""
+    from sssc.kernels import soft_iou
+
+    pred, cand, pg, cg = iou_batch(images=3, max_cands=30, height=41, width=57, seed=2)
+    n, c, k = pred.shape[0], cand.shape[0], 41 * 57
+    p, m = pred.reshape(n, k), cand.reshape(c, k).view(torch.uint8)
+    blocks = soft_iou._Blocks(pg, cg, n, c, pred.device)
+    inter, psum, msum = soft_iou._numba_forward(p, m, blocks, band=band, cap=cap)
+    same = pg[:, None] == cg[None, :]
+    p64, m64 = p.double(), m.double()
+    assert _rel(inter[same], (p64 @ m64.T)[same]) < 1e-6
+    assert _rel(psum, p64.sum(1)) < 1e-6
+    assert torch.equal(msum.double(), m64.sum(1))
+    w = torch.randn(n, c, generator=torch.Generator().manual_seed(0)) * same
+    r = torch.randn(n, generator=torch.Generator().manual_seed(1))
+    grad = soft_iou._numba_backward(m, w, r, blocks, band=band)
+    assert _rel(grad, w.double() @ m64 - r.double()[:, None]) < 1e-6
+
+
 # -- dispatch and validation ---------------------------------------------------------------------
 
 
