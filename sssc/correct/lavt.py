@@ -1,0 +1,602 @@
+"""LAVT, the Language-Aware Vision Transformer for referring segmentation (Yang et al., CVPR 2022).
+
+The model, as published:
+
+- a Swin backbone (Swin-B, window 12, for the paper's runs), run stage by stage on the pieces of
+  transformers' ``SwinModel`` so that the published ImageNet-22k weights load;
+- after each of the four stages' blocks, a pixel-word attention module (PWAM) and a language gate,
+  whose fused output ``x + gate(m) * m`` (``m = PWAM(x, words)``) goes on to the stage's
+  downsampling and the next stage (LAVT's "language pathway");
+- a BERT-base text encoder (transformers' ``BertModel`` without the pooler: LAVT does not use it);
+- LAVT's light decoder: top-down fusion of the four stages' multimodal features (conv-BN-ReLU), a
+  2-class output at 1/4 resolution, bilinearly upsampled (``align_corners=True``) to the input size.
+
+Arbitrary input sizes work as in Swin for segmentation: the patch embedding pads the image to a
+multiple of the patch size, each block pads its feature map to a multiple of the window (always
+partitioning, never shrinking the window), and patch merging pads odd sizes.
+
+Weights come from local files only (:func:`create_model`): the official Swin checkpoint
+(``swin_base_patch4_window12_384_22k.pth``) through :func:`swin_official_to_hf`, an HF-format Swin
+folder, an HF ``bert-base-uncased`` folder, or a full sssc LAVT checkpoint.
+
+Example::
+
+    model = create_model("lavt-tiny")
+    tok = build_tokenizer(model.config, vocab_words=["left", "red", "circle"])
+    ids, mask = tok(["the red circle"])
+    logits = model(images, ids, mask)  # [B, 2, H, W]
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+
+from sssc.config import ConfigError, _build
+from sssc.correct.tokenizer import BERT_URL, build_tokenizer
+
+__all__ = [
+    "BERT_URL",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LAVT",
+    "LAVTConfig",
+    "LAVTDecoder",
+    "LanguageGate",
+    "PWAM",
+    "SWIN_URL",
+    "BertSettings",
+    "PWAMSettings",
+    "SwinSettings",
+    "build_tokenizer",
+    "create_model",
+    "load_model_config",
+    "swin_official_to_hf",
+]
+
+# Where the published weights live; named in every "weights not found" error.
+SWIN_URL = (
+    "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/"
+    "swin_base_patch4_window12_384_22k.pth"
+)
+LAVT_CKPT_HINT = "a checkpoint written by `sssc-train --stage bootstrap|correct` (<run>/<stage>/)"
+
+# LAVT normalises images with ImageNet statistics (the Swin weights were trained with them).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class SwinSettings:
+    """The Swin backbone (transformers' ``SwinConfig`` fields)."""
+
+    embed_dim: int = 128
+    depths: list[int] = field(default_factory=lambda: [2, 2, 18, 2])
+    num_heads: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    window_size: int = 12
+    patch_size: int = 4
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.3  # LAVT's setting for Swin-B
+
+
+@dataclass
+class BertSettings:
+    """The text encoder (transformers' ``BertConfig`` fields)."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+
+
+@dataclass
+class PWAMSettings:
+    num_heads: int = 1  # LAVT's num_heads_fusion: one head at every stage
+    dropout: float = 0.0  # LAVT's fusion_drop
+
+
+@dataclass
+class LAVTConfig:
+    """A LAVT model: the backbone, the text encoder, the fusion and the tokenizer's settings."""
+
+    name: str = "lavt-base"
+    image_size: int = 480  # training/eval resolution (the model accepts any size)
+    max_tokens: int = 20  # LAVT truncates/pads expressions to 20 tokens
+    tokenizer: str = "bert"  # bert: BertTokenizerFast from bert_path | words: vocab from the data
+    swin: SwinSettings = field(default_factory=SwinSettings)
+    bert: BertSettings = field(default_factory=BertSettings)
+    pwam: PWAMSettings = field(default_factory=PWAMSettings)
+
+    @property
+    def stage_dims(self) -> list[int]:
+        """Channels of the four stages' outputs, ``C * [1, 2, 4, 8]``."""
+        return [self.swin.embed_dim * 2**i for i in range(len(self.swin.depths))]
+
+
+def load_model_config(name_or_path: str | Path | LAVTConfig) -> LAVTConfig:
+    """Read a model config: an embedded name (``"lavt-tiny"``, ``"lavt-base"``) or a YAML path.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, has an unknown key or a wrong type (the message
+            names the key and the file), or the settings are inconsistent.
+    """
+    if isinstance(name_or_path, LAVTConfig):
+        return name_or_path
+    path = Path(name_or_path)
+    if not path.is_file():
+        embedded = Path(str(importlib.resources.files("sssc.configs") / f"{name_or_path}.yaml"))
+        if path.suffix == "" and embedded.is_file():
+            path = embedded
+        else:
+            raise ConfigError(
+                f"{name_or_path}: model config not found (give a YAML path or an embedded name: "
+                "lavt-tiny, lavt-base)"
+            )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    cfg = _build(LAVTConfig, raw, "", str(path))
+    _check_config(cfg, str(path))
+    return cfg
+
+
+def _check_config(cfg: LAVTConfig, source: str) -> None:
+    s = cfg.swin
+    if len(s.depths) != 4 or len(s.num_heads) != 4:
+        raise ConfigError(
+            f"{source}: 'swin.depths' and 'swin.num_heads' need 4 stages (LAVT fuses after each), "
+            f"got {s.depths} and {s.num_heads}"
+        )
+    for i, (dim, heads) in enumerate(zip(cfg.stage_dims, s.num_heads, strict=True)):
+        if heads < 1 or dim % heads:
+            raise ConfigError(
+                f"{source}: 'swin.num_heads[{i}]'={heads} must divide the stage's width {dim}"
+            )
+        if dim % cfg.pwam.num_heads:
+            raise ConfigError(f"{source}: 'pwam.num_heads' must divide every stage width {dim}")
+    if cfg.bert.hidden_size % cfg.bert.num_attention_heads:
+        raise ConfigError(f"{source}: 'bert.num_attention_heads' must divide 'bert.hidden_size'")
+    if cfg.tokenizer not in ("bert", "words"):
+        raise ConfigError(f"{source}: 'tokenizer' must be 'bert' or 'words', got {cfg.tokenizer!r}")
+    if not 0 < cfg.max_tokens <= cfg.bert.max_position_embeddings:
+        raise ConfigError(
+            f"{source}: 'max_tokens' must be in [1, bert.max_position_embeddings], "
+            f"got {cfg.max_tokens}"
+        )
+
+
+def _swin_hf_config(cfg: LAVTConfig) -> Any:
+    from transformers import SwinConfig
+
+    s = cfg.swin
+    return SwinConfig(
+        image_size=cfg.image_size,
+        patch_size=s.patch_size,
+        num_channels=3,
+        embed_dim=s.embed_dim,
+        depths=list(s.depths),
+        num_heads=list(s.num_heads),
+        window_size=s.window_size,
+        mlp_ratio=s.mlp_ratio,
+        qkv_bias=True,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        drop_path_rate=s.drop_path_rate,
+        use_absolute_embeddings=False,
+    )
+
+
+def _bert_hf_config(cfg: LAVTConfig) -> Any:
+    from transformers import BertConfig
+
+    b = cfg.bert
+    return BertConfig(
+        vocab_size=b.vocab_size,
+        hidden_size=b.hidden_size,
+        num_hidden_layers=b.num_hidden_layers,
+        num_attention_heads=b.num_attention_heads,
+        intermediate_size=b.intermediate_size,
+        max_position_embeddings=b.max_position_embeddings,
+        hidden_dropout_prob=b.hidden_dropout_prob,
+        attention_probs_dropout_prob=b.attention_probs_dropout_prob,
+    )
+
+
+def _instance_norm_tokens(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """``InstanceNorm1d`` (no affine) over the pixels of ``x`` ``[B, N, C]``."""
+    mean = x.mean(dim=1, keepdim=True)
+    var = x.var(dim=1, keepdim=True, unbiased=False)
+    return (x - mean) * torch.rsqrt(var + eps)
+
+
+class PWAM(nn.Module):
+    """Pixel-word attention module (LAVT, Sec. 3.2).
+
+    Every pixel attends over the expression's words (padding masked out) and gathers a language
+    feature; the result is multiplied element-wise with the projected pixel feature and projected
+    again. LAVT's 1x1 ``Conv1d`` projections are written as ``nn.Linear`` on ``[B, N, C]`` tokens
+    (the same map and the same default initialisation).
+
+    Args:
+        dim: pixel feature width C (keys, values and output have C channels too, as in LAVT).
+        lang_dim: word feature width (BERT's hidden size).
+        num_heads: attention heads over the words (LAVT: 1).
+        dropout: dropout after the two GELU projections (LAVT's ``fusion_drop``, 0).
+    """
+
+    def __init__(self, dim: int, lang_dim: int, num_heads: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.dim = dim
+        self.num_heads = num_heads
+        self.vis_project = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout))
+        self.query = nn.Linear(dim, dim)  # followed by an instance norm over the pixels
+        self.key = nn.Linear(lang_dim, dim)
+        self.value = nn.Linear(lang_dim, dim)
+        self.out = nn.Linear(dim, dim)  # followed by an instance norm over the pixels
+        self.project_mm = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout))
+
+    def forward(self, x: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
+        """Fuse pixels with words.
+
+        Args:
+            x: pixel features ``[B, N, C]`` (N = H*W of the stage).
+            words: word features ``[B, L, D]``.
+            word_mask: ``[B, L]``, 1 for real tokens and 0 for padding.
+
+        Returns:
+            The multimodal features ``[B, N, C]``.
+        """
+        b, n, c = x.shape
+        h, d = self.num_heads, c // self.num_heads
+        m = word_mask.to(x.dtype)[:, :, None]  # [B, L, 1]
+        q = _instance_norm_tokens(self.query(x))
+        k = self.key(words) * m  # padded words carry no key and no value
+        v = self.value(words) * m
+        q = q.view(b, n, h, d).transpose(1, 2)  # [B, h, N, d]
+        k = k.view(b, -1, h, d).transpose(1, 2)  # [B, h, L, d]
+        v = v.view(b, -1, h, d).transpose(1, 2)
+        # LAVT scales by the full key width (not per head) and masks with -1e4 before the softmax.
+        sim = torch.matmul(q, k.transpose(-1, -2)) * c**-0.5  # [B, h, N, L]
+        sim = sim + (1e4 * m.view(b, 1, 1, -1) - 1e4)
+        lang = torch.matmul(sim.softmax(dim=-1), v)  # [B, h, N, d]
+        lang = _instance_norm_tokens(self.out(lang.transpose(1, 2).reshape(b, n, c)))
+        return self.project_mm(self.vis_project(x) * lang)
+
+
+class LanguageGate(nn.Module):
+    """LAVT's language gate: a per-element weight in (-1, 1) for the PWAM output.
+
+    ``gate(m) = tanh(W2 relu(W1 m))``, and the stage continues with ``x + gate(m) * m``.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, dim, bias=False), nn.ReLU(), nn.Linear(dim, dim, bias=False), nn.Tanh()
+        )
+        # LAVT zero-initialises these in the constructor, but its backbone's init_weights() then
+        # re-initialises every Linear with trunc_normal(std=0.02); that is what trains (two zero
+        # matrices would get zero gradients forever), so we start there.
+        for lin in (self.net[0], self.net[2]):
+            nn.init.trunc_normal_(lin.weight, std=0.02)
+
+    def forward(self, m: Tensor) -> Tensor:
+        """``m`` ``[B, N, C]`` -> the gate ``[B, N, C]``."""
+        return self.net(m)
+
+
+class LAVTDecoder(nn.Module):
+    """LAVT's light decoder ("SimpleDecoding"): top-down fusion, 2-class logits at 1/4 resolution.
+
+    Stage 4 and 3 are concatenated (4 upsampled if smaller), then two 3x3 conv-BN-ReLU; the
+    result is fused the same way with stage 2, then with stage 1; a 1x1 conv gives the 2 classes.
+    The hidden width is half of stage 4's (LAVT: 512 for Swin-B).
+
+    Args:
+        dims: the four stages' widths ``[C1, C2, C3, C4]``.
+    """
+
+    def __init__(self, dims: list[int]):
+        super().__init__()
+        hidden = dims[3] // 2
+        self.fuse = nn.ModuleList(
+            [
+                self._block(dims[3] + dims[2], hidden),
+                self._block(hidden + dims[1], hidden),
+                self._block(hidden + dims[0], hidden),
+            ]
+        )
+        self.classifier = nn.Conv2d(hidden, 2, kernel_size=1)
+
+    @staticmethod
+    def _block(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, feats: list[Tensor]) -> Tensor:
+        """``feats``: the stages' ``[B, Ci, Hi, Wi]``, finest first -> logits ``[B, 2, H1, W1]``."""
+        x = feats[3]
+        for block, skip in zip(self.fuse, (feats[2], feats[1], feats[0]), strict=True):
+            if x.shape[-2] < skip.shape[-2] or x.shape[-1] < skip.shape[-1]:
+                x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)
+            x = block(torch.cat([x, skip], dim=1))
+        return self.classifier(x)
+
+
+class LAVT(nn.Module):
+    """LAVT: Swin with language fusion after every stage, BERT, and the light decoder.
+
+    Attributes:
+        config: the :class:`LAVTConfig` it was built from.
+        image_size: the training/evaluation resolution of the config (any size is accepted).
+    """
+
+    def __init__(self, config: LAVTConfig):
+        super().__init__()
+        from transformers import BertModel, SwinModel
+
+        self.config = config
+        self.image_size = config.image_size
+        swin = SwinModel(_swin_hf_config(config), add_pooling_layer=False)
+        # Only the embeddings and the stages are used: LAVT normalises each stage's output with
+        # its own LayerNorm instead of Swin's final norm. The names stay HF's (swin.embeddings.*,
+        # swin.encoder.layers.*) so that HF Swin state dicts load as they are.
+        self.swin = nn.Module()
+        self.swin.embeddings = swin.embeddings
+        self.swin.encoder = swin.encoder
+        self.bert = BertModel(_bert_hf_config(config), add_pooling_layer=False)
+        dims = config.stage_dims
+        lang = config.bert.hidden_size
+        self.pwams = nn.ModuleList(
+            PWAM(d, lang, config.pwam.num_heads, config.pwam.dropout) for d in dims
+        )
+        self.gates = nn.ModuleList(LanguageGate(d) for d in dims)
+        self.stage_norms = nn.ModuleList(nn.LayerNorm(d) for d in dims)
+        self.decoder = LAVTDecoder(dims)
+
+    def forward(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Segment the referred object of every (image, expression) pair.
+
+        Args:
+            images: ``[B, 3, H, W]`` float, normalised with ImageNet mean/std; any H, W.
+            input_ids: ``[B, L]`` int64 token ids (L <= max position embeddings).
+            attention_mask: ``[B, L]``, 1 for tokens and 0 for padding.
+
+        Returns:
+            Logits ``[B, 2, H, W]`` (background, foreground) at the input size.
+        """
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+        if input_ids.shape != attention_mask.shape or input_ids.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"input_ids {tuple(input_ids.shape)} and attention_mask "
+                f"{tuple(attention_mask.shape)} must both be [B, L] with B = {images.shape[0]}"
+            )
+        words = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        x, (h, w) = self.swin.embeddings(images)  # [B, h*w, C], padded to a patch multiple
+        feats = []
+        for i, stage in enumerate(self.swin.encoder.layers):
+            for block in stage.blocks:
+                # always_partition: pad to the window instead of shrinking it on small maps (Swin
+                # for segmentation, as LAVT); it also keeps HF from mutating the block's window.
+                x = block(x, (h, w), None, False, True)[0]
+            m = self.pwams[i](x, words, attention_mask)
+            x = x + self.gates[i](m) * m
+            # The decoder reads the multimodal features (LAVT's x_residual), normalised per stage.
+            out = self.stage_norms[i](m)
+            feats.append(out.transpose(1, 2).reshape(out.shape[0], -1, h, w))
+            if stage.downsample is not None:
+                x = stage.downsample(x, (h, w))
+                h, w = (h + 1) // 2, (w + 1) // 2
+        logits = self.decoder(feats)
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Official Swin checkpoint -> transformers' SwinModel layout
+# --------------------------------------------------------------------------------------------
+
+# (official regex, HF template). qkv is split separately; attn_mask and head.* are dropped.
+_SWIN_RULES: list[tuple[str, str]] = [
+    (r"patch_embed\.proj\.(weight|bias)", "embeddings.patch_embeddings.projection.{0}"),
+    (r"patch_embed\.norm\.(weight|bias)", "embeddings.norm.{0}"),
+    (
+        r"layers\.(\d+)\.blocks\.(\d+)\.norm1\.(weight|bias)",
+        "encoder.layers.{0}.blocks.{1}.layernorm_before.{2}",
+    ),
+    (
+        r"layers\.(\d+)\.blocks\.(\d+)\.norm2\.(weight|bias)",
+        "encoder.layers.{0}.blocks.{1}.layernorm_after.{2}",
+    ),
+    (
+        r"layers\.(\d+)\.blocks\.(\d+)\.attn\.relative_position_bias_table",
+        "encoder.layers.{0}.blocks.{1}.attention.self.relative_position_bias_table",
+    ),
+    (
+        r"layers\.(\d+)\.blocks\.(\d+)\.attn\.relative_position_index",
+        "encoder.layers.{0}.blocks.{1}.attention.self.relative_position_index",
+    ),
+    (
+        r"layers\.(\d+)\.blocks\.(\d+)\.attn\.proj\.(weight|bias)",
+        "encoder.layers.{0}.blocks.{1}.attention.output.dense.{2}",
+    ),
+    (
+        r"layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc1\.(weight|bias)",
+        "encoder.layers.{0}.blocks.{1}.intermediate.dense.{2}",
+    ),
+    (
+        r"layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc2\.(weight|bias)",
+        "encoder.layers.{0}.blocks.{1}.output.dense.{2}",
+    ),
+    (
+        r"layers\.(\d+)\.downsample\.reduction\.weight",
+        "encoder.layers.{0}.downsample.reduction.weight",
+    ),
+    (r"layers\.(\d+)\.downsample\.norm\.(weight|bias)", "encoder.layers.{0}.downsample.norm.{1}"),
+    (r"norm\.(weight|bias)", "layernorm.{0}"),
+]
+_SWIN_QKV = re.compile(r"layers\.(\d+)\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)")
+# Not parameters of the model: the classifier, and the shifted-window masks that HF recomputes.
+_SWIN_DROP = re.compile(r"head\..*|layers\.\d+\.blocks\.\d+\.attn_mask")
+
+
+def swin_official_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename an official Swin state dict (microsoft/Swin-Transformer) to ``SwinModel``'s names.
+
+    The fused ``attn.qkv`` (rows: query, key, value) is split into ``query``/``key``/``value``;
+    ``head.*`` and the ``attn_mask`` buffers are dropped; every other key must be known.
+
+    Args:
+        state_dict: the checkpoint's ``"model"`` entry (a ``{"model": ...}`` dict is unwrapped).
+
+    Returns:
+        A state dict for ``SwinModel(config, add_pooling_layer=False)``.
+
+    Raises:
+        ValueError: a key that this mapping does not know (the message lists them).
+    """
+    if "model" in state_dict and isinstance(state_dict["model"], dict):
+        state_dict = state_dict["model"]
+    rules = [(re.compile(pat), tmpl) for pat, tmpl in _SWIN_RULES]
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        if _SWIN_DROP.fullmatch(key):
+            continue
+        qkv = _SWIN_QKV.fullmatch(key)
+        if qkv:
+            stage, block, kind = qkv.groups()
+            prefix = f"encoder.layers.{stage}.blocks.{block}.attention.self"
+            for name, part in zip(("query", "key", "value"), value.chunk(3, dim=0), strict=True):
+                out[f"{prefix}.{name}.{kind}"] = part.clone()
+            continue
+        for pat, tmpl in rules:
+            hit = pat.fullmatch(key)
+            if hit:
+                out[tmpl.format(*hit.groups())] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(
+            f"swin_official_to_hf: {len(unknown)} keys are not part of an official Swin "
+            f"checkpoint: {unknown[:8]}{' ...' if len(unknown) > 8 else ''}"
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Building and loading
+# --------------------------------------------------------------------------------------------
+
+
+def create_model(
+    name_or_path: str | Path | LAVTConfig = "lavt-tiny",
+    *,
+    swin_weights: str | Path | None = None,
+    bert_weights: str | Path | None = None,
+    weights: str | Path | None = None,
+) -> LAVT:
+    """Build LAVT from a config and load local weights.
+
+    Args:
+        name_or_path: an embedded model config (``"lavt-tiny"``, ``"lavt-base"``), a YAML path or
+            a :class:`LAVTConfig`.
+        swin_weights: the official ``swin_base_patch4_window12_384_22k.pth`` (any official Swin
+            ``.pth`` matching the config) or an HF-format Swin folder (``config.json`` + weights).
+        bert_weights: an HF BERT folder (``bert-base-uncased``); the pooler is not loaded.
+        weights: a full sssc LAVT checkpoint (a state dict, or ``{"model": state_dict}``); loaded
+            last, so it wins over the other two.
+
+    Returns:
+        The model, in training mode.
+
+    Raises:
+        FileNotFoundError: a weights path does not exist (the message names the setting, the path
+            and where the official weights are published).
+        ValueError: the weights do not fit the config (the message names the setting).
+    """
+    cfg = load_model_config(name_or_path)
+    model = LAVT(cfg)
+    if swin_weights:
+        _load_swin(model, _existing(swin_weights, "swin_weights", SWIN_URL))
+    if bert_weights:
+        _load_bert(model, _existing(bert_weights, "bert_weights", BERT_URL))
+    if weights:
+        path = _existing(weights, "weights", LAVT_CKPT_HINT)
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(sd, dict) and isinstance(sd.get("model"), dict):
+            sd = sd["model"]
+        _load_into(model, sd, "weights", path)
+    return model
+
+
+def _existing(path: str | Path, setting: str, source: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(
+            f"{setting}: {p} does not exist. Give a local path to the weights; the official ones "
+            f"are published at {source}."
+        )
+    return p
+
+
+def _load_into(module: nn.Module, sd: dict[str, Tensor], setting: str, path: Path) -> None:
+    try:
+        module.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise ValueError(
+            f"{setting}: {path} does not fit this model's config (architecture mismatch):\n{e}"
+        ) from None
+
+
+def _load_swin(model: LAVT, path: Path) -> None:
+    if path.is_dir():
+        from transformers import SwinModel
+
+        hf = SwinModel.from_pretrained(str(path), add_pooling_layer=False)
+        c, s = hf.config, model.config.swin
+        theirs = (c.embed_dim, list(c.depths), list(c.num_heads), c.window_size, c.patch_size)
+        ours = (s.embed_dim, list(s.depths), list(s.num_heads), s.window_size, s.patch_size)
+        if theirs != ours:
+            raise ValueError(
+                f"swin_weights: {path} is a Swin with (embed_dim, depths, num_heads, window_size, "
+                f"patch_size) = {theirs}, but the model config has {ours}"
+            )
+        sd = hf.state_dict()
+    else:
+        sd = swin_official_to_hf(torch.load(path, map_location="cpu", weights_only=True))
+    # LAVT has no use for Swin's final norm (each stage output has its own norm).
+    sd = {k: v for k, v in sd.items() if not k.startswith("layernorm.")}
+    _load_into(model.swin, sd, "swin_weights", path)
+
+
+def _load_bert(model: LAVT, path: Path) -> None:
+    if not path.is_dir():
+        raise ValueError(
+            f"bert_weights: {path} is not a folder; give the HF bert-base-uncased folder "
+            f"(config.json and model weights), published at {BERT_URL}"
+        )
+    from transformers import BertModel
+
+    hf = BertModel.from_pretrained(str(path), add_pooling_layer=False)
+    _load_into(model.bert, hf.state_dict(), "bert_weights", path)
