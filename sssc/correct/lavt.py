@@ -6,7 +6,8 @@ The model, as published:
   transformers' ``SwinModel`` so that the published ImageNet-22k weights load;
 - after each of the four stages' blocks, a pixel-word attention module (PWAM) and a language gate,
   whose fused output ``x + gate(m) * m`` (``m = PWAM(x, words)``) goes on to the stage's
-  downsampling and the next stage (LAVT's "language pathway");
+  downsampling and the next stage (LAVT's "language pathway"; stage 4 has no next stage, so its
+  gate, which LAVT builds but never uses, is left out);
 - a BERT-base text encoder (transformers' ``BertModel`` without the pooler: LAVT does not use it);
 - LAVT's light decoder: top-down fusion of the four stages' multimodal features (conv-BN-ReLU), a
   2-class output at 1/4 resolution, bilinearly upsampled (``align_corners=True``) to the input size.
@@ -369,7 +370,9 @@ class LAVT(nn.Module):
         self.pwams = nn.ModuleList(
             PWAM(d, lang, config.pwam.num_heads, config.pwam.dropout) for d in dims
         )
-        self.gates = nn.ModuleList(LanguageGate(d) for d in dims)
+        # Stage 4's fused output feeds nothing (no downsample, and the decoder reads the PWAM
+        # features), so LAVT's fourth gate never gets a gradient; it is dropped like the pooler.
+        self.gates = nn.ModuleList(LanguageGate(d) for d in dims[:-1])
         self.stage_norms = nn.ModuleList(nn.LayerNorm(d) for d in dims)
         self.decoder = LAVTDecoder(dims)
 
@@ -400,11 +403,11 @@ class LAVT(nn.Module):
                 # for segmentation, as LAVT); it also keeps HF from mutating the block's window.
                 x = block(x, (h, w), None, False, True)[0]
             m = self.pwams[i](x, words, attention_mask)
-            x = x + self.gates[i](m) * m
             # The decoder reads the multimodal features (LAVT's x_residual), normalised per stage.
             out = self.stage_norms[i](m)
             feats.append(out.transpose(1, 2).reshape(out.shape[0], -1, h, w))
             if stage.downsample is not None:
+                x = x + self.gates[i](m) * m
                 x = stage.downsample(x, (h, w))
                 h, w = (h + 1) // 2, (w + 1) // 2
         logits = self.decoder(feats)

@@ -1,0 +1,326 @@
+"""LAVT (sssc.correct.lavt): shapes, gradients, padding, determinism, PWAM against a float64
+reference, the Swin stages against transformers' own forward, tokenizers and weight-path errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sssc.config import ConfigError
+from sssc.correct.lavt import (
+    LAVT,
+    PWAM,
+    LAVTConfig,
+    build_tokenizer,
+    create_model,
+    load_model_config,
+)
+
+WORDS = ["the red circle left of the blue square", "a green triangle", "biggest shape, right"]
+
+
+def _batch(model: LAVT, b: int = 2, size: tuple[int, int] = (96, 96), seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(b, 3, *size, generator=g)
+    length = model.config.max_tokens
+    ids = torch.randint(5, 20, (b, length), generator=g)
+    mask = torch.zeros(b, length, dtype=torch.int64)
+    for i in range(b):  # ragged: [CLS] w ... [SEP], then padding
+        n = 4 + 3 * i
+        mask[i, :n] = 1
+        ids[i, n:] = 0
+    return images, ids, mask
+
+
+def _tiny(seed: int = 0) -> LAVT:
+    torch.manual_seed(seed)
+    return create_model("lavt-tiny")
+
+
+def _reduced_base() -> LAVTConfig:
+    """lavt-base's widths with 2 blocks per stage and 1 BERT layer (backward on CPU in seconds)."""
+    cfg = load_model_config("lavt-base")
+    return dataclasses.replace(
+        cfg,
+        name="lavt-base-reduced",
+        swin=dataclasses.replace(cfg.swin, depths=[2, 2, 2, 2]),
+        bert=dataclasses.replace(cfg.bert, num_hidden_layers=1),
+    )
+
+
+# ---------------------------------------------------------------- configs
+
+
+def test_embedded_configs():
+    tiny, base = load_model_config("lavt-tiny"), load_model_config("lavt-base")
+    assert (tiny.name, tiny.tokenizer, tiny.max_tokens) == ("lavt-tiny", "words", 20)
+    # The published model: Swin-B window 12, BERT-base, 20 tokens, 480x480.
+    assert base.swin.embed_dim == 128 and base.swin.depths == [2, 2, 18, 2]
+    assert base.swin.num_heads == [4, 8, 16, 32] and base.swin.window_size == 12
+    assert (base.bert.hidden_size, base.bert.num_hidden_layers) == (768, 12)
+    assert (base.image_size, base.max_tokens, base.tokenizer) == (480, 20, "bert")
+
+
+def test_config_errors_name_the_key(tmp_path):
+    bad = tmp_path / "m.yaml"
+    bad.write_text("swin:\n  embed_dimm: 8\n")
+    with pytest.raises(ConfigError, match=r"swin\.embed_dimm"):
+        load_model_config(bad)
+    bad.write_text("swin:\n  depths: [1, 1, 1]\n  num_heads: [1, 1, 1]\n")
+    with pytest.raises(ConfigError, match="4 stages"):
+        load_model_config(bad)
+    with pytest.raises(ConfigError, match="lavt-tiny"):
+        load_model_config("lavt-huge")
+
+
+# ---------------------------------------------------------------- forward shapes
+
+
+@pytest.mark.parametrize(
+    "size", [(96, 96), (77, 101), (33, 50), (130, 96)], ids=["96x96", "77x101", "33x50", "130x96"]
+)
+def test_tiny_forward_shapes(size):
+    model = _tiny().eval()
+    images, ids, mask = _batch(model, 2, size)
+    with torch.no_grad():
+        out = model(images, ids, mask)
+    assert out.shape == (2, 2, *size) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+def test_base_forward_shape():
+    torch.manual_seed(0)
+    model = create_model("lavt-base").eval()
+    assert model.config.swin.depths == [2, 2, 18, 2] and model.image_size == 480
+    images, ids, mask = _batch(model, 1, (40, 56))
+    ids = ids * 100  # a spread of BERT-base ids
+    with torch.no_grad():
+        out = model(images, ids, mask)
+    assert out.shape == (1, 2, 40, 56) and torch.isfinite(out).all()
+
+
+def test_forward_rejects_mismatched_inputs():
+    model = _tiny()
+    images, ids, mask = _batch(model, 2)
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(images, ids, mask[:, :5])
+    with pytest.raises(ValueError, match="B = 2"):
+        model(images, ids[:1], mask[:1])
+
+
+# ---------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("which", ["lavt-tiny", "lavt-base-reduced"])
+def test_every_parameter_gets_a_gradient(which):
+    torch.manual_seed(0)
+    model = create_model("lavt-tiny" if which == "lavt-tiny" else _reduced_base()).train()
+    size = (96, 96) if which == "lavt-tiny" else (64, 64)
+    images, ids, mask = _batch(model, 2, size)
+    if which != "lavt-tiny":
+        ids = ids * 100
+    logits = model(images, ids, mask)
+    target = (torch.arange(size[1]) < size[1] // 2).expand(2, *size).long()
+    F.cross_entropy(logits, target).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"parameters the forward does not use: {missing}"
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradients: {bad}"
+    # A zero gradient everywhere would mean a dead branch (e.g. a gate stuck at zero).
+    dead = [n for n, p in model.named_parameters() if not p.grad.abs().sum() > 0]
+    assert not dead, f"all-zero gradients: {dead}"
+    # LAVT drops BERT's pooler and Swin's final norm and classifier.
+    names = {n for n, _ in model.named_parameters()}
+    assert not any("pooler" in n or n.startswith("swin.layernorm") for n in names)
+
+
+# ---------------------------------------------------------------- padding and language
+
+
+def test_padded_tokens_do_not_change_the_output():
+    model = _tiny().eval()
+    images, ids, mask = _batch(model, 2)
+    other = ids.clone()
+    other[mask == 0] = torch.randint(5, 20, (int((mask == 0).sum()),))
+    assert not torch.equal(other, ids)
+    with torch.no_grad():
+        a = model(images, ids, mask)
+        b = model(images, other, mask)
+        # ... while a real word does change it (the language path is live).
+        changed = ids.clone()
+        changed[:, 1] = (changed[:, 1] + 1 - 5) % 15 + 5
+        c = model(images, changed, mask)
+    assert torch.allclose(a, b, rtol=0, atol=1e-5)
+    rel = ((a - c).norm() / a.norm()).item()
+    assert rel > 1e-4, f"changing a real token barely moved the output ({rel:.2e})"
+
+
+# ---------------------------------------------------------------- determinism
+
+
+def test_deterministic_given_the_seed():
+    m1, m2, m3 = _tiny(0), _tiny(0), _tiny(1)
+    s1, s2, s3 = m1.state_dict(), m2.state_dict(), m3.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert not all(torch.equal(s1[k], s3[k]) for k in s1)
+    images, ids, mask = _batch(m1, 2)
+    outs = []
+    for m in (m1, m2):
+        torch.manual_seed(123)  # drop path and dropout draw from the global RNG
+        outs.append(m.train()(images, ids, mask))
+    assert torch.equal(outs[0], outs[1])
+
+
+# ---------------------------------------------------------------- PWAM vs float64 reference
+
+
+def _pwam_reference(p: PWAM, x, words, mask):
+    """LAVT's PWAM in float64 with its own layout: 1x1 Conv1d on [B, C, N], F.instance_norm."""
+    d = lambda t: t.detach().double()
+
+    def conv1x1(lin, t):  # t: [B, Cin, N]
+        return torch.einsum("oc,bcn->bon", d(lin.weight), t) + d(lin.bias)[None, :, None]
+
+    x, words, m = d(x).transpose(1, 2), d(words).transpose(1, 2), mask.double()[:, None, :]
+    b, c, n = x.shape
+    vis = F.gelu(conv1x1(p.vis_project[0], x))
+    query = F.instance_norm(conv1x1(p.query, x))  # [B, C, N]
+    key = conv1x1(p.key, words) * m  # [B, C, L]
+    value = conv1x1(p.value, words) * m
+    heads, dh = p.num_heads, c // p.num_heads
+    q = query.transpose(1, 2).reshape(b, n, heads, dh).permute(0, 2, 1, 3)
+    k = key.reshape(b, heads, dh, -1)
+    v = value.reshape(b, heads, dh, -1)
+    sim = torch.matmul(q, k) * c**-0.5 + (1e4 * m[:, None] - 1e4)
+    out = torch.matmul(torch.softmax(sim, -1), v.transpose(-1, -2))  # [B, h, N, dh]
+    out = out.permute(0, 2, 1, 3).reshape(b, n, c).transpose(1, 2)
+    lang = F.instance_norm(conv1x1(p.out, out))
+    mm = F.gelu(conv1x1(p.project_mm[0], vis * lang))
+    return mm.transpose(1, 2)
+
+
+@pytest.mark.parametrize("heads", [1, 2], ids=["1head", "2heads"])
+def test_pwam_matches_float64_reference(heads):
+    torch.manual_seed(0)
+    p = PWAM(dim=12, lang_dim=10, num_heads=heads).eval()
+    x, words = torch.randn(3, 35, 12), torch.randn(3, 7, 10)
+    mask = torch.tensor([[1] * 7, [1] * 3 + [0] * 4, [1] * 1 + [0] * 6])
+    out = p(x, words, mask).double()
+    ref = _pwam_reference(p, x, words, mask)
+    assert (out - ref).norm() / ref.norm() < 1e-5
+
+
+# ---------------------------------------------------------------- stages = transformers' Swin
+
+
+def test_backbone_stages_match_transformers_swin():
+    """With PWAM's output forced to zero, every stage's features equal the plain Swin's."""
+    model = _tiny().eval()
+    for p in model.pwams:
+        torch.nn.init.zeros_(p.project_mm[0].weight)
+        torch.nn.init.zeros_(p.project_mm[0].bias)
+    seen = []
+    hooks = [
+        p.register_forward_hook(lambda mod, args, out: seen.append(args[0])) for p in model.pwams
+    ]
+    images, ids, mask = _batch(model, 2, (77, 101))
+    with torch.no_grad():
+        model(images, ids, mask)
+        emb, dims = model.swin.embeddings(images)
+        ref = model.swin.encoder(
+            emb,
+            dims,
+            output_hidden_states=True,
+            output_hidden_states_before_downsampling=True,
+            always_partition=True,
+        ).hidden_states[1:]
+    for h in hooks:
+        h.remove()
+    assert len(seen) == len(ref) == 4
+    for got, want in zip(seen, ref, strict=True):
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- tokenizers
+
+
+def test_word_tokenizer_is_deterministic_and_lavt_shaped():
+    tok = build_tokenizer("lavt-tiny", vocab_words=WORDS)
+    again = build_tokenizer("lavt-tiny", vocab_words=list(reversed(WORDS)))
+    assert tok.vocab == again.vocab
+    assert tok.vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert tok.vocab[5:] == sorted(tok.vocab[5:]) and "," in tok.vocab and "Red" not in tok.vocab
+    ids, mask = tok(["The RED circle", "purple circle"])
+    v = {w: i for i, w in enumerate(tok.vocab)}
+    assert ids.shape == mask.shape == (2, 20) and ids.dtype == mask.dtype == torch.int64
+    assert ids[0, :5].tolist() == [v["[CLS]"], v["the"], v["red"], v["circle"], v["[SEP]"]]
+    assert ids[1, :4].tolist() == [v["[CLS]"], v["[UNK]"], v["circle"], v["[SEP]"]]
+    assert mask.sum(1).tolist() == [5, 4] and (ids[mask == 0] == 0).all()
+    # LAVT keeps the first 20 ids after adding [CLS]/[SEP]: a long expression loses its [SEP].
+    ids, mask = tok(["red " * 30])
+    assert mask.all() and ids[0, 0] == v["[CLS]"] and (ids[0, 1:] == v["red"]).all()
+    # A saved vocabulary rebuilds the same tokenizer.
+    assert build_tokenizer("lavt-tiny", vocab_words=tok.vocab).vocab == tok.vocab
+
+
+def test_word_tokenizer_checks_vocab_size_and_words():
+    cfg = load_model_config("lavt-tiny")
+    small = dataclasses.replace(cfg, bert=dataclasses.replace(cfg.bert, vocab_size=8))
+    with pytest.raises(ValueError, match="bert.vocab_size=8"):
+        build_tokenizer(small, vocab_words=WORDS)
+    with pytest.raises(ValueError, match="vocab_words"):
+        build_tokenizer("lavt-tiny")
+
+
+def test_bert_tokenizer_from_local_folder(tmp_path):
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "red", "circle", "##s"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path / "bert")
+    tok = build_tokenizer("lavt-base", bert_path=tmp_path / "bert")
+    ids, mask = tok(["The red circles"])
+    assert ids[0, :6].tolist() == [2, 5, 6, 7, 8, 3] and mask.sum() == 6
+    with pytest.raises(FileNotFoundError, match="bert_path.*huggingface.co/bert-base-uncased"):
+        build_tokenizer("lavt-base", bert_path=tmp_path / "nowhere")
+
+
+# ---------------------------------------------------------------- weight paths
+
+
+@pytest.mark.parametrize(
+    ("setting", "source"),
+    [
+        ("swin_weights", "swin_base_patch4_window12_384_22k.pth"),
+        ("bert_weights", "huggingface.co/bert-base-uncased"),
+        ("weights", "sssc-train"),
+    ],
+    ids=["swin", "bert", "lavt"],
+)
+def test_missing_weights_path_names_the_setting(tmp_path, setting, source):
+    path = tmp_path / "missing.pth"
+    with pytest.raises(FileNotFoundError) as info:
+        create_model("lavt-tiny", **{setting: str(path)})
+    msg = str(info.value)
+    assert setting in msg and str(path) in msg and source in msg
+
+
+def test_full_checkpoint_roundtrip(tmp_path):
+    model = _tiny(0).eval()
+    torch.save({"model": model.state_dict()}, tmp_path / "ckpt.pth")
+    torch.save(model.state_dict(), tmp_path / "plain.pth")
+    images, ids, mask = _batch(model, 2)
+    with torch.no_grad():
+        want = model(images, ids, mask)
+        for name in ("ckpt.pth", "plain.pth"):
+            torch.manual_seed(5)  # a different random init, overwritten by the checkpoint
+            loaded = create_model("lavt-tiny", weights=tmp_path / name).eval()
+            assert torch.equal(loaded(images, ids, mask), want)
+    cfg = load_model_config("lavt-tiny")
+    narrow = dataclasses.replace(cfg, swin=dataclasses.replace(cfg.swin, embed_dim=16))
+    with pytest.raises(ValueError, match="weights: .*does not fit"):
+        create_model(narrow, weights=tmp_path / "plain.pth")
