@@ -46,6 +46,7 @@ import math
 import numba
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from ._backend import HAS_TRITON, resolve_backend
 
@@ -206,6 +207,7 @@ class _SoftIoU(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the kernels are not differentiable: say so rather than return zeros
     def backward(ctx, grad_out):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None, None

@@ -282,6 +282,17 @@ def test_numba_bands_and_flushes(band, cap):
     assert _rel(grad, w.double() @ m64 - r.double()[:, None]) < 1e-6
 
 
+def test_torch_path_many_chunks(monkeypatch):
+    """The torch path converts candidates to float one pixel chunk at a time; force 3 chunks."""
+    from sssc.kernels import soft_iou
+
+    monkeypatch.setattr(soft_iou, "_CHUNK_ELEMS", 1 << 10)  # 1024-pixel chunks
+    pred, cand, pg, cg = iou_batch(images=2, max_cands=12, height=40, width=70, seed=3)
+    _check(pairwise_soft_iou(pred, cand, pg, cg, backend="torch"), _formula64(pred, cand, pg, cg))
+    ours, oracle = _grad_pair("torch", pred, cand, pg, cg)
+    assert _rel(ours, oracle) < 1e-5
+
+
 # -- dispatch and validation ---------------------------------------------------------------------
 
 
