@@ -590,6 +590,11 @@ def _load_swin(model: LAVT, path: Path) -> None:
         sd = swin_official_to_hf(torch.load(path, map_location="cpu", weights_only=True))
     # LAVT has no use for Swin's final norm (each stage output has its own norm).
     sd = {k: v for k, v in sd.items() if not k.startswith("layernorm.")}
+    # Some Swin releases leave out the relative_position_index buffers; they are a function of
+    # the window size alone, so the model's own copies are the right values.
+    for k, v in model.swin.state_dict().items():
+        if k.endswith("relative_position_index"):
+            sd.setdefault(k, v)
     _load_into(model.swin, sd, "swin_weights", path)
 
 
