@@ -39,6 +39,7 @@ __all__ = [
     "SimS1Config",
     "SimS2Config",
     "SynthConfig",
+    "TrainConfig",
     "config_to_dict",
     "embedded_config_path",
     "load_config",
@@ -96,6 +97,11 @@ class SegmentModelsConfig:
     sam_weights: str = ""
     box_threshold: float = 0.35
     text_threshold: float = 0.25
+    nouns: str = "spacy"  # spacy (the paper) | rules (model-free, for the synthetic dataset)
+    gdino_text_encoder: str = ""  # local bert-base-uncased folder; "" = the Hugging Face cache
+    gdino_size: int = 800  # detector input: short side (GroundingDINO's 800), long side capped
+    gdino_max_size: int = 1333
+    amp: str = "bf16"  # autocast on CUDA only: bf16 | fp16 | none
 
 
 @dataclass
@@ -122,8 +128,11 @@ class SelectModelsConfig:
     clip_weights: str = ""
     sigma: float = 50.0
     min_area: int = 500
-    prompt: str = "reverse_blur"
-    score: str = "mean"
+    prompt: str = "reverse_blur"  # reverse_blur (the paper) | red_ellipse (its ablation)
+    score: str = "mean"  # mean | max similarity over the object's expressions
+    batch_size: int = 256  # prompts per CLIP forward, packed across images
+    num_workers: int = 2  # DataLoader workers decoding images and RLE candidates
+    amp: str = "bf16"  # autocast on CUDA only: bf16 | fp16 | none
 
 
 @dataclass
@@ -139,6 +148,40 @@ class EvalConfig:
 
 
 @dataclass
+class TrainConfig:
+    """Stage 3 (LAVT training). The defaults are the published recipe (LAVT, S+S+C).
+
+    ``bootstrap_epochs`` train on the S2 masks (ZSBootstrap); ``correct_epochs`` then train from
+    the bootstrap checkpoint with the matching loss on the S1 pools; with ``plus_epochs`` the
+    ``+epochs`` baseline continues bootstrap training for ``correct_epochs`` more (Table 4).
+    """
+
+    model: str = "lavt-base"  # lavt-base | lavt-tiny | a model config file
+    swin_weights: str = ""  # local path: swin_base_patch4_window12_384_22k.pth or an HF folder
+    bert_weights: str = ""  # local path: an HF bert-base-uncased folder
+    image_size: int = 480  # images and targets are resized to image_size x image_size
+    bootstrap_epochs: int = 40
+    correct_epochs: int = 40
+    plus_epochs: bool = False  # also train the +epochs baseline (same compute as correct)
+    lr: float = 5e-5  # AdamW
+    weight_decay: float = 1e-2
+    poly_power: float = 0.9  # lr * (1 - step / total) ** poly_power, per phase
+    class_weights: list[float] = field(default_factory=lambda: [0.9, 1.1])  # background, object
+    grad_clip: float = 0.0  # max global grad norm; 0 = off (LAVT does not clip)
+    unmatched: str = "ignore"  # object left without a candidate: ignore | random (paper's code)
+    match_size: int = 0  # soft IoU at this resolution (0: image_size); only picks the match
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the model
+    num_workers: int = 0  # DataLoader workers
+    cache_data: bool = False  # keep decoded images and masks in memory (small datasets)
+    sentences_per_object: int = 0  # expressions of an object per epoch (LAVT: 1); 0 = all
+    checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: per epoch)
+    eval_every: int = 1  # evaluate on data.eval_split every N epochs (and always at the end)
+    log_every: int = 10  # steps between log lines
+    resume: bool = True  # continue from <run>/<stage>/checkpoint.pt when present
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     device: str = "cpu"
@@ -146,7 +189,7 @@ class RunConfig:
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    train: dict = field(default_factory=dict)  # free-form until the training issue types it
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 # Values with a closed set of choices; checked after the types, with the same kind of message.
@@ -154,13 +197,29 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "segment.backend": ("simulated", "models"),
     "select.backend": ("simulated", "models"),
     "select.simulate.wrong_choice": ("largest", "central", "mixed"),
+    "segment.models.nouns": ("spacy", "rules"),
+    "segment.models.amp": ("bf16", "fp16", "none"),
+    "select.models.prompt": ("reverse_blur", "red_ellipse"),
+    "select.models.score": ("mean", "max"),
+    "select.models.amp": ("bf16", "fp16", "none"),
+    "train.unmatched": ("ignore", "random"),
 }
 _PROBABILITIES = (
     "segment.simulate.p_drop",
     "segment.simulate.p_false_positive",
     "select.simulate.p_correct",
 )
-_POSITIVE_INTS = ("data.batch_expressions", "data.synth.num_images", "data.synth.image_size")
+_POSITIVE_INTS = (
+    "data.batch_expressions",
+    "data.synth.num_images",
+    "data.synth.image_size",
+    "segment.models.gdino_size",
+    "segment.models.gdino_max_size",
+    "select.models.batch_size",
+    "train.image_size",
+    "train.eval_every",
+    "train.log_every",
+)
 
 
 def embedded_config_path(name: str = "synthetic") -> Path:
@@ -375,6 +434,22 @@ def _check_values(cfg: RunConfig, source: str) -> None:
         value = _get_dotted(cfg, key)
         if value < 1:
             raise ConfigError(f"{source}: {key!r} must be a positive int, got {value!r}")
+    t = cfg.train
+    keys = ("bootstrap_epochs", "correct_epochs", "match_size", "num_workers")
+    for key in (*keys, "sentences_per_object", "checkpoint_every"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"{source}: 'train.{key}' must be >= 0, got {getattr(t, key)!r}")
+    if not (t.lr > 0 and t.weight_decay >= 0 and t.grad_clip >= 0 and t.poly_power >= 0):
+        raise ConfigError(
+            f"{source}: 'train.lr' must be > 0 and 'train.weight_decay', 'train.grad_clip', "
+            f"'train.poly_power' >= 0, got {t.lr!r}, {t.weight_decay!r}, {t.grad_clip!r}, "
+            f"{t.poly_power!r}"
+        )
+    if len(t.class_weights) != 2 or min(t.class_weights) <= 0:
+        raise ConfigError(
+            f"{source}: 'train.class_weights' must be two positive weights [background, object], "
+            f"got {t.class_weights!r}"
+        )
     res = cfg.eval.resolution
     if not (res == "original" or (isinstance(res, int) and res > 0)):
         raise ConfigError(

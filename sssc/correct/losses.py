@@ -1,0 +1,189 @@
+"""Stage 3 losses: LAVT's weighted cross-entropy and the S+S+C matching loss.
+
+The matching loss (Segment, Select, Correct, Sec. 3.3 and Algorithm 1) trains on the Stage 1
+candidate pools instead of one fixed pseudo-label per expression. At every step:
+
+1. the model's foreground probabilities ``p = softmax(logits)[:, 1]``, detached;
+2. ``pairwise_soft_iou(p, candidates)`` grouped by image, under ``no_grad`` (the choice needs no
+   gradient), with pairs an object may not take (not in its S1 ``eligible`` set) set to ``-inf``;
+3. ``greedy_match`` over the batch: the objects of an image take distinct candidates, and all
+   expressions of one object share one;
+4. cross-entropy of each expression's logits against its matched candidate mask.
+
+No Python loop over samples and no host synchronisation: every step is a batched tensor op.
+(On CUDA, ``pairwise_soft_iou`` itself reads its block layout back once per call; that sync is
+the kernel's, documented there.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from sssc.kernels import greedy_match, pairwise_soft_iou
+
+__all__ = [
+    "IGNORE",
+    "MatchResult",
+    "match_targets",
+    "matching_loss",
+    "weighted_ce",
+    "weighted_ce_sums",
+]
+
+IGNORE = 255  # target value of pixels (here: whole expressions) that add nothing to the loss
+
+
+def weighted_ce(logits: torch.Tensor, target: torch.Tensor, class_weights) -> torch.Tensor:
+    """LAVT's loss: 2-class cross-entropy with class weights, mean over the weighted pixels.
+
+    Args:
+        logits: ``[B, 2, H, W]``.
+        target: ``[B, H, W]`` int64 of 0 (background), 1 (object) or :data:`IGNORE`.
+        class_weights: ``[2]`` weights (LAVT: ``[0.9, 1.1]``).
+
+    Returns:
+        Scalar ``sum(w[y] * nll) / sum(w[y])`` over the non-ignored pixels; ``0`` (with a gradient
+        path) when every pixel is ignored.
+    """
+    num, den = weighted_ce_sums(logits, target, class_weights)
+    # clamp instead of a branch on the count: no host sync, and an all-ignored batch gives 0.
+    return num / den.clamp_min(1e-12)
+
+
+def weighted_ce_sums(
+    logits: torch.Tensor, target: torch.Tensor, class_weights
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The numerator ``sum(w[y] * nll)`` and denominator ``sum(w[y])`` of :func:`weighted_ce`.
+
+    Data-parallel training adds the denominators of all ranks, so that the loss is the one of the
+    global batch whatever the number of ranks.
+    """
+    w = torch.as_tensor(class_weights, dtype=torch.float32, device=logits.device)
+    nll = F.cross_entropy(logits.float(), target, reduction="none", ignore_index=IGNORE)
+    wy = w[target.clamp_max(1)].masked_fill(target == IGNORE, 0.0)
+    return (wy * nll).sum(), wy.sum().detach()
+
+
+@dataclass
+class MatchResult:
+    """What the matching step chose (tensors on the batch's device; reading them syncs).
+
+    Attributes:
+        match: ``[B]`` int64 candidate index per expression, ``-1`` for none.
+        target: ``[B, H, W]`` int64 target masks (:data:`IGNORE` where ``match`` is ``-1``).
+        unmatched: ``[B]`` bool, expressions whose object had eligible candidates but was left
+            without one by the matching (fewer free candidates than objects).
+        no_candidate: ``[B]`` bool, expressions whose object had no eligible candidate at all.
+    """
+
+    match: torch.Tensor
+    target: torch.Tensor
+    unmatched: torch.Tensor
+    no_candidate: torch.Tensor
+
+
+@torch.no_grad()
+def match_targets(
+    logits: torch.Tensor,
+    candidates: torch.Tensor,
+    cand_group: torch.Tensor,
+    eligible: torch.Tensor,
+    ref_object: torch.Tensor,
+    ref_group: torch.Tensor,
+    unmatched: str = "ignore",
+    match_size: int = 0,
+    generator: torch.Generator | None = None,
+) -> MatchResult:
+    """Algorithm 1 of S+S+C on a batch: each object's candidate by constrained greedy matching.
+
+    Args:
+        logits: ``[B, 2, H, W]`` the model's output (read, never differentiated).
+        candidates: ``[C, H, W]`` uint8/bool S1 candidate masks of the batch's images.
+        cand_group: ``[C]`` int64 image index of each candidate.
+        eligible: ``[B, C]`` bool, the candidates each expression's object may take (S1).
+        ref_object: ``[B]`` int64 object id (``ann_id``) of each expression.
+        ref_group: ``[B]`` int64 image index of each expression.
+        unmatched: ``"ignore"`` (no loss for an object the matching left without a candidate) or
+            ``"random"`` (a random eligible candidate, already taken by another object, as the
+            paper's code did).
+        match_size: compute the soft IoU at ``match_size x match_size`` (area-averaged
+            probabilities, nearest-neighbour masks) when smaller than ``H``; 0 keeps ``H x W``.
+            It only picks the match: the loss is always at full resolution.
+        generator: the random draws of ``unmatched="random"``.
+
+    Returns:
+        A :class:`MatchResult`.
+    """
+    if unmatched not in ("ignore", "random"):
+        raise ValueError(f"unmatched must be 'ignore' or 'random', got {unmatched!r}")
+    B, _, H, W = logits.shape
+    C = candidates.shape[0]
+    prob = logits.detach().float().softmax(1)[:, 1]
+    cand = candidates
+    if 0 < match_size < H:
+        prob = F.adaptive_avg_pool2d(prob[:, None], match_size)[:, 0]
+        cand = F.interpolate(cand[:, None].float(), size=(match_size, match_size), mode="nearest")
+        cand = cand[:, 0].to(torch.uint8)
+    if prob.is_cuda:  # half the bytes through the kernel; it accumulates in float32 anyway
+        prob = prob.to(torch.bfloat16)
+    iou = pairwise_soft_iou(prob, cand, ref_group, cand_group)
+    iou = iou.masked_fill(~eligible, float("-inf"))
+    match = greedy_match(iou, ref_object, ref_group, cand_group)
+    has_any = eligible.any(1)
+    left = (match < 0) & has_any
+    if unmatched == "random" and C > 0:
+        u = torch.rand(B, C, generator=generator, device="cpu").to(logits.device)
+        pick = u.masked_fill(~eligible, -1.0).argmax(1)
+        # One draw per object: the object's first expression's draw, spread to all of them.
+        first = _first_of_object(ref_object)
+        match = torch.where(left, pick[first], match)
+    idx = match.clamp_min(0)
+    if C > 0:
+        target = candidates.index_select(0, idx).to(torch.int64)
+    else:
+        target = torch.zeros(B, H, W, dtype=torch.int64, device=logits.device)
+    target = target.masked_fill((match < 0)[:, None, None], IGNORE)
+    return MatchResult(match, target, left, ~has_any)
+
+
+def _first_of_object(ref_object: torch.Tensor) -> torch.Tensor:
+    """``[B]`` the index of the first expression with the same object id, for every expression."""
+    same = ref_object[:, None] == ref_object[None, :]
+    # The first True of each row: argmax of a bool row returns the first maximum.
+    return same.to(torch.uint8).argmax(1)
+
+
+def matching_loss(
+    logits: torch.Tensor,
+    candidates: torch.Tensor,
+    cand_group: torch.Tensor,
+    eligible: torch.Tensor,
+    ref_object: torch.Tensor,
+    ref_group: torch.Tensor,
+    class_weights=(0.9, 1.1),
+    unmatched: str = "ignore",
+    match_size: int = 0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, MatchResult]:
+    """The S+S+C correction loss: match (Algorithm 1), then weighted cross-entropy.
+
+    Arguments as :func:`match_targets`, plus ``class_weights`` for :func:`weighted_ce`.
+
+    Returns:
+        ``(loss, match_result)``.
+    """
+    res = match_targets(
+        logits,
+        candidates,
+        cand_group,
+        eligible,
+        ref_object,
+        ref_group,
+        unmatched=unmatched,
+        match_size=match_size,
+        generator=generator,
+    )
+    return weighted_ce(logits, res.target, class_weights), res

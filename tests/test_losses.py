@@ -1,0 +1,196 @@
+"""Stage 3 losses against float64 formulas and a brute-force Algorithm 1."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from sssc.correct.losses import IGNORE, match_targets, matching_loss, weighted_ce
+
+W = (0.9, 1.1)
+
+
+def _ce_ref(logits, target, w=W):
+    """float64: sum over valid pixels of w[y] * -log softmax(logits)[y] / sum w[y]."""
+    lg = logits.double()
+    logp = lg - torch.logsumexp(lg, 1, keepdim=True)
+    num = den = 0.0
+    for b, i, j in itertools.product(*(range(s) for s in target.shape)):
+        y = int(target[b, i, j])
+        if y == IGNORE:
+            continue
+        num += -w[y] * float(logp[b, y, i, j])
+        den += w[y]
+    return num / den if den else 0.0
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
+
+
+@pytest.mark.parametrize("ignored", [0.0, 0.3, 1.0], ids=["none-ignored", "some", "all-ignored"])
+def test_weighted_ce_matches_float64_formula(ignored):
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 2, 5, 7, generator=g) * 3
+    target = (torch.rand(3, 5, 7, generator=g) > 0.6).long()
+    target[torch.rand(3, 5, 7, generator=g) < ignored] = IGNORE
+    got = float(weighted_ce(logits, target, W))
+    ref = _ce_ref(logits, target)
+    if ignored == 1.0:
+        assert got == 0.0
+    else:
+        assert abs(got - ref) / abs(ref) < 1e-6
+
+
+def _greedy_brute(scores, obj):
+    """Algorithm 1 on dense float64 scores (-inf: forbidden), written from the paper."""
+    scores = np.asarray(scores, np.float64)
+    objs = sorted(set(obj))
+    S = {o: scores[[r for r in range(len(obj)) if obj[r] == o]].max(0) for o in objs}
+    out, used, done = {}, set(), set()
+    while True:
+        best = None
+        for o in objs:
+            for c in range(scores.shape[1]):
+                if o in done or c in used or not np.isfinite(S[o][c]):
+                    continue
+                if best is None or S[o][c] > best[0]:  # ties: first (smallest o, then c)
+                    best = (S[o][c], o, c)
+        if best is None:
+            break
+        _, o, c = best
+        out[o] = c
+        used.add(c)
+        done.add(o)
+    return np.array([out.get(o, -1) for o in obj])
+
+
+def _batch(seed, n_img=3, size=12):
+    """Random images: objects with 1-3 expressions each, candidate pools, S1 eligibility."""
+    rng = np.random.default_rng(seed)
+    obj, grp, cgrp, cands, elig_rows = [], [], [], [], []
+    ann = 100
+    for img in range(n_img):
+        n_c = int(rng.integers(0, 5))
+        c0 = len(cgrp)
+        for _ in range(n_c):
+            cands.append(rng.random((size, size)) < rng.uniform(0.1, 0.6))
+            cgrp.append(img)
+        for _ in range(int(rng.integers(1, 4))):
+            ann += int(rng.integers(1, 5))
+            allowed = [c0 + k for k in range(n_c) if rng.random() < 0.7]
+            for _ in range(int(rng.integers(1, 4))):
+                obj.append(ann)
+                grp.append(img)
+                elig_rows.append(allowed)
+    C = len(cgrp)
+    eligible = torch.zeros(len(obj), C, dtype=torch.bool)
+    for r, allowed in enumerate(elig_rows):
+        eligible[r, allowed] = True
+    cand = torch.from_numpy(np.array(cands, dtype=np.uint8).reshape(C, size, size))
+    logits = torch.from_numpy(rng.normal(size=(len(obj), 2, size, size)) * 2).float()
+    return (
+        logits,
+        cand,
+        torch.tensor(cgrp, dtype=torch.int64),
+        eligible,
+        torch.tensor(obj, dtype=torch.int64),
+        torch.tensor(grp, dtype=torch.int64),
+    )
+
+
+def _expected_match(logits, cand, cgrp, eligible, obj, grp):
+    p = torch.softmax(logits.double(), 1)[:, 1].reshape(len(obj), -1)
+    m = cand.double().reshape(cand.shape[0], -1)
+    inter = p @ m.T
+    iou = inter / (p.sum(1)[:, None] + m.sum(1)[None] - inter)
+    ok = eligible & (grp[:, None] == cgrp[None, :])
+    iou = torch.where(ok, iou, torch.tensor(float("-inf"), dtype=torch.float64))
+    return _greedy_brute(iou.numpy(), obj.tolist())
+
+
+@pytest.mark.parametrize("seed", range(6), ids=lambda s: f"batch{s}")
+def test_match_equals_brute_force_algorithm_1(seed):
+    logits, cand, cgrp, elig, obj, grp = _batch(seed)
+    res = match_targets(logits, cand, cgrp, elig, obj, grp)
+    want = _expected_match(logits, cand, cgrp, elig, obj, grp)
+    assert res.match.tolist() == want.tolist()
+    for r, c in enumerate(want):
+        if c >= 0:
+            assert torch.equal(res.target[r], cand[c].long())
+        else:
+            assert (res.target[r] == IGNORE).all()
+    # Unmatched: the object had eligible candidates but got none; no candidate: had none at all.
+    has = elig.any(1).numpy()
+    assert res.unmatched.numpy().tolist() == ((want < 0) & has).tolist()
+    assert res.no_candidate.numpy().tolist() == (~has).tolist()
+
+
+def test_unmatched_policy_random_gives_an_eligible_candidate_per_object():
+    # One image, two objects (two expressions each) that may both take only candidate 0 or 1,
+    # and a third object that may take candidate 0 only: it loses and is left unmatched.
+    size = 8
+    cand = torch.zeros(3, size, size, dtype=torch.uint8)
+    cand[0, :4], cand[1, 4:], cand[2, :, :2] = 1, 1, 1
+    obj = torch.tensor([1, 1, 2, 2, 3])
+    grp = torch.zeros(5, dtype=torch.int64)
+    cgrp = torch.zeros(3, dtype=torch.int64)
+    elig = torch.tensor([[1, 1, 0], [1, 1, 0], [1, 1, 0], [1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    logits = torch.zeros(5, 2, size, size)
+    logits[:2, 1, :4] = 5  # object 1 predicts candidate 0's region
+    logits[2:4, 1, 4:] = 5  # object 2 predicts candidate 1's region
+    logits[4, 1, :4] = 5  # object 3 wants candidate 0 too, but object 1 agrees better
+    logits[0, 1, :4, :1] = 9
+    ign = match_targets(logits, cand, cgrp, elig, obj, grp, unmatched="ignore")
+    assert ign.match.tolist() == [0, 0, 1, 1, -1]
+    assert ign.unmatched.tolist() == [False, False, False, False, True]
+    assert (ign.target[4] == IGNORE).all()
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        rnd = match_targets(logits, cand, cgrp, elig, obj, grp, unmatched="random", generator=g)
+        assert rnd.match[:4].tolist() == [0, 0, 1, 1]
+        assert rnd.match[4].item() == 0  # its only eligible candidate, though already taken
+        assert torch.equal(rnd.target[4], cand[0].long())
+        assert rnd.unmatched.tolist() == [False, False, False, False, True]
+
+
+def test_match_at_reduced_resolution_uses_pooled_inputs():
+    logits, cand, cgrp, elig, obj, grp = _batch(3, size=16)
+    res = match_targets(logits, cand, cgrp, elig, obj, grp, match_size=8)
+    # Reference: average-pooled probabilities against every second candidate pixel (nearest).
+    p = torch.softmax(logits.double(), 1)[:, 1]
+    p = p.reshape(len(obj), 8, 2, 8, 2).mean((2, 4)).reshape(len(obj), -1)
+    m = cand[:, ::2, ::2].double().reshape(cand.shape[0], -1)
+    inter = p @ m.T
+    iou = inter / (p.sum(1)[:, None] + m.sum(1)[None] - inter)
+    ok = elig & (grp[:, None] == cgrp[None, :])
+    iou = torch.where(ok, iou, torch.tensor(float("-inf"), dtype=torch.float64))
+    want = _greedy_brute(iou.numpy(), obj.tolist())
+    assert res.match.tolist() == want.tolist()
+    assert res.target.shape == (len(obj), 16, 16)  # the loss stays at full resolution
+
+
+def test_matching_loss_gradient_is_ce_against_the_matched_masks():
+    logits, cand, cgrp, elig, obj, grp = _batch(4)
+    a = logits.clone().requires_grad_(True)
+    loss, res = matching_loss(a, cand, cgrp, elig, obj, grp, class_weights=W)
+    loss.backward()
+    b = logits.clone().double().requires_grad_(True)
+    # float64 autograd of the CE formula with the targets held fixed: the choice has no gradient.
+    logp = torch.log_softmax(b, 1)
+    t = res.target
+    valid = t != IGNORE
+    w = torch.tensor(W, dtype=torch.float64)[t.clamp_max(1)] * valid
+    nll = -logp.gather(1, t.clamp_max(1)[:, None])[:, 0]
+    ref = (w * nll).sum() / w.sum()
+    ref.backward()
+    assert abs(loss.item() - ref.item()) / ref.item() < 1e-6
+    assert _rel(a.grad, b.grad) < 1e-5
+
+
+def test_bad_policy_is_an_error():
+    logits, cand, cgrp, elig, obj, grp = _batch(0)
+    with pytest.raises(ValueError, match="unmatched"):
+        match_targets(logits, cand, cgrp, elig, obj, grp, unmatched="nearest")
