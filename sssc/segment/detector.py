@@ -1,0 +1,208 @@
+"""Stage 1, step 3: boxes of the referred classes with GroundingDINO (groundingdino-py).
+
+One detector call per image, with the union of the image's projected classes as the caption
+(``"circle. square."``). Images are never batched together: GroundingDINO pads a batch to its
+largest image and its outputs change with the padding, so batching would make a label depend on
+which other images shared its batch. The paper's settings: box threshold 0.35 (on the best token
+logit of a query), text threshold 0.25 (a token counts for a phrase above it), and a second call
+with ``"all [CLS]s"`` for the classes that got no box.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .weights import check_weights, is_random, random_init
+
+__all__ = ["Detections", "GroundingDinoDetector", "caption_spans"]
+
+
+@dataclass
+class Detections:
+    """Boxes of one image.
+
+    Attributes:
+        boxes: float ``[N, 4]`` ``x0, y0, x1, y1`` in input pixels.
+        scores: float ``[N]``, the query's best token probability.
+        labels: int ``[N]``, index into the classes asked for.
+        retried: whether the "all [CLS]s" retry ran.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    retried: bool = False
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+def caption_spans(phrases: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
+    """The caption ``"p0. p1."`` (GroundingDINO's format) and each phrase's character span."""
+    parts, spans, pos = [], [], 0
+    for p in phrases:
+        p = p.lower().strip()
+        spans.append((pos, pos + len(p)))
+        parts.append(p + ".")
+        pos += len(p) + 2  # ". "
+    return " ".join(parts), spans
+
+
+def _plural(name: str) -> str:
+    return name + ("es" if name.endswith(("s", "sh", "ch", "x", "z")) else "s")
+
+
+class GroundingDinoDetector:
+    """``detector(image, classes) -> Detections`` with GroundingDINO.
+
+    Args:
+        config: a GroundingDINO config file; ``""`` uses the SwinT (OGC) config of the package.
+        weights: the checkpoint (``groundingdino_swint_ogc.pth``) or ``random`` (tests).
+        text_encoder: a local BERT folder to use as the text encoder; ``""`` keeps the config's
+            (``bert-base-uncased`` from the Hugging Face cache).
+        box_threshold, text_threshold: the paper's 0.35 and 0.25.
+        size, max_size: the input resize (short side, cap on the long side; paper 800, 1333).
+        device: where to run.
+        amp: ``bf16`` | ``fp16`` | ``none``, autocast on CUDA only.
+
+    Raises:
+        WeightsError: a weights/config/text-encoder path is missing (before anything is built).
+    """
+
+    def __init__(
+        self,
+        config: str = "",
+        weights: str = "",
+        text_encoder: str = "",
+        box_threshold: float = 0.35,
+        text_threshold: float = 0.25,
+        size: int = 800,
+        max_size: int = 1333,
+        device: str | torch.device = "cpu",
+        amp: str = "bf16",
+    ):
+        check_weights(
+            "segment.models",
+            {"gdino_config": config, "gdino_weights": weights, "gdino_text_encoder": text_encoder},
+            optional=("gdino_config", "gdino_text_encoder"),
+        )
+        try:
+            import groundingdino
+            from groundingdino.models import build_model
+            from groundingdino.util.misc import clean_state_dict
+            from groundingdino.util.slconfig import SLConfig
+        except ImportError as e:
+            raise ImportError(
+                f"groundingdino-py is not installed ({e}); pip install 'sssc[segment]'"
+            ) from None
+        if not config:
+            config = os.path.join(
+                os.path.dirname(groundingdino.__file__), "config", "GroundingDINO_SwinT_OGC.py"
+            )
+        args = SLConfig.fromfile(config)
+        args.device = str(device)
+        if text_encoder:
+            args.text_encoder_type = text_encoder
+        # It prints its settings while building.
+        with contextlib.redirect_stdout(io.StringIO()), random_init():
+            model = build_model(args)
+        if not is_random(weights):
+            ckpt = torch.load(weights, map_location="cpu", weights_only=False)
+            model.load_state_dict(clean_state_dict(ckpt.get("model", ckpt)), strict=False)
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.box_threshold, self.text_threshold = float(box_threshold), float(text_threshold)
+        self.size, self.max_size = int(size), int(max_size)
+        self.amp = amp
+        self.calls = 0
+
+    def _preprocess(self, image: np.ndarray) -> torch.Tensor:
+        import groundingdino.datasets.transforms as T
+        from PIL import Image
+
+        # The official transform (PIL bilinear resize, ImageNet normalization), so that boxes match
+        # the paper's code; a single size makes RandomResize deterministic.
+        tf = T.Compose(
+            [
+                T.RandomResize([self.size], max_size=self.max_size),
+                T.ToTensor(),
+                T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            ]
+        )
+        x, _ = tf(Image.fromarray(image), None)
+        return x
+
+    @torch.no_grad()
+    def _call(self, x: torch.Tensor, phrases: list[str], hw: tuple[int, int]):
+        caption, spans = caption_spans(phrases)
+        self.calls += 1
+        ctx = contextlib.nullcontext()
+        if self.device.type == "cuda" and self.amp in ("bf16", "fp16"):
+            dt = torch.bfloat16 if self.amp == "bf16" else torch.float16
+            ctx = torch.autocast("cuda", dtype=dt)
+        with ctx:
+            out = self.model(x[None].to(self.device), captions=[caption])
+        prob = out["pred_logits"][0].float().sigmoid().cpu()  # [Q, 256] per-token probability
+        boxes = out["pred_boxes"][0].float().cpu()  # [Q, 4] cx, cy, w, h in [0, 1]
+        offsets = self.model.tokenizer(caption, return_offsets_mapping=True)["offset_mapping"]
+        # Which text positions belong to which phrase (special tokens have (0, 0) offsets).
+        owner = torch.full((prob.shape[1],), -1, dtype=torch.long)
+        for t, (a, b) in enumerate(offsets[: prob.shape[1]]):
+            if b <= a:
+                continue
+            for p, (s, e) in enumerate(spans):
+                if s <= a and b <= e:
+                    owner[t] = p
+        keep = prob.max(dim=1).values > self.box_threshold
+        prob, boxes = prob[keep], boxes[keep]
+        per_phrase = torch.full((len(prob), len(phrases)), -1.0)
+        for p in range(len(phrases)):
+            cols = owner == p
+            if cols.any():
+                per_phrase[:, p] = prob[:, cols].max(dim=1).values
+        best, label = per_phrase.max(dim=1) if len(phrases) else (prob[:, 0], prob[:, 0].long())
+        ok = best > self.text_threshold  # no token of any phrase above the threshold: no label
+        h, w = hw
+        cx, cy, bw, bh = boxes[ok].unbind(-1)
+        xyxy = torch.stack(
+            [(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], -1
+        )
+        xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, w)
+        xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, h)
+        scores = prob[ok].max(dim=1).values
+        return xyxy.numpy(), scores.numpy(), label[ok].numpy()
+
+    def __call__(self, image: np.ndarray, classes: Sequence[str]) -> Detections:
+        """Detect ``classes`` in one image.
+
+        Args:
+            image: uint8 RGB ``[H, W, 3]``.
+            classes: class names (the union of the image's projected classes).
+
+        Returns:
+            :class:`Detections`; classes without a box after the first call are asked again as
+            ``"all [CLS]s"`` (the paper's retry).
+        """
+        classes = list(classes)
+        empty = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, int))
+        if not classes:
+            return empty
+        x = self._preprocess(image)
+        hw = image.shape[:2]
+        b, s, lab = self._call(x, classes, hw)
+        missing = [k for k in range(len(classes)) if not (lab == k).any()]
+        retried = False
+        if missing:
+            retried = True
+            b2, s2, l2 = self._call(x, [f"all {_plural(classes[k])}" for k in missing], hw)
+            b = np.concatenate([b, b2])
+            s = np.concatenate([s, s2])
+            lab = np.concatenate([lab, np.asarray(missing, dtype=int)[l2]])
+        return Detections(b.astype(np.float32), s.astype(np.float32), lab.astype(int), retried)

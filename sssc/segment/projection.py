@@ -1,0 +1,47 @@
+"""Stage 1, step 2: map a free-form noun onto the dataset's class names with CLIP's text tower.
+
+Both the noun and every class name are prompted as ``"a picture of [CLS]"``; the noun goes to the
+class of highest cosine similarity. Class embeddings are computed once, noun embeddings once per
+distinct noun.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["PROMPT", "ClassProjector"]
+
+PROMPT = "a picture of {}"
+
+
+class ClassProjector:
+    """``projector(nouns) -> class indices``, cosine argmax of CLIP text embeddings.
+
+    Args:
+        clip: a :class:`sssc.select.clip.Clip`.
+        class_names: the projection targets (``data.class_names``).
+    """
+
+    def __init__(self, clip, class_names: Sequence[str]):
+        if not class_names:
+            raise ValueError("data.class_names is empty: Stage 1 needs the dataset's class names")
+        self.clip = clip
+        self.class_names = list(class_names)
+        self._classes = clip.encode_text([PROMPT.format(c) for c in self.class_names])  # [K, D]
+        self._cache: dict[str, int] = {}
+
+    def __call__(self, nouns: Sequence[str]) -> list[int]:
+        """The class index of each noun, ``[len(nouns)]``."""
+        new = [n for n in dict.fromkeys(nouns) if n not in self._cache]
+        if new:
+            e = self.clip.encode_text([PROMPT.format(n) for n in new])  # [N, D]
+            sim = e @ self._classes.T  # [N, K] cosine (both normalized)
+            for n, k in zip(new, sim.argmax(dim=1).tolist(), strict=True):
+                self._cache[n] = int(k)
+        return [self._cache[n] for n in nouns]
+
+    def similarity(self, nouns: Sequence[str]) -> torch.Tensor:
+        """Cosine similarities ``[len(nouns), K]`` (for analysis and tests)."""
+        return self.clip.encode_text([PROMPT.format(n) for n in nouns]) @ self._classes.T

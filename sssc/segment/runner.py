@@ -1,0 +1,170 @@
+"""Stage 1 with the paper's models: nouns -> class projection -> GroundingDINO -> SAM -> S1 record.
+
+:class:`ModelsSegmenter` is called once per image (``segmenter(image_id) -> S1 record``), like the
+simulated producer, so the stage runner writes, shards and resumes both the same way. Images go
+through the detector one at a time (GroundingDINO's outputs depend on the batch).
+
+The record is lossless: every box of every class asked for becomes a candidate (overlaps and any
+number of instances kept) with its detector box, score and class label; each object's eligible
+candidates are those labelled with one of its projected classes. Nothing is swallowed: images
+without any detection, expressions without a noun and objects without an eligible candidate are
+counted in :attr:`ModelsSegmenter.counts` and reported in the stage summary.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..data import masks as _masks
+from ..data.refer import Refer
+from ..data.store import s1_record
+from .detector import GroundingDinoDetector
+from .nouns import make_noun_extractor
+from .projection import ClassProjector
+from .segmenter import SamSegmenter, build_sam
+from .weights import check_weights
+
+__all__ = ["ModelsSegmenter", "check_segment_weights", "segment_producer"]
+
+
+def check_segment_weights(m: Any) -> None:
+    """Every weight path of ``segment.models``, checked before anything is built or read."""
+    check_weights(
+        "segment.models",
+        {
+            "clip_weights": m.clip_weights,
+            "gdino_config": m.gdino_config,
+            "gdino_weights": m.gdino_weights,
+            "gdino_text_encoder": m.gdino_text_encoder,
+            "sam_weights": m.sam_weights,
+        },
+        optional=("gdino_config", "gdino_text_encoder"),
+    )
+
+
+def _file_id(path: str) -> str:
+    """A path as recorded in the producer: the file name (runs move between machines)."""
+    return Path(path).name if path else ""
+
+
+def segment_producer(m: Any, class_names: list[str], data: dict) -> dict:
+    """The producer recorded in the S1 store and every report."""
+    return {
+        "name": "models",
+        "stage": "segment",
+        "nouns": m.nouns if m.nouns == "rules" else f"spacy:{m.spacy_model}",
+        "clip": f"{m.clip_model}:{_file_id(m.clip_weights)}",
+        "detector": f"groundingdino:{_file_id(m.gdino_config) or 'SwinT_OGC'}:"
+        f"{_file_id(m.gdino_weights)}",
+        "text_encoder": _file_id(m.gdino_text_encoder) or "bert-base-uncased",
+        "sam": f"{m.sam_type}:{_file_id(m.sam_weights)}",
+        "box_threshold": float(m.box_threshold),
+        "text_threshold": float(m.text_threshold),
+        "detector_size": [int(m.gdino_size), int(m.gdino_max_size)],
+        "class_names": list(class_names),
+        "data": data,
+    }
+
+
+class ModelsSegmenter:
+    """Stage 1 with the paper's models: ``segmenter(image_id) -> S1 record``.
+
+    Args:
+        refer: the dataset.
+        m: ``segment.models`` settings.
+        class_names: projection targets (``data.class_names``).
+        splits: the splits whose refs are this stage's objects.
+        data: JSON-able dataset description for the producer.
+        device: where the models run.
+
+    Raises:
+        WeightsError: a weight path is missing (checked before any model is built).
+        NounError: the spaCy model is missing.
+    """
+
+    def __init__(
+        self,
+        refer: Refer,
+        m: Any,
+        class_names: list[str],
+        splits: Iterable[str],
+        data: dict | None = None,
+        device: str = "cpu",
+    ):
+        from ..select.clip import load_clip
+
+        check_segment_weights(m)
+        self.refer, self.splits = refer, tuple(splits)
+        self.class_names = list(class_names)
+        self.producer = segment_producer(m, self.class_names, data or {})
+        self.nouns = make_noun_extractor(m.nouns, m.spacy_model, self.class_names)
+        clip = load_clip(m.clip_model, m.clip_weights, device, "segment.models")
+        self.project = ClassProjector(clip, self.class_names)
+        self.detector = GroundingDinoDetector(
+            m.gdino_config,
+            m.gdino_weights,
+            m.gdino_text_encoder,
+            m.box_threshold,
+            m.text_threshold,
+            m.gdino_size,
+            m.gdino_max_size,
+            device,
+            m.amp,
+        )
+        self.segmenter = SamSegmenter(build_sam(m.sam_type, m.sam_weights), device, m.amp)
+        self.counts: collections.Counter = collections.Counter()
+
+    def object_classes(self, sentences: Iterable[str]) -> list[int]:
+        """The projected classes of an object: the union over its expressions' nouns."""
+        out: set[int] = set()
+        for s in sentences:
+            nouns = self.nouns(s)
+            if not nouns:
+                self.counts["expression_without_noun"] += 1
+                continue
+            out.update(self.project(nouns))
+        return sorted(out)
+
+    def __call__(self, image_id: int) -> dict:
+        info = self.refer.images[image_id]
+        refs = [r for s in self.splits for r in self.refer.image_refs(image_id, s)]
+        by_obj: dict[int, list[str]] = collections.defaultdict(list)
+        for r in refs:
+            by_obj[r.ann_id] += [s.sent for s in r.sentences]
+        obj_classes = {a: self.object_classes(sents) for a, sents in sorted(by_obj.items())}
+        classes = sorted({k for ks in obj_classes.values() for k in ks})
+        names = [self.class_names[k] for k in classes]
+
+        cands: list[dict] = []
+        if names:
+            image = self.refer.load_image(image_id)
+            det = self.detector(image, names)
+            self.counts["detector_retry"] += int(det.retried)
+            if len(det) == 0:
+                self.counts["image_without_detection"] += 1
+            masks, _ = self.segmenter(image, det.boxes)
+            for box, score, lab, m in zip(det.boxes, det.scores, det.labels, masks, strict=True):
+                if not m.any():
+                    self.counts["empty_mask"] += 1  # kept: the store is lossless
+                x0, y0, x1, y1 = (float(v) for v in box)
+                cands.append(
+                    {
+                        "rle": _masks.encode(m),
+                        "box": [x0, y0, x1 - x0, y1 - y0],
+                        "score": float(score),
+                        "label": names[int(lab)],
+                    }
+                )
+        self.counts["images"] += 1
+        self.counts["candidates"] += len(cands)
+        objects = []
+        for ann_id, ks in obj_classes.items():
+            wanted = {self.class_names[k] for k in ks}
+            eligible = [i for i, c in enumerate(cands) if c["label"] in wanted]
+            if not eligible:
+                self.counts["object_without_eligible"] += 1
+            objects.append((ann_id, eligible))
+        return s1_record(image_id, info.height, info.width, cands, objects)

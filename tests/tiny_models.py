@@ -1,0 +1,100 @@
+"""Tiny randomly initialised models for the Stage 1/2 tests (no downloads, no weights).
+
+* CLIP: an open_clip architecture registered under :data:`TINY_CLIP` (one block per tower, 32
+  channels, 32 px input) with open_clip's bundled BPE tokenizer.
+* GroundingDINO: the package's SwinT (OGC) config with smaller transformer settings and a tiny
+  BERT (vocabulary of the synthetic dataset's words) written to a folder.
+* SAM: ``segment.models.sam_type=tiny`` (see :mod:`sssc.segment.segmenter`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+TINY_CLIP = "sssc-test-tiny-clip"
+
+_CLIP_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+_WORDS = (
+    "[PAD] [UNK] [CLS] [SEP] [MASK] . ? , all the a of left right above below largest smallest "
+    "red green blue yellow purple orange circle square triangle circles squares triangles "
+    "##s ##es"
+).split()
+
+# Smaller transformer on top of the SwinT backbone: the architecture family stays GroundingDINO's.
+_GDINO_OVERRIDES = """
+num_queries = 20
+enc_layers = 1
+dec_layers = 1
+dim_feedforward = 64
+use_checkpoint = False
+use_transformer_ckpt = False
+text_encoder_type = {bert!r}
+"""
+
+
+def register_tiny_clip(folder: str | os.PathLike) -> str:
+    """Register the tiny open_clip architecture (idempotent); returns its name."""
+    import open_clip
+
+    if TINY_CLIP not in open_clip.list_models():
+        p = Path(folder) / f"{TINY_CLIP}.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(_CLIP_CFG))
+        open_clip.add_model_config(p)
+    return TINY_CLIP
+
+
+def write_tiny_gdino(folder: str | os.PathLike) -> tuple[str, str]:
+    """Write a tiny BERT and a GroundingDINO config using it; returns ``(config, bert_dir)``."""
+    import groundingdino
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = Path(folder)
+    bert = folder / "tiny-bert"
+    bert.mkdir(parents=True, exist_ok=True)
+    (bert / "vocab.txt").write_text("\n".join(_WORDS) + "\n")
+    BertTokenizerFast(str(bert / "vocab.txt")).save_pretrained(bert)
+    cfg = BertConfig(
+        vocab_size=len(_WORDS),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    BertModel(cfg).save_pretrained(bert)
+    base = Path(groundingdino.__file__).parent / "config" / "GroundingDINO_SwinT_OGC.py"
+    config = folder / "gdino_tiny.py"
+    config.write_text(base.read_text() + _GDINO_OVERRIDES.format(bert=str(bert)))
+    return str(config), str(bert)
+
+
+def models_overrides(folder: str | os.PathLike) -> list[str]:
+    """``--set`` overrides that run Stages 1-2 with the tiny models (registers tiny CLIP)."""
+    clip = register_tiny_clip(folder)
+    config, bert = write_tiny_gdino(folder)
+    return [
+        "segment.backend=models",
+        "select.backend=models",
+        "segment.models.nouns=rules",
+        f"segment.models.clip_model={clip}",
+        "segment.models.clip_weights=random",
+        f"segment.models.gdino_config={config}",
+        "segment.models.gdino_weights=random",
+        f"segment.models.gdino_text_encoder={bert}",
+        "segment.models.gdino_size=64",
+        "segment.models.gdino_max_size=64",
+        "segment.models.sam_type=tiny",
+        "segment.models.sam_weights=random",
+        f"select.models.clip_model={clip}",
+        "select.models.clip_weights=random",
+        "select.models.batch_size=16",
+        "select.models.num_workers=0",
+        "select.models.min_area=40",
+    ]
