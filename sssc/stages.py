@@ -63,14 +63,7 @@ def run_stage(stage: str, cfg: Any, run_dir: str | Path) -> dict:
         )
     if stage not in ("segment", "select"):
         raise StageError(f"unknown stage {stage!r}; choose segment, select, bootstrap or correct")
-    for name in ("segment",) if stage == "segment" else ("segment", "select"):
-        backend = getattr(cfg, name).backend
-        if backend != "simulated":
-            raise StageError(
-                f"{name}.backend={backend!r}: the models backend of Stage 1/2 is issue 4, not "
-                "implemented yet; use the default simulated backend (--set "
-                f"{name}.backend=simulated)"
-            )
+    _check_model_weights(cfg, ("segment",) if stage == "segment" else ("segment", "select"))
     try:
         refer = Refer.from_config(cfg.data)
         if stage == "segment":
@@ -152,19 +145,53 @@ def _write(stage: str, d: Path, log: _Log, kind: str, producer: dict, ids: list[
     )
 
 
+def _check_model_weights(cfg: Any, stages: tuple[str, ...]) -> None:
+    """The models backends' weight paths, checked before any stage does any work."""
+    from .segment.weights import WeightsError, check_weights
+
+    try:
+        if "segment" in stages and cfg.segment.backend == "models":
+            from .segment.runner import check_segment_weights
+
+            check_segment_weights(cfg.segment.models)
+        if "select" in stages and cfg.select.backend == "models":
+            check_weights("select.models", {"clip_weights": cfg.select.models.clip_weights})
+    except WeightsError as e:
+        raise StageError(str(e)) from None
+
+
+def _models_error(stage: str, e: Exception) -> StageError:
+    return StageError(f"{stage}.backend=models cannot start: {e}")
+
+
 def _run_segment(refer: Refer, cfg: Any, run_dir: Path) -> dict:
     from .data.simulate import SimulatedSegmenter
 
     d, log = _prepare("segment", cfg, run_dir)
     splits, ids = _stage_images(refer, cfg)
-    seg = SimulatedSegmenter(refer, cfg.segment.simulate, splits, _data_desc(cfg))
+    if cfg.segment.backend == "models":
+        from .segment.nouns import NounError
+        from .segment.runner import ModelsSegmenter
+
+        try:
+            seg = ModelsSegmenter(
+                refer, cfg.segment.models, cfg.data.class_names, splits, _data_desc(cfg), cfg.device
+            )
+        except (NounError, ImportError, OSError, ValueError) as e:
+            raise _models_error("segment", e) from e
+    else:
+        seg = SimulatedSegmenter(refer, cfg.segment.simulate, splits, _data_desc(cfg))
     log(
-        f"segment: simulated Stage 1 on {cfg.data.dataset} {'+'.join(splits)}: {len(ids)} images "
-        f"-> {d}"
+        f"segment: {seg.producer['name']} Stage 1 on {cfg.data.dataset} {'+'.join(splits)}: "
+        f"{len(ids)} images -> {d}"
     )
     _write("segment", d, log, "S1", seg.producer, ids, seg)
     if seg.counts:
-        log(f"segment: this session's counts: {dict(seg.counts)}", echo=False)
+        # With real models these are failures to look at (images without detection, ...).
+        log(
+            f"segment: this session's counts: {dict(seg.counts)}",
+            echo=seg.producer["name"] != "simulated",
+        )
     return _finish("segment", refer, cfg, run_dir, log)
 
 
@@ -173,11 +200,23 @@ def _run_select(refer: Refer, cfg: Any, run_dir: Path) -> dict:
 
     s1 = Store(run_dir / "segment", kind="S1")
     d, log = _prepare("select", cfg, run_dir)
-    sel = SimulatedSelector(refer, cfg.select.simulate, s1.producer)
-    log(f"select: simulated Stage 2 on {len(s1)} images of {run_dir / 'segment'} -> {d}")
-    _write("select", d, log, "S2", sel.producer, s1.image_ids(), lambda i: sel(s1.get(i)))
+    if cfg.select.backend == "models":
+        from .select.runner import ModelsSelector
+
+        splits, _ = _stage_images(refer, cfg)
+        try:
+            sel = ModelsSelector(refer, cfg.select.models, s1, splits, SHARD_SIZE, cfg.device)
+        except (ImportError, OSError, ValueError) as e:
+            raise _models_error("select", e) from e
+        make = sel
+    else:
+        sel = SimulatedSelector(refer, cfg.select.simulate, s1.producer)
+        make = lambda i: sel(s1.get(i))  # noqa: E731
+    name = sel.producer["name"]
+    log(f"select: {name} Stage 2 on {len(s1)} images of {run_dir / 'segment'} -> {d}")
+    _write("select", d, log, "S2", sel.producer, s1.image_ids(), make)
     if sel.counts:
-        log(f"select: this session's counts: {dict(sel.counts)}", echo=False)
+        log(f"select: this session's counts: {dict(sel.counts)}", echo=name != "simulated")
     return _finish("select", refer, cfg, run_dir, log)
 
 
