@@ -856,7 +856,7 @@ def _triton_forward(p, m, blocks):
     msum = torch.zeros(c, dtype=torch.float32, device=p.device)
     tiles = _tile_table(blocks, _TRITON_BN, _TRITON_BC)
     if len(tiles) == 0 or k_total == 0:
-        return inter, p.float().sum(1), msum
+        return inter, p.sum(1, dtype=torch.float32), msum
     # Split the pixels so that the grid fills the GPU (a batch has only tens of block tiles).
     k_tiles = triton.cdiv(k_total, _TRITON_BK)
     target = 4 * _sm_count(p.device)
@@ -891,7 +891,8 @@ def _triton_forward(p, m, blocks):
     if blocks.valid is not None:
         # Predictions of blocks without candidates were not visited; their sums do not matter
         # (every entry of their rows is -inf), but keep them honest.
-        psum = torch.where(blocks.valid.any(1), psum, p.float().sum(1))
+        lonely = ~blocks.valid.any(1)
+        psum[lonely] = p[lonely].sum(1, dtype=torch.float32)
     return inter, psum, msum
 
 
