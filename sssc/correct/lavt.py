@@ -218,9 +218,10 @@ def _bert_hf_config(cfg: LAVTConfig) -> Any:
 
 def _instance_norm_tokens(x: Tensor, eps: float = 1e-5) -> Tensor:
     """``InstanceNorm1d`` (no affine) over the pixels of ``x`` ``[B, N, C]``."""
-    mean = x.mean(dim=1, keepdim=True)
-    var = x.var(dim=1, keepdim=True, unbiased=False)
-    return (x - mean) * torch.rsqrt(var + eps)
+    # Statistics over up to 120*120 pixels: float32 even under bf16 autocast.
+    xf = x.float()
+    var, mean = torch.var_mean(xf, dim=1, keepdim=True, unbiased=False)
+    return ((xf - mean) * torch.rsqrt(var + eps)).to(x.dtype)
 
 
 class PWAM(nn.Module):
