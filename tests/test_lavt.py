@@ -17,6 +17,7 @@ from sssc.correct.lavt import (
     build_tokenizer,
     create_model,
     load_model_config,
+    param_groups,
 )
 
 WORDS = ["the red circle left of the blue square", "a green triangle", "biggest shape, right"]
@@ -324,3 +325,28 @@ def test_full_checkpoint_roundtrip(tmp_path):
     narrow = dataclasses.replace(cfg, swin=dataclasses.replace(cfg.swin, embed_dim=16))
     with pytest.raises(ValueError, match="weights: .*does not fit"):
         create_model(narrow, weights=tmp_path / "plain.pth")
+
+
+# ---------------------------------------------------------------- optimizer groups
+
+
+def test_param_groups_follow_lavt():
+    model = _tiny()
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = param_groups(model, weight_decay=0.01, bert_layers=1)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids))  # no parameter twice
+    no_decay = {names[id(p)] for p in groups[0]["params"]}
+    assert groups[0]["weight_decay"] == 0.0 and groups[1]["weight_decay"] == 0.01
+    assert all("norm" in n or "relative_position_bias_table" in n for n in no_decay)
+    assert "swin.encoder.layers.0.blocks.1.attention.self.relative_position_bias_table" in no_decay
+    assert "stage_norms.2.weight" in no_decay
+    assert "swin.encoder.layers.0.blocks.0.attention.self.query.weight" not in no_decay
+    trained = {names[i] for i in ids}
+    # LAVT trains BERT's first layers only: not the embeddings, not the later layers.
+    assert "bert.encoder.layer.0.attention.self.query.weight" in trained
+    assert not any(n.startswith(("bert.embeddings", "bert.encoder.layer.1.")) for n in trained)
+    everything = {n for n in names.values()}
+    assert trained | {n for n in everything if n.startswith("bert.")} == everything
+    groups = param_groups(model, bert_layers=None)
+    assert {names[id(p)] for g in groups for p in g["params"]} == everything

@@ -60,6 +60,7 @@ __all__ = [
     "build_tokenizer",
     "create_model",
     "load_model_config",
+    "param_groups",
     "swin_official_to_hf",
 ]
 
@@ -413,6 +414,48 @@ class LAVT(nn.Module):
                 h, w = (h + 1) // 2, (w + 1) // 2
         logits = self.decoder(feats)
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
+
+
+def param_groups(
+    model: LAVT, weight_decay: float = 1e-2, bert_layers: int | None = 10
+) -> list[dict[str, Any]]:
+    """LAVT's optimizer parameter groups (its train.py), for ``torch.optim.AdamW(groups, lr=...)``.
+
+    - the visual side (Swin, PWAMs, gates, stage norms): weight decay, except the norms and the
+      relative position bias tables (no decay);
+    - the decoder: weight decay;
+    - BERT: the first ``bert_layers`` encoder layers only. LAVT lists ``encoder.layer[0:10]`` of
+      BERT-base, so its word embeddings and last two layers are never updated (they still receive
+      gradients). ``bert_layers=None`` trains all of BERT, embeddings included (for randomly
+      initialised text encoders such as lavt-tiny's).
+
+    Args:
+        model: the model.
+        weight_decay: the decayed groups' weight decay (LAVT: 1e-2).
+        bert_layers: how many of BERT's first encoder layers to train, or None for all of BERT.
+
+    Returns:
+        A list of ``{"params": [...], "weight_decay": float}`` dicts; no parameter appears twice.
+    """
+    no_decay, decay = [], []
+    visual = [model.swin, model.pwams, model.gates, model.stage_norms]
+    for part in visual:
+        for name, p in part.named_parameters():
+            # "norm": LayerNorms (layernorm_before/after, embeddings.norm, downsample.norm and the
+            # stage norms live in a ModuleList, whose names are plain indices).
+            is_norm = "norm" in name or part is model.stage_norms
+            skip = is_norm or "relative_position_bias_table" in name
+            (no_decay if skip else decay).append(p)
+    if bert_layers is None:
+        bert = list(model.bert.parameters())
+    else:
+        bert = [p for layer in model.bert.encoder.layer[:bert_layers] for p in layer.parameters()]
+    return [
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": list(model.decoder.parameters()), "weight_decay": weight_decay},
+        {"params": bert, "weight_decay": weight_decay},
+    ]
 
 
 # --------------------------------------------------------------------------------------------
