@@ -412,8 +412,14 @@ class LAVT(nn.Module):
                 x = x + self.gates[i](m) * m
                 x = stage.downsample(x, (h, w))
                 h, w = (h + 1) // 2, (w + 1) // 2
-        logits = self.decoder(feats)
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
+        logits = self.decoder(feats)  # on the patch grid of the padded image
+        height, width = images.shape[-2:]
+        patch = self.config.swin.patch_size
+        padded = (logits.shape[-2] * patch, logits.shape[-1] * patch)
+        # Upsample to the padded size, then crop the padding, so that every logit stays over the
+        # pixels it saw (the same as LAVT's plain upsampling when H, W are patch multiples).
+        logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=True)
+        return logits[:, :, :height, :width]
 
 
 def param_groups(
