@@ -45,10 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     """``sssc``: data preparation and checks, evaluation."""
     from .data.cli import add_data_commands
     from .eval.cli import add_eval_command
+    from .viz import add_viz_command
 
-    p = argparse.ArgumentParser(prog="sssc", description="sssc tools: data, eval.")
+    p = argparse.ArgumentParser(prog="sssc", description="sssc tools: data, eval, viz.")
     sub = p.add_subparsers(dest="cmd", required=True)
     add_data_commands(sub)
     add_eval_command(sub)
+    add_viz_command(sub)
     args = p.parse_args(argv)
     return int(args.func(args) or 0)
