@@ -173,6 +173,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the model
     num_workers: int = 0  # DataLoader workers
+    threads: int = 0  # torch CPU threads (0: torch's default; 1 is faster on a busy machine)
     cache_data: bool = False  # keep decoded images and masks in memory (small datasets)
     sentences_per_object: int = 0  # expressions of an object per epoch (LAVT: 1); 0 = all
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: per epoch)
@@ -435,7 +436,7 @@ def _check_values(cfg: RunConfig, source: str) -> None:
         if value < 1:
             raise ConfigError(f"{source}: {key!r} must be a positive int, got {value!r}")
     t = cfg.train
-    keys = ("bootstrap_epochs", "correct_epochs", "match_size", "num_workers")
+    keys = ("bootstrap_epochs", "correct_epochs", "match_size", "num_workers", "threads")
     for key in (*keys, "sentences_per_object", "checkpoint_every"):
         if getattr(t, key) < 0:
             raise ConfigError(f"{source}: 'train.{key}' must be >= 0, got {getattr(t, key)!r}")

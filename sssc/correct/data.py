@@ -1,0 +1,209 @@
+"""Training data for Stage 3: images, tokenized expressions and pseudo-label targets.
+
+A training *sample* is one expression; a *batch* is whole images packed up to
+``data.batch_expressions`` expressions (:func:`sssc.data.refer.pack_images`), so that the matching
+loss sees every object of an image at once. :class:`ImageSet` returns one image with everything
+its expressions need, :func:`collate` turns a list of those into a batch:
+
+* ``bootstrap`` (``targets="s2"``): each expression's target is its object's S2 choice;
+* ``correct`` (``targets="s1"``): the image's S1 candidate pool, each candidate's image index
+  (``cand_group``) and which candidates each expression's object may take (``eligible``);
+* evaluation and inference (``targets=None``): images and expressions only.
+
+Images are resized to ``size x size`` (bilinear) and normalized with ImageNet's mean and std, as
+LAVT does; masks are resized with PIL nearest neighbour (as LAVT resizes its targets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.refer import Refer
+from ..eval.metrics import resize_mask
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageSet", "collate", "preprocess_image"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def preprocess_image(image: np.ndarray, size: int) -> torch.Tensor:
+    """An RGB image as the model's input.
+
+    Args:
+        image: uint8 ``[H, W, 3]``.
+        size: the side of the square input.
+
+    Returns:
+        float32 ``[3, size, size]``, ImageNet-normalized.
+    """
+    return _normalize(_resize_image(image, size))
+
+
+def _resize_image(image: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 ``[H, W, 3]`` -> uint8 ``[3, size, size]`` (bilinear, as LAVT's ``T.Resize``)."""
+    from PIL import Image
+
+    if image.shape[:2] != (size, size):
+        image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
+
+
+def _normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[..., 3, H, W]`` -> float32, ImageNet-normalized."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+class ImageSet(torch.utils.data.Dataset):
+    """One image of a split with its expressions and (optionally) pseudo-label targets.
+
+    Indexed by image id (the batch sampler yields packed lists of image ids).
+
+    Args:
+        refer: the dataset.
+        split: whose expressions (e.g. ``"train"``).
+        size: the square training resolution.
+        targets: ``"s2"`` (the S2 choice per object), ``"s1"`` (the S1 pool) or ``None``.
+        s1: the Stage 1 store (needed for both kinds of targets).
+        s2: the Stage 2 store (for ``"s2"``).
+        cache: keep each image's item after its first use (small datasets only).
+        per_object: keep this many of each object's expressions per epoch, drawn from
+            ``(seed, epoch, ann_id)`` (LAVT samples one sentence per object); 0 keeps all.
+        seed: the draws' seed (see :meth:`set_epoch`).
+    """
+
+    def __init__(
+        self,
+        refer: Refer,
+        split: str,
+        size: int,
+        targets: str | None = None,
+        s1: Any = None,
+        s2: Any = None,
+        cache: bool = False,
+        per_object: int = 0,
+        seed: int = 0,
+    ):
+        if targets not in (None, "s1", "s2"):
+            raise ValueError(f"targets must be None, 's1' or 's2', got {targets!r}")
+        if targets is not None and s1 is None or targets == "s2" and s2 is None:
+            raise ValueError(f"targets={targets!r} needs the S1 store (and S2 for 's2')")
+        self.refer, self.split, self.size = refer, split, size
+        self.targets, self.s1, self.s2 = targets, s1, s2
+        self.cache: dict[int, dict] | None = {} if cache else None
+        self.per_object, self.seed, self.epoch = per_object, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Which expressions an epoch uses (with ``per_object``); the same on every rank."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.refer.split_image_ids(self.split))
+
+    def __getitem__(self, image_id: int) -> dict:
+        if self.cache is not None and image_id in self.cache:
+            item = self.cache[image_id]
+        else:
+            item = self._load(int(image_id))
+            if self.cache is not None:
+                self.cache[image_id] = item
+        return self._subsample(item) if self.per_object > 0 else item
+
+    def _subsample(self, item: dict) -> dict:
+        """Keep ``per_object`` random expressions of each object (rows of every per-row field)."""
+        ann = np.asarray(item["ann_ids"])
+        keys = np.zeros(len(ann))
+        for a in np.unique(ann):  # one draw per object: independent of batching and rank
+            rows = np.flatnonzero(ann == a)
+            rng = np.random.default_rng([self.seed, self.epoch, int(a)])
+            keys[rows] = rng.permutation(len(rows))
+        keep = np.flatnonzero(keys < self.per_object)
+        out = dict(item)
+        for k in ("sents", "sent_ids", "ann_ids"):
+            out[k] = [item[k][i] for i in keep]
+        idx = torch.from_numpy(keep)
+        for k in ("target", "eligible"):
+            if k in item:
+                out[k] = item[k].index_select(0, idx)
+        return out
+
+    def _load(self, image_id: int) -> dict:
+        refs = self.refer.image_refs(image_id, self.split)
+        item: dict = {
+            "image_id": image_id,
+            "image": _resize_image(self.refer.load_image(image_id).copy(), self.size),
+            "sents": [s.sent for r in refs for s in r.sentences],
+            "sent_ids": [s.sent_id for r in refs for s in r.sentences],
+            "ann_ids": [r.ann_id for r in refs for _ in r.sentences],
+        }
+        if self.targets is None:
+            return item
+        size = (self.size, self.size)
+        pool = self.s1.get(image_id)
+        if self.targets == "s2":
+            choice = self.s2.get(image_id)
+            masks = {}
+            for o in choice.objects:  # decode each chosen candidate once (objects may collide)
+                if o.chosen is not None and o.chosen not in masks:
+                    masks[o.chosen] = resize_mask(pool.candidate(o.chosen).decode(), size)
+            target = np.full((len(item["ann_ids"]), *size), 255, dtype=np.uint8)  # 255: ignore
+            for k, ann_id in enumerate(item["ann_ids"]):
+                chosen = choice.object(ann_id).chosen
+                if chosen is not None:
+                    target[k] = masks[chosen]
+            item["target"] = torch.from_numpy(target)
+        else:
+            cands = [resize_mask(c.decode(), size) for c in pool.candidates]
+            c = np.stack(cands) if cands else np.zeros((0, *size), dtype=bool)
+            item["candidates"] = torch.from_numpy(c.astype(np.uint8))
+            elig = np.zeros((len(item["ann_ids"]), len(cands)), dtype=bool)
+            for k, ann_id in enumerate(item["ann_ids"]):
+                elig[k, list(pool.object(ann_id).eligible)] = True
+            item["eligible"] = torch.from_numpy(elig)
+        return item
+
+
+def collate(items: list[dict], tokenize: Callable[[list[str]], tuple]) -> dict:
+    """Batch whole images: one row per expression; candidates concatenated over the images.
+
+    Args:
+        items: :class:`ImageSet` items.
+        tokenize: ``list[str] -> (input_ids [B, L], attention_mask [B, L])``.
+
+    Returns:
+        ``images`` float ``[B, 3, S, S]``, ``input_ids`` and ``attention_mask`` ``[B, L]``,
+        ``ref_object`` int64 ``[B]`` (ann ids), ``ref_group`` int64 ``[B]`` (image index in the
+        batch), ``sent_ids`` int64 ``[B]``, ``image_ids`` int64 ``[I]``; with S2 targets
+        ``target`` int64 ``[B, S, S]`` (255: ignore); with S1 targets ``candidates`` uint8
+        ``[C, S, S]``, ``cand_group`` int64 ``[C]`` and ``eligible`` bool ``[B, C]``.
+    """
+    counts = torch.tensor([len(it["sents"]) for it in items], dtype=torch.int64)
+    ref_group = torch.repeat_interleave(torch.arange(len(items)), counts)
+    images = _normalize(torch.stack([it["image"] for it in items]))
+    sents = [s for it in items for s in it["sents"]]
+    input_ids, attention_mask = tokenize(sents)
+    batch = {
+        "images": images.index_select(0, ref_group),
+        "input_ids": torch.as_tensor(input_ids),
+        "attention_mask": torch.as_tensor(attention_mask),
+        "ref_object": torch.tensor([a for it in items for a in it["ann_ids"]], dtype=torch.int64),
+        "ref_group": ref_group,
+        "sent_ids": torch.tensor([s for it in items for s in it["sent_ids"]], dtype=torch.int64),
+        "image_ids": torch.tensor([it["image_id"] for it in items], dtype=torch.int64),
+    }
+    if "target" in items[0]:
+        batch["target"] = torch.cat([it["target"] for it in items]).to(torch.int64)
+    if "candidates" in items[0]:
+        ncand = torch.tensor([it["candidates"].shape[0] for it in items], dtype=torch.int64)
+        batch["candidates"] = torch.cat([it["candidates"] for it in items])
+        batch["cand_group"] = torch.repeat_interleave(torch.arange(len(items)), ncand)
+        batch["eligible"] = torch.block_diag(
+            *[it["eligible"].to(torch.uint8) for it in items]
+        ).bool()
+    return batch

@@ -1,0 +1,539 @@
+"""Stage 3 training: one loop for ZSBootstrap, the correction phase and the ``+epochs`` baseline.
+
+Phases (each writes ``<run>/<phase>/``):
+
+* ``bootstrap``: LAVT from its initial weights, cross-entropy on the S2 masks (ZSBootstrap);
+* ``correct``: from the final ``bootstrap`` model, the matching loss on the S1 pools (S+S+C);
+* ``plus_epochs``: from the final ``bootstrap`` model, cross-entropy on S2 for as many epochs as
+  ``correct`` (the paper's "+epochs" baseline, Table 4): the same compute without correction.
+
+Each phase has its own AdamW and poly schedule over its own steps. The model kept is the last
+epoch's: model selection never looks at GT masks (the setting is weakly supervised).
+
+Output: ``checkpoint.pt`` (atomic: a temporary file, then ``os.replace``; every epoch, every
+``train.checkpoint_every`` steps, and at the end), ``log.jsonl`` (a line per step and per
+evaluation), TensorBoard scalars under ``tb/`` when tensorboard is installed, ``curves.png`` when
+matplotlib is, and ``metrics.json`` (the last epoch's model on ``data.eval_split``).
+
+Data parallel: run under ``torchrun``; every rank packs the same global batches and takes every
+``world``-th image of each. The loss is normalised by the global batch's weight (one all-reduce),
+and batch norm is synchronised, so the losses equal a one-process run of the same global batch.
+
+Host syncs per step: the loss is read once for the NaN/inf check and the log (``float(...)``);
+everything else stays on the device until a log line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..data.refer import Refer, pack_images
+from ..data.store import Store
+from ..eval.metrics import evaluate_masks
+from .data import ImageSet, collate
+from .losses import match_targets, weighted_ce_sums
+
+__all__ = ["PHASES", "TrainError", "evaluate_model", "train_phase"]
+
+# phase -> (targets, initial weights from, epochs setting)
+PHASES = {
+    "bootstrap": ("s2", None, "bootstrap_epochs"),
+    "correct": ("s1", "bootstrap", "correct_epochs"),
+    "plus_epochs": ("s2", "bootstrap", "correct_epochs"),
+}
+
+
+class TrainError(Exception):
+    """Training cannot start or had to stop; the message says why and what to do."""
+
+
+def train_phase(
+    phase: str, cfg: Any, run_dir: str | Path, refer: Refer | None = None, on_step=None
+) -> dict:
+    """Train one phase (resuming from its checkpoint when ``train.resume``) and evaluate it.
+
+    Args:
+        phase: ``bootstrap`` | ``correct`` | ``plus_epochs``.
+        cfg: a :class:`sssc.config.RunConfig`.
+        run_dir: holds ``segment/`` and ``select/`` (the stores) and gets ``<phase>/``.
+        refer: the dataset, if already open.
+        on_step: optional ``f(global_step)`` called after each optimizer step (tests use it to
+            stop a run mid-epoch).
+
+    Returns:
+        The ``metrics.json`` object.
+    """
+    from .lavt import build_tokenizer, create_model
+
+    t, run_dir = cfg.train, Path(run_dir)
+    targets, init, epochs_key = PHASES[phase]
+    epochs, out = getattr(t, epochs_key), run_dir / phase
+    rank, world, own_pg = _setup_dist()
+    device = torch.device(
+        cfg.device
+        if world == 1 or not cfg.device.startswith("cuda")
+        else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = out / "checkpoint.pt", out / "log.jsonl"
+    refer = refer or Refer.from_config(cfg.data)
+    s1 = Store(run_dir / "segment", kind="S1")
+    s2 = Store(run_dir / "select", kind="S2") if targets == "s2" else None
+    producer = (s2 or s1).producer
+
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
+    torch.manual_seed(cfg.seed), np.random.seed(cfg.seed), random.seed(cfg.seed)
+    model = create_model(
+        t.model, swin_weights=t.swin_weights or None, bert_weights=t.bert_weights or None
+    )
+    if init:
+        init_ckpt = run_dir / init / "checkpoint.pt"
+        state = _load(init_ckpt)
+        if state is None or not state["done"]:
+            raise TrainError(
+                f"{init_ckpt}: no finished {init} model; run `sssc-train --stage {init}` first"
+            )
+        model.load_state_dict(state["model"])
+    words = sorted({w for r in refer.refs.values() for s in r.sentences for w in s.tokens})
+    tokenize = build_tokenizer(model.config, vocab_words=words, bert_path=t.bert_weights or None)
+    model.to(device)
+    if world > 1:
+        model = _sync_batchnorm(model, device)
+    net = torch.compile(model) if t.compile else model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net)
+
+    # Every epoch's packing is known up front: the schedule's length and the sampler position.
+    plans = [
+        pack_images(
+            refer,
+            cfg.data.train_split,
+            cfg.data.batch_expressions,
+            shuffle=True,
+            seed=cfg.seed * 100003 + e,
+        )
+        for e in range(epochs)
+    ]
+    total = max(1, sum(len(p) for p in plans))
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: max(0.0, 1.0 - s / total) ** t.poly_power
+    )
+    gen = torch.Generator().manual_seed(cfg.seed)  # the matching's random draws
+    epoch, step, gstep = 0, 0, 0
+    state = _load(ckpt_path) if t.resume else None
+    if state is not None and state["phase"] == phase:
+        if state["done"] and (out / "metrics.json").exists():
+            _cleanup(own_pg)
+            return json.loads((out / "metrics.json").read_text())
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"]), sched.load_state_dict(state["scheduler"])
+        epoch, step, gstep = state["epoch"], state["step"], state["global_step"]
+        _set_rng(state["rng"], gen)
+        _truncate_log(log_path, gstep)
+        print(f"{phase}: resuming from {ckpt_path} at epoch {epoch + 1}, step {step}")
+    elif rank == 0 and log_path.exists():
+        log_path.unlink()
+
+    dataset = ImageSet(
+        refer,
+        cfg.data.train_split,
+        t.image_size,
+        targets,
+        s1,
+        s2,
+        t.cache_data,
+        t.sentences_per_object,
+        cfg.seed,
+    )
+    weights = torch.tensor(t.class_weights, device=device)
+    tb = _tensorboard(out) if rank == 0 else None
+    amp = device.type == "cuda" and t.amp
+    counts = torch.zeros(3, dtype=torch.int64, device=device)  # expressions, unmatched, no cand.
+    last: dict = {}
+
+    def save(done=False):
+        if rank == 0:
+            _save(
+                ckpt_path,
+                {
+                    "phase": phase,
+                    "done": done,
+                    "epoch": epoch,
+                    "step": step,
+                    "global_step": gstep,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "rng": _get_rng(gen),
+                    # what `sssc predict` needs to rebuild the model and its tokenizer
+                    "model_name": t.model,
+                    "image_size": t.image_size,
+                    "vocab": list(getattr(tokenize, "vocab", [])),
+                },
+            )
+
+    while epoch < epochs:
+        dataset.set_epoch(epoch)
+        mine = [b[rank::world] for b in plans[epoch][step:]]
+        if any(not b for b in mine):
+            raise TrainError(
+                f"a batch has fewer images than the {world} ranks; raise data.batch_expressions"
+            )
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=mine,
+            num_workers=t.num_workers,
+            collate_fn=partial(collate, tokenize=tokenize),
+        )
+        net.train()
+        bar = _bar(len(plans[epoch]), step, f"{phase} {epoch + 1}/{epochs}", rank)
+        for batch in loader:
+            t0 = time.perf_counter()
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = net(batch["images"], batch["input_ids"], batch["attention_mask"])
+            if targets == "s2":
+                target = batch["target"]
+            else:
+                m = match_targets(
+                    logits,
+                    batch["candidates"],
+                    batch["cand_group"],
+                    batch["eligible"],
+                    batch["ref_object"],
+                    batch["ref_group"],
+                    t.unmatched,
+                    t.match_size,
+                    gen,
+                )
+                target = m.target
+                counts[1:] += torch.stack([m.unmatched.sum(), m.no_candidate.sum()])
+            counts[0] += target.shape[0]
+            num, den = weighted_ce_sums(logits, target, weights)
+            sums = torch.stack([num.detach(), den])
+            if world > 1:
+                dist.all_reduce(sums)  # the global batch's loss and weight
+            loss = num / sums[1].clamp_min(1e-12) * world  # DDP averages gradients over ranks
+            value = float(sums[0] / sums[1].clamp_min(1e-12))  # host sync: NaN check and log
+            if not math.isfinite(value):
+                _cleanup(own_pg)
+                raise TrainError(
+                    f"{phase}: loss is {value} at epoch {epoch + 1}, step {step}; stopped. The "
+                    f"last good checkpoint is kept in {ckpt_path} (try a lower train.lr)"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            opt.step()
+            sched.step()
+            step, gstep = step + 1, gstep + 1
+            rate = len(target) * world / (time.perf_counter() - t0)
+            rec = {
+                "phase": phase,
+                "epoch": epoch + 1,
+                "step": step,
+                "global_step": gstep,
+                "loss": value,
+                "lr": sched.get_last_lr()[0],
+                "samples_per_s": rate,
+            }
+            if rank == 0:
+                _append(log_path, rec)
+                if tb is not None:
+                    tb.add_scalar(f"{phase}/loss", value, gstep)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}", samples_s=f"{rate:.0f}")
+            if t.checkpoint_every and step % t.checkpoint_every == 0 and step < len(plans[epoch]):
+                save()
+            if on_step is not None:
+                on_step(gstep)
+        if bar is not None:
+            bar.close()
+        epoch, step = epoch + 1, 0
+        if epoch % t.eval_every == 0 or epoch == epochs:
+            last = _eval_and_log(
+                model,
+                refer,
+                cfg,
+                tokenize,
+                device,
+                phase,
+                epoch,
+                gstep,
+                log_path,
+                tb,
+                rank,
+                world,
+                counts,
+            )
+        save()
+    if rank == 0:
+        last = last or _eval_and_log(
+            model,
+            refer,
+            cfg,
+            tokenize,
+            device,
+            phase,
+            epoch,
+            gstep,
+            log_path,
+            tb,
+            rank,
+            world,
+            counts,
+        )
+        n, unmatched, nocand = (int(c) for c in counts)
+        metrics = {
+            "stage": phase,
+            "what": _WHAT[phase],
+            **last,
+            "producer": producer,
+            "model": t.model,
+            "epochs": epochs,
+            "selection": "last epoch (no GT)",
+            "unmatched": {
+                "policy": t.unmatched,
+                "expressions_seen": n,
+                "unmatched": unmatched,
+                "no_eligible_candidate": nocand,
+            }
+            if targets == "s1"
+            else None,
+        }
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        _plot(log_path, out / "curves.png")
+        save(done=True)
+    if world > 1:
+        dist.barrier()
+    _cleanup(own_pg)
+    return json.loads((out / "metrics.json").read_text())
+
+
+_WHAT = {
+    "bootstrap": "ZSBootstrap (LAVT trained on the S2 masks)",
+    "correct": "S+S+C (LAVT corrected by greedy matching to S1)",
+    "plus_epochs": "+epochs (ZSBootstrap trained on S2 for the correction's epochs)",
+}
+
+
+def _eval_and_log(
+    model, refer, cfg, tokenize, device, phase, epoch, gstep, log_path, tb, rank, world, counts
+) -> dict:
+    if world > 1:
+        dist.all_reduce(counts)
+    m = evaluate_model(model, refer, cfg, tokenize, device) if rank == 0 else {}
+    if rank == 0:
+        _append(
+            log_path,
+            {
+                "phase": phase,
+                "epoch": epoch,
+                "global_step": gstep,
+                "eval": m,
+                "counts": counts.tolist(),
+            },
+        )
+        print(
+            f"{phase} epoch {epoch}: {m['split']} mIoU {m['mIoU']:.2f} oIoU {m['oIoU']:.2f} "
+            f"prec@0.5 {m['prec@0.5']:.2f}"
+        )
+        if tb is not None:
+            for k in ("mIoU", "oIoU", "prec@0.5"):
+                tb.add_scalar(f"{phase}/val_{k}", m[k], gstep)
+    if world > 1:
+        dist.barrier()
+    return m
+
+
+@torch.no_grad()
+def evaluate_model(
+    model, refer: Refer, cfg: Any, tokenize, device, split: str | None = None
+) -> dict:
+    """Score a model on a split (default ``data.eval_split``) against the GT masks.
+
+    Predictions are the foreground probabilities at ``train.image_size``, computed a packed batch
+    at a time when :func:`evaluate_masks` first asks for one of its expressions.
+    """
+    split = split or cfg.data.eval_split
+    was_training = model.training
+    model.eval()
+    dataset = ImageSet(refer, split, cfg.train.image_size)
+    packs = pack_images(refer, split, cfg.data.batch_expressions)
+    where = {i: k for k, p in enumerate(packs) for i in p}
+    sent_image = {s.sent_id: r.image_id for r in refer.split_refs(split) for s in r.sentences}
+    cache: dict = {"pack": None, "probs": {}}
+    amp = device.type == "cuda" and cfg.train.amp
+
+    def predict(sent_id: int):
+        k = where[sent_image[sent_id]]
+        if cache["pack"] != k:
+            b = collate([dataset[i] for i in packs[k]], tokenize)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(
+                    b["images"].to(device),
+                    b["input_ids"].to(device),
+                    b["attention_mask"].to(device),
+                )
+            probs = logits.float().softmax(1)[:, 1].cpu().numpy()
+            cache["pack"], cache["probs"] = k, dict(zip(b["sent_ids"].tolist(), probs, strict=True))
+        return cache["probs"][sent_id]
+
+    m = evaluate_masks(refer, split, predict, resolution=cfg.eval.resolution)
+    model.train(was_training)
+    return m
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def _setup_dist() -> tuple[int, int, bool]:
+    """``(rank, world, whether we created the process group)`` from torchrun's environment."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), world, True
+    return (dist.get_rank() if dist.is_initialized() else 0), world, False
+
+
+def _cleanup(own_pg: bool) -> None:
+    if own_pg and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _sync_batchnorm(model, device):
+    """Batch norm over the global batch: SyncBatchNorm on CUDA, :class:`_GlobalBN2d` on CPU."""
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for mod in list(model.modules()):
+        for child_name, child in list(mod.named_children()):
+            if type(child) is torch.nn.BatchNorm2d:
+                new = _GlobalBN2d(child.num_features, child.eps, child.momentum)
+                new.load_state_dict(child.state_dict())
+                setattr(mod, child_name, new.to(device))
+    return model
+
+
+class _GlobalBN2d(torch.nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are all-reduced over the ranks (CPU/gloo too)."""
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce  # differentiable
+
+        n = x.new_tensor(x.shape[0] * x.shape[2] * x.shape[3])
+        s = all_reduce(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), n[None]]))
+        c, count = self.num_features, s[-1]
+        mean, var = s[:c] / count, s[c : 2 * c] / count - (s[:c] / count) ** 2
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            unbiased = var * count / (count - 1).clamp_min(1)
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(unbiased, self.momentum)
+        y = (x - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
+        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+
+
+def _save(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a kill leaves the previous checkpoint intact
+
+
+def _load(path: Path) -> dict | None:
+    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+
+
+def _get_rng(gen: torch.Generator) -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "gen": gen.get_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng(s: dict, gen: torch.Generator) -> None:
+    torch.set_rng_state(s["torch"]), gen.set_state(s["gen"])
+    if s["cuda"]:
+        torch.cuda.set_rng_state_all(s["cuda"])
+    n = s["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in s["python"]))
+
+
+def _append(path: Path, rec: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def _truncate_log(path: Path, gstep: int) -> None:
+    """Drop the lines a killed run wrote after the checkpoint it resumes from."""
+    if path.exists():
+        keep = [
+            ln
+            for ln in path.read_text().splitlines()
+            if ln and json.loads(ln)["global_step"] <= gstep
+        ]
+        path.write_text("".join(k + "\n" for k in keep))
+
+
+def _bar(total: int, start: int, desc: str, rank: int):
+    if rank != 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc=desc, unit="batch", dynamic_ncols=True)
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("tensorboard is not installed: no TensorBoard scalars (log.jsonl has them)")
+        return None
+    return SummaryWriter(str(out / "tb"))
+
+
+def _plot(log_path: Path, png: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no curves.png (log.jsonl has the curves)")
+        return
+    recs = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln]
+    steps = [(r["global_step"], r["loss"]) for r in recs if "loss" in r]
+    evals = [(r["epoch"], r["eval"]["mIoU"], r["eval"]["oIoU"]) for r in recs if "eval" in r]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    if steps:
+        a.plot(*zip(*steps, strict=True), lw=0.8)
+    a.set(xlabel="step", ylabel="training loss", title=png.parent.name)
+    if evals:
+        e, miou, oiou = zip(*evals, strict=True)
+        b.plot(e, miou, "o-", label="mIoU"), b.plot(e, oiou, "s-", label="oIoU")
+        b.legend()
+    b.set(xlabel="epoch", ylabel="val (%)", title="evaluation (GT, for the record only)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
