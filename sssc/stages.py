@@ -57,10 +57,7 @@ def run_stage(stage: str, cfg: Any, run_dir: str | Path) -> dict:
     """
     run_dir = Path(run_dir)
     if stage in ("bootstrap", "correct", "all"):
-        raise StageError(
-            f"--stage {stage}: Stage 3 (LAVT training) is not implemented yet; "
-            "`sssc-train --stage select` runs the zero-shot stages (Segment and Select)"
-        )
+        return _run_stage3(stage, cfg, run_dir)
     if stage not in ("segment", "select"):
         raise StageError(f"unknown stage {stage!r}; choose segment, select, bootstrap or correct")
     _check_model_weights(cfg, ("segment",) if stage == "segment" else ("segment", "select"))
@@ -323,3 +320,64 @@ def _prediction(ref, s1: Store, s2: Store | None, refer: Refer, res, warnings) -
             u = np.count_nonzero(p | g)
             ious.append(np.count_nonzero(p & g) / u if u else 0.0)
     return rec.candidate(eligible[int(np.argmax(ious))]).decode()
+
+
+# ---------------------------------------------------------------------------------- Stage 3
+
+_ROWS = (
+    ("select", "S+S"),
+    ("bootstrap", "ZSBootstrap"),
+    ("plus_epochs", "+epochs"),
+    ("correct", "S+S+C"),
+)
+
+
+def _run_stage3(stage: str, cfg: Any, run_dir: Path) -> dict:
+    """``bootstrap``, or ``correct``/``all``: bootstrap, correct (and ``+epochs``), then a table."""
+    from .correct.train import TrainError, train_phase
+
+    sel = run_dir / "select"
+    if not store_complete(sel) or not (sel / "metrics.json").exists() or Store(sel).verify():
+        print(
+            f"sssc-train: the select output in {sel} is missing or incomplete; running "
+            "--stage select first"
+        )
+        run_stage("select", cfg, run_dir)
+    phases = ["bootstrap"]
+    if stage != "bootstrap":
+        phases += ["correct"] + (["plus_epochs"] if cfg.train.plus_epochs else [])
+    try:
+        refer = Refer.from_config(cfg.data)
+        out = {ph: train_phase(ph, cfg, run_dir, refer) for ph in phases}
+    except (TrainError, FileNotFoundError, ValueError) as e:
+        raise StageError(f"--stage {stage}: {e}") from None
+    except DatasetError as e:
+        raise StageError(f"dataset: {e}") from None
+    except StoreError as e:
+        raise StageError(f"pseudo-label store: {e}") from None
+    print(stage3_table(run_dir))
+    return out["bootstrap" if stage == "bootstrap" else "correct"]
+
+
+def stage3_table(run_dir: str | Path) -> str:
+    """S+S, ZSBootstrap, +epochs and S+S+C of a run (those present) on the eval split vs GT."""
+    rows = []
+    for d, name in _ROWS:
+        path = Path(run_dir) / d / "metrics.json"
+        if path.exists():
+            rows.append((name, json.loads(path.read_text())))
+    if not rows:
+        return "(no metrics yet)"
+    m0 = rows[0][1]
+    prod = m0["producer"]
+    sim = ", ".join(f"{k}={v}" for k, v in prod.items() if k != "name" and not isinstance(v, dict))
+    head = f"{'':14} {'mIoU':>7} {'oIoU':>7} {'prec@0.5':>9}"
+    lines = [
+        f"{m0['split']} split vs GT, labels by producer {prod['name']!r} ({sim})",
+        head,
+        "-" * len(head),
+    ]
+    for name, m in rows:
+        label = f"{name} (sim.)" if name == "S+S" and prod["name"] == "simulated" else name
+        lines.append(f"{label:14} {m['mIoU']:7.2f} {m['oIoU']:7.2f} {m['prec@0.5']:9.2f}")
+    return "\n".join(lines)
