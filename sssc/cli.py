@@ -23,6 +23,11 @@ def _train_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
     p.add_argument("--run", default="runs/default", help="run directory (default: runs/default)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue training from <run>/<stage>/checkpoint.pt (train.resume, on by default)",
+    )
     return p
 
 
@@ -33,7 +38,7 @@ def train_main(argv: list[str] | None = None) -> int:
     from .stages import StageError, run_stage
 
     try:
-        cfg = load_config(args.config, args.set)
+        cfg = load_config(args.config, args.set + (["train.resume=true"] if args.resume else []))
         run_stage(args.stage, cfg, args.run)
     except (ConfigError, StageError) as e:
         print(f"sssc-train: {e}", file=sys.stderr)
@@ -45,12 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     """``sssc``: data preparation and checks, evaluation."""
     from .data.cli import add_data_commands
     from .eval.cli import add_eval_command
+    from .predict import add_predict_command
     from .viz import add_viz_command
 
     p = argparse.ArgumentParser(prog="sssc", description="sssc tools: data, eval, viz.")
     sub = p.add_subparsers(dest="cmd", required=True)
     add_data_commands(sub)
     add_eval_command(sub)
+    add_predict_command(sub)
     add_viz_command(sub)
     args = p.parse_args(argv)
     return int(args.func(args) or 0)

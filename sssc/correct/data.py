@@ -50,7 +50,7 @@ def _resize_image(image: np.ndarray, size: int) -> torch.Tensor:
 
     if image.shape[:2] != (size, size):
         image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()  # a writable copy
 
 
 def _normalize(images: torch.Tensor) -> torch.Tensor:
@@ -137,7 +137,7 @@ class ImageSet(torch.utils.data.Dataset):
         refs = self.refer.image_refs(image_id, self.split)
         item: dict = {
             "image_id": image_id,
-            "image": _resize_image(self.refer.load_image(image_id).copy(), self.size),
+            "image": _resize_image(self.refer.load_image(image_id), self.size),
             "sents": [s.sent for r in refs for s in r.sentences],
             "sent_ids": [s.sent_id for r in refs for s in r.sentences],
             "ann_ids": [r.ann_id for r in refs for _ in r.sentences],

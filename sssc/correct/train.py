@@ -182,6 +182,7 @@ def train_phase(
                     "model_name": t.model,
                     "image_size": t.image_size,
                     "vocab": list(getattr(tokenize, "vocab", [])),
+                    "bert_path": t.bert_weights,
                 },
             )
 

@@ -1,0 +1,166 @@
+"""Inference: the mask of a free-form expression on any image, from a trained checkpoint.
+
+Python::
+
+    import sssc
+    mask = sssc.predict("runs/default/correct/checkpoint.pt", "photo.jpg", "the red circle")
+    # bool [H, W] at the image's own size
+
+    model = sssc.load_predictor("runs/default/correct/checkpoint.pt")  # load once, ask many times
+    masks = sssc.predict(model, image_array, ["the red circle", "the largest square"])  # [2, H, W]
+
+Command line: ``sssc predict --checkpoint CKPT --image PATH --text "..." --out PNG`` writes the
+image with the mask drawn over it (and ``--mask-out PNG`` the bare mask).
+
+The image is resized to the checkpoint's training size and normalized as in training; the
+foreground probability is upsampled bilinearly to the image's size and thresholded at 0.5 (a
+2-class argmax), as the evaluation does. Torch is imported on first use, so ``import sssc`` stays
+light.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Predictor", "add_predict_command", "load_predictor", "overlay", "predict"]
+
+
+@dataclass
+class Predictor:
+    """A LAVT model with its tokenizer and input size (what a checkpoint holds).
+
+    Attributes:
+        model: the :class:`sssc.correct.lavt.LAVT`, in eval mode.
+        tokenize: ``list[str] -> (input_ids, attention_mask)``.
+        image_size: the square input side the model was trained at.
+        device: where the model runs.
+    """
+
+    model: Any
+    tokenize: Any
+    image_size: int
+    device: Any
+
+
+def load_predictor(checkpoint: str | Path, device: str = "cpu") -> Predictor:
+    """Rebuild the model and tokenizer a training checkpoint was made with.
+
+    Args:
+        checkpoint: a ``<run>/<phase>/checkpoint.pt`` written by ``sssc-train``.
+        device: ``"cpu"``, ``"cuda"``, ...
+
+    Raises:
+        FileNotFoundError: the checkpoint is missing.
+        ValueError: the file is not an sssc training checkpoint.
+    """
+    import torch
+
+    from .correct.lavt import build_tokenizer, create_model
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: checkpoint not found (sssc-train writes <run>/<phase>/checkpoint.pt)"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "model" not in state or "model_name" not in state:
+        raise ValueError(f"{path}: not an sssc training checkpoint (no model and model_name)")
+    model = create_model(state["model_name"])
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    tokenize = build_tokenizer(
+        model.config,
+        vocab_words=state.get("vocab") or None,
+        bert_path=state.get("bert_path") or None,
+    )
+    return Predictor(model, tokenize, int(state["image_size"]), torch.device(device))
+
+
+def predict(model, image, text, threshold: float = 0.5, return_prob: bool = False) -> np.ndarray:
+    """The mask of each expression on an image.
+
+    Args:
+        model: a :class:`Predictor` or a checkpoint path (loaded on CPU).
+        image: a path, a PIL image or a uint8 RGB array ``[H, W, 3]``.
+        text: one expression or a list of them.
+        threshold: on the foreground probability (0.5: the model's argmax).
+        return_prob: return the float32 probability instead of the bool mask.
+
+    Returns:
+        ``[H, W]`` for one expression, ``[N, H, W]`` for a list; bool (or float32 probabilities),
+        at the image's own size.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .correct.data import preprocess_image
+
+    p = model if isinstance(model, Predictor) else load_predictor(model)
+    rgb = _as_rgb(image)
+    texts = [text] if isinstance(text, str) else list(text)
+    if not texts:
+        raise ValueError("predict: give at least one expression")
+    x = preprocess_image(rgb, p.image_size)[None].expand(len(texts), -1, -1, -1)
+    ids, mask = p.tokenize(texts)
+    with torch.no_grad():
+        logits = p.model(x.to(p.device), ids.to(p.device), mask.to(p.device))
+        prob = logits.float().softmax(1)[:, 1:2]
+        prob = F.interpolate(prob, size=rgb.shape[:2], mode="bilinear", align_corners=False)
+    out = prob[:, 0].cpu().numpy()
+    out = out if return_prob else out > threshold
+    return out[0] if isinstance(text, str) else out
+
+
+def _as_rgb(image) -> np.ndarray:
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as im:
+            return np.asarray(im.convert("RGB")).copy()
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB")).copy()
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"predict: image must be uint8 [H, W, 3], got {arr.dtype} {arr.shape}")
+    return arr
+
+
+def overlay(rgb: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.5) -> np.ndarray:
+    """The image with the mask blended in ``color`` (uint8 ``[H, W, 3]``)."""
+    out = rgb.astype(np.float32)
+    out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(color, np.float32)
+    return out.round().astype(np.uint8)
+
+
+def add_predict_command(sub) -> None:
+    """Register ``sssc predict`` on an argparse subparsers object."""
+    p = sub.add_parser("predict", help="draw the mask of an expression on an image")
+    p.add_argument("--checkpoint", required=True, help="<run>/<phase>/checkpoint.pt")
+    p.add_argument("--image", required=True)
+    p.add_argument("--text", required=True, help="the referring expression")
+    p.add_argument("--out", required=True, help="PNG: the image with the mask drawn over it")
+    p.add_argument("--mask-out", help="PNG: the bare mask (white on black)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_predict_cli)
+
+
+def _predict_cli(args) -> int:
+    import sys
+
+    from PIL import Image
+
+    try:
+        rgb = _as_rgb(args.image)
+        mask = predict(load_predictor(args.checkpoint, args.device), rgb, args.text)
+    except (OSError, ValueError) as e:
+        print(f"sssc predict: {e}", file=sys.stderr)
+        return 2
+    Image.fromarray(overlay(rgb, mask)).save(args.out)
+    if args.mask_out:
+        Image.fromarray(mask.astype(np.uint8) * 255).save(args.mask_out)
+    print(f"{args.out}: {int(mask.sum())} of {mask.size} pixels ({100 * mask.mean():.1f}%)")
+    return 0

@@ -1,0 +1,91 @@
+"""Inference: sssc.predict and `sssc predict` on images that are not in any dataset."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sssc
+from sssc.cli import main
+from sssc.correct.lavt import build_tokenizer, create_model
+from sssc.correct.train import _save
+from sssc.eval.metrics import to_eval_mask
+
+WORDS = ["the", "red", "blue", "circle", "square", "left", "of", "largest"]
+MEAN = np.array([0.485, 0.456, 0.406])
+STD = np.array([0.229, 0.224, 0.225])
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("lavt-tiny")
+    tok = build_tokenizer(model.config, vocab_words=WORDS)
+    path = tmp_path_factory.mktemp("predict") / "checkpoint.pt"
+    state = {"model": model.state_dict(), "model_name": "lavt-tiny", "image_size": 32}
+    _save(path, state | {"vocab": list(tok.vocab), "bert_path": "", "done": True})
+    return path, model.eval(), tok
+
+
+def _image(h=50, w=70, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _reference_prob(model, tok, rgb, text):
+    """Model input built independently: PIL bilinear resize, float64 normalization."""
+    x = np.asarray(Image.fromarray(rgb).resize((32, 32), Image.BILINEAR), np.float64) / 255
+    x = torch.from_numpy(((x - MEAN) / STD).transpose(2, 0, 1)).float()[None]
+    ids, mask = tok([text])
+    with torch.no_grad():
+        return torch.softmax(model(x, ids, mask).double(), 1)[0, 1].numpy()
+
+
+def test_predict_equals_the_evaluation_path_at_the_image_size(ckpt):
+    path, model, tok = ckpt
+    rgb = _image()
+    pred = sssc.predict(str(path), rgb, "the red circle")
+    assert pred.dtype == bool and pred.shape == (50, 70)
+    prob = _reference_prob(model, tok, rgb, "the red circle")
+    # The evaluation's own upsampling (numpy bilinear, > 0.5) of the same probability.
+    want = to_eval_mask(prob.astype(np.float32), (50, 70))
+    assert np.count_nonzero(pred != want) <= 2  # float32 vs float64 rounding at the threshold
+    p = sssc.predict(str(path), rgb, "the red circle", return_prob=True)
+    assert p.dtype == np.float32 and p.min() >= 0 and p.max() <= 1
+
+
+def test_a_list_of_texts_gives_one_mask_each_and_the_predictor_is_reusable(ckpt):
+    path, _, _ = ckpt
+    pr = sssc.load_predictor(path)
+    rgb = _image(40, 33, seed=1)
+    texts = ["the red circle", "the largest blue square", "an unknown word"]
+    many = sssc.predict(pr, rgb, texts, return_prob=True)
+    assert many.shape == (3, 40, 33)
+    for k, t in enumerate(texts):
+        np.testing.assert_allclose(many[k], sssc.predict(pr, rgb, t, return_prob=True), atol=1e-5)
+    assert not np.allclose(many[0], many[1])  # the text matters
+
+
+def test_cli_draws_the_mask(ckpt, tmp_path, capsys):
+    path, _, _ = ckpt
+    rgb = _image(45, 60, seed=2)
+    img = tmp_path / "in.png"
+    Image.fromarray(rgb).save(img)
+    out, mask_out = tmp_path / "out.png", tmp_path / "mask.png"
+    argv = ["predict", "--checkpoint", str(path), "--image", str(img), "--text", "the red circle"]
+    assert main([*argv, "--out", str(out), "--mask-out", str(mask_out)]) == 0
+    mask = np.asarray(Image.open(mask_out)) > 0
+    np.testing.assert_array_equal(mask, sssc.predict(str(path), rgb, "the red circle"))
+    drawn = np.asarray(Image.open(out)).astype(int)
+    assert drawn.shape == rgb.shape
+    assert np.array_equal(drawn[~mask], rgb[~mask])  # untouched outside the mask
+    red = np.round(0.5 * rgb[mask] + 0.5 * np.array([255, 0, 0])).astype(int)
+    assert np.abs(drawn[mask] - red).max() <= 1
+    assert "pixels" in capsys.readouterr().out
+
+
+def test_cli_missing_checkpoint_exits_2_naming_it(tmp_path, capsys):
+    img = tmp_path / "in.png"
+    Image.fromarray(_image()).save(img)
+    argv = ["predict", "--checkpoint", str(tmp_path / "nope.pt"), "--image", str(img)]
+    assert main([*argv, "--text", "x", "--out", str(tmp_path / "o.png")]) == 2
+    assert "nope.pt: checkpoint not found" in capsys.readouterr().err
