@@ -150,3 +150,20 @@ def test_detector_finds_nothing_is_counted(run, tmp_path, capsys):
     n = len(s1)
     assert f"'image_without_detection': {n}" in out and f"'detector_retry': {n}" in out
     assert all(not r.candidates for r in s1)
+
+
+@pytest.mark.parametrize(
+    "args, setting",
+    [
+        (["--stage", "segment", "--set", "segment.backend=models"], "segment.models.clip_weights"),
+        (["--stage", "select", "--set", "select.backend=models"], "select.models.clip_weights"),
+    ],
+    ids=["segment-models", "select-models"],
+)
+def test_cli_models_backend_without_weights_exits_2(tmp_path, capsys, args, setting):
+    from sssc.cli import train_main
+
+    assert train_main([*args, "--run", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"{setting} is empty" in err and "random" in err
+    assert not (tmp_path / "run").exists()
