@@ -1,0 +1,109 @@
+"""One Stage 3 training step of LAVT and the share of the matching step in it.
+
+Inputs: ``sssc.kernels.testing.iou_batch`` gives a training batch's candidate pools and image ids
+(20 images, one object with 3 expressions each: 60 expressions, the paper's batch; 3..10 candidates
+per image), with random images and token ids. Rows (group ``train_step-<model>``):
+
+- ``step``: forward, the matching loss, backward, AdamW step (what one training step costs);
+- ``matching``: ``match_targets`` alone on the step's logits (softmax, grouped
+  ``pairwise_soft_iou`` under no_grad, ``greedy_match``, target gather): the S+S+C overhead.
+
+``extra_info`` records samples/s and, on the ``matching`` row, ``matching_share`` = matching /
+step (the issue's bar: < 2%). Models: ``lavt-tiny`` at 96x96 on CPU (float32, one thread when
+``SSSC_BENCH_THREADS`` says so); ``lavt-base`` at 480x480 with bf16 autocast on CUDA only
+(``SSSC_BENCH_BASE_BATCH`` expressions, default 60).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from sssc.kernels.testing import iou_batch
+
+from sssc.correct.lavt import create_model
+from sssc.correct.losses import match_targets, weighted_ce
+
+_MEANS: dict[str, float] = {}
+
+CASES = [
+    pytest.param("lavt-tiny", 96, "cpu", id="lavt-tiny-96-cpu"),
+    pytest.param("lavt-base", 480, "cuda", id="lavt-base-480-cuda-bf16"),
+]
+
+
+def _batch(size, device, n_images):
+    _, cand, pred_group, cand_group = iou_batch(
+        images=n_images,
+        objects_per_image=1,
+        refs_per_object=3,
+        max_cands=10,
+        min_cands=3,
+        height=size,
+        width=size,
+        cand_dtype=torch.uint8,
+        device=device,
+    )
+    B = pred_group.numel()
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(B, 3, size, size, generator=g).to(device)
+    ids = torch.randint(5, 200, (B, 20), generator=g).to(device)
+    mask = torch.ones(B, 20, dtype=torch.int64, device=device)
+    eligible = pred_group[:, None] == cand_group[None, :]
+    ref_object = pred_group.clone()  # one object per image: its 3 expressions share the id
+    return images, ids, mask, cand, cand_group, eligible, ref_object, pred_group
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("part", ["step", "matching"])
+@pytest.mark.parametrize("name, size, device", CASES)
+def test_train_step(benchmark, name, size, device, part):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("lavt-base at 480x480 with bf16 needs a CUDA GPU")
+    if os.environ.get("SSSC_BENCH_THREADS"):
+        torch.set_num_threads(int(os.environ["SSSC_BENCH_THREADS"]))
+    n_images = int(os.environ.get("SSSC_BENCH_BASE_BATCH", 60)) // 3 if device == "cuda" else 20
+    torch.manual_seed(0)
+    model = create_model(name).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=1e-2)
+    images, ids, mask, cand, cgrp, elig, obj, grp = _batch(size, device, n_images)
+    amp = device == "cuda"
+
+    def forward():
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+            return model(images, ids, mask)
+
+    def step():
+        logits = forward()
+        res = match_targets(logits, cand, cgrp, elig, obj, grp)
+        loss = weighted_ce(logits, res.target, (0.9, 1.1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _sync(device)
+
+    if part == "step":
+        step()  # warm-up: kernels compiled, allocator primed
+        benchmark.pedantic(step, rounds=3, iterations=1)
+    else:
+        with torch.no_grad():
+            logits = forward().detach()
+
+        def matching():
+            match_targets(logits, cand, cgrp, elig, obj, grp)
+            _sync(device)
+
+        matching()
+        benchmark.pedantic(matching, rounds=10, iterations=1)
+    mean = benchmark.stats.stats.mean
+    _MEANS[f"{name}-{part}"] = mean
+    benchmark.extra_info["samples_per_s"] = grp.numel() / mean
+    benchmark.extra_info["batch"] = grp.numel()
+    if part == "matching" and f"{name}-step" in _MEANS:
+        benchmark.extra_info["matching_share"] = mean / _MEANS[f"{name}-step"]
+    benchmark.group = f"train_step-{name}"
