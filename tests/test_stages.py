@@ -128,16 +128,8 @@ def test_changed_settings_do_not_reuse_a_store(tmp_path, sets, capsys):
     assert "belongs to another run" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    "args,expect",
-    [
-        (["--stage", "correct"], "Stage 3"),
-        (["--stage", "bootstrap"], "--stage select"),
-    ],
-    ids=["correct", "bootstrap"],
-)
-def test_unimplemented_is_a_clear_error(tmp_path, sets, capsys, args, expect):
-    assert train_main([*args, "--run", str(tmp_path / "run"), *sets]) == 2
+def test_stage3_with_an_unknown_model_is_a_clear_error(tmp_path, sets, capsys):
+    args = ["--stage", "bootstrap", "--run", str(tmp_path / "run"), *sets]
+    assert train_main([*args, "--set", "train.model=no-such-model"]) == 2
     err = capsys.readouterr().err
-    assert expect in err and "not implemented" in err
-    assert not (tmp_path / "run").exists()
+    assert "--stage bootstrap" in err and "no-such-model: model config not found" in err
