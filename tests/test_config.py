@@ -48,9 +48,11 @@ def test_embedded_default_lists_every_key_with_its_default():
     got = config_to_dict(cfg)
     # The embedded default trains a tiny model on CPU; every other train key is the recipe's.
     cpu_keys = ("model", "image_size", "bootstrap_epochs", "correct_epochs", "plus_epochs", "lr")
-    for key in (*cpu_keys, "grad_clip", "cache_data", "sentences_per_object"):
+    for key in (*cpu_keys, "grad_clip", "cache_data", "sentences_per_object", "class_weights"):
         expected["train"][key] = got["train"][key]
-    assert got["train"]["model"] == "lavt-tiny" and got["train"]["image_size"] == 96
+    for key in ("threads", "eval_every"):
+        expected["train"][key] = got["train"][key]
+    assert got["train"]["model"] == "lavt-tiny" and got["train"]["image_size"] == 64
     assert config_to_dict(RunConfig())["train"]["model"] == "lavt-base"
     assert got == expected
 
