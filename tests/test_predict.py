@@ -8,7 +8,7 @@ from PIL import Image
 import sssc
 from sssc.cli import main
 from sssc.correct.lavt import build_tokenizer, create_model
-from sssc.correct.train import _save
+from sssc.correct.trainutil import save_checkpoint
 from sssc.eval.metrics import to_eval_mask
 
 WORDS = ["the", "red", "blue", "circle", "square", "left", "of", "largest"]
@@ -23,7 +23,7 @@ def ckpt(tmp_path_factory):
     tok = build_tokenizer(model.config, vocab_words=WORDS)
     path = tmp_path_factory.mktemp("predict") / "checkpoint.pt"
     state = {"model": model.state_dict(), "model_name": "lavt-tiny", "image_size": 32}
-    _save(path, state | {"vocab": list(tok.vocab), "bert_path": "", "done": True})
+    save_checkpoint(path, state | {"vocab": list(tok.vocab), "bert_path": "", "done": True})
     return path, model.eval(), tok
 
 

@@ -43,6 +43,20 @@ from ..data.store import Store
 from ..eval.metrics import evaluate_masks
 from .data import ImageSet, collate
 from .losses import match_targets, weighted_ce_sums
+from .trainutil import (
+    append_log,
+    cleanup_dist,
+    get_rng,
+    load_checkpoint,
+    plot_curves,
+    progress_bar,
+    save_checkpoint,
+    set_rng,
+    setup_dist,
+    sync_batchnorm,
+    tensorboard,
+    truncate_log,
+)
 
 __all__ = ["PHASES", "TrainError", "evaluate_model", "train_phase"]
 
@@ -79,7 +93,7 @@ def train_phase(
     t, run_dir = cfg.train, Path(run_dir)
     targets, init, epochs_key = PHASES[phase]
     epochs, out = getattr(t, epochs_key), run_dir / phase
-    rank, world, own_pg = _setup_dist()
+    rank, world, own_pg = setup_dist()
     device = torch.device(
         cfg.device
         if world == 1 or not cfg.device.startswith("cuda")
@@ -100,7 +114,7 @@ def train_phase(
     )
     if init:
         init_ckpt = run_dir / init / "checkpoint.pt"
-        state = _load(init_ckpt)
+        state = load_checkpoint(init_ckpt)
         if state is None or not state["done"]:
             raise TrainError(
                 f"{init_ckpt}: no finished {init} model; run `sssc-train --stage {init}` first"
@@ -110,7 +124,7 @@ def train_phase(
     tokenize = build_tokenizer(model.config, vocab_words=words, bert_path=t.bert_weights or None)
     model.to(device)
     if world > 1:
-        model = _sync_batchnorm(model, device)
+        model = sync_batchnorm(model, device)
     net = torch.compile(model) if t.compile else model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net)
@@ -133,16 +147,16 @@ def train_phase(
     )
     gen = torch.Generator().manual_seed(cfg.seed)  # the matching's random draws
     epoch, step, gstep = 0, 0, 0
-    state = _load(ckpt_path) if t.resume else None
+    state = load_checkpoint(ckpt_path) if t.resume else None
     if state is not None and state["phase"] == phase:
         if state["done"] and (out / "metrics.json").exists():
-            _cleanup(own_pg)
+            cleanup_dist(own_pg)
             return json.loads((out / "metrics.json").read_text())
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"]), sched.load_state_dict(state["scheduler"])
         epoch, step, gstep = state["epoch"], state["step"], state["global_step"]
-        _set_rng(state["rng"], gen)
-        _truncate_log(log_path, gstep)
+        set_rng(state["rng"], gen)
+        truncate_log(log_path, gstep)
         print(f"{phase}: resuming from {ckpt_path} at epoch {epoch + 1}, step {step}")
     elif rank == 0 and log_path.exists():
         log_path.unlink()
@@ -159,14 +173,14 @@ def train_phase(
         cfg.seed,
     )
     weights = torch.tensor(t.class_weights, device=device)
-    tb = _tensorboard(out) if rank == 0 else None
+    tb = tensorboard(out) if rank == 0 else None
     amp = device.type == "cuda" and t.amp
     counts = torch.zeros(3, dtype=torch.int64, device=device)  # expressions, unmatched, no cand.
     last: dict = {}
 
     def save(done=False):
         if rank == 0:
-            _save(
+            save_checkpoint(
                 ckpt_path,
                 {
                     "phase": phase,
@@ -177,7 +191,7 @@ def train_phase(
                     "model": model.state_dict(),
                     "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(),
-                    "rng": _get_rng(gen),
+                    "rng": get_rng(gen),
                     # what `sssc predict` needs to rebuild the model and its tokenizer
                     "model_name": t.model,
                     "image_size": t.image_size,
@@ -200,7 +214,7 @@ def train_phase(
             collate_fn=partial(collate, tokenize=tokenize),
         )
         net.train()
-        bar = _bar(len(plans[epoch]), step, f"{phase} {epoch + 1}/{epochs}", rank)
+        bar = progress_bar(len(plans[epoch]), step, f"{phase} {epoch + 1}/{epochs}", rank)
         for batch in loader:
             t0 = time.perf_counter()
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -230,7 +244,7 @@ def train_phase(
             loss = num / sums[1].clamp_min(1e-12) * world  # DDP averages gradients over ranks
             value = float(sums[0] / sums[1].clamp_min(1e-12))  # host sync: NaN check and log
             if not math.isfinite(value):
-                _cleanup(own_pg)
+                cleanup_dist(own_pg)
                 raise TrainError(
                     f"{phase}: loss is {value} at epoch {epoch + 1}, step {step}; stopped. The "
                     f"last good checkpoint is kept in {ckpt_path} (try a lower train.lr)"
@@ -253,7 +267,7 @@ def train_phase(
                 "samples_per_s": rate,
             }
             if rank == 0:
-                _append(log_path, rec)
+                append_log(log_path, rec)
                 if tb is not None:
                     tb.add_scalar(f"{phase}/loss", value, gstep)
             if bar is not None:
@@ -318,11 +332,11 @@ def train_phase(
             else None,
         }
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-        _plot(log_path, out / "curves.png")
+        plot_curves(log_path, out / "curves.png")
         save(done=True)
     if world > 1:
         dist.barrier()
-    _cleanup(own_pg)
+    cleanup_dist(own_pg)
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -340,7 +354,7 @@ def _eval_and_log(
         dist.all_reduce(counts)
     m = evaluate_model(model, refer, cfg, tokenize, device) if rank == 0 else {}
     if rank == 0:
-        _append(
+        append_log(
             log_path,
             {
                 "phase": phase,
@@ -398,143 +412,3 @@ def evaluate_model(
     m = evaluate_masks(refer, split, predict, resolution=cfg.eval.resolution)
     model.train(was_training)
     return m
-
-
-# ------------------------------------------------------------------------------------- helpers
-
-
-def _setup_dist() -> tuple[int, int, bool]:
-    """``(rank, world, whether we created the process group)`` from torchrun's environment."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return dist.get_rank(), world, True
-    return (dist.get_rank() if dist.is_initialized() else 0), world, False
-
-
-def _cleanup(own_pg: bool) -> None:
-    if own_pg and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def _sync_batchnorm(model, device):
-    """Batch norm over the global batch: SyncBatchNorm on CUDA, :class:`_GlobalBN2d` on CPU."""
-    if device.type == "cuda":
-        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    for mod in list(model.modules()):
-        for child_name, child in list(mod.named_children()):
-            if type(child) is torch.nn.BatchNorm2d:
-                new = _GlobalBN2d(child.num_features, child.eps, child.momentum)
-                new.load_state_dict(child.state_dict())
-                setattr(mod, child_name, new.to(device))
-    return model
-
-
-class _GlobalBN2d(torch.nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are all-reduced over the ranks (CPU/gloo too)."""
-
-    def forward(self, x):
-        if not self.training:
-            return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce  # differentiable
-
-        n = x.new_tensor(x.shape[0] * x.shape[2] * x.shape[3])
-        s = all_reduce(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), n[None]]))
-        c, count = self.num_features, s[-1]
-        mean, var = s[:c] / count, s[c : 2 * c] / count - (s[:c] / count) ** 2
-        with torch.no_grad():
-            self.num_batches_tracked += 1
-            unbiased = var * count / (count - 1).clamp_min(1)
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(unbiased, self.momentum)
-        y = (x - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
-        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-
-
-def _save(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a kill leaves the previous checkpoint intact
-
-
-def _load(path: Path) -> dict | None:
-    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
-
-
-def _get_rng(gen: torch.Generator) -> dict:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "gen": gen.get_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "python": random.getstate(),
-    }
-
-
-def _set_rng(s: dict, gen: torch.Generator) -> None:
-    torch.set_rng_state(s["torch"]), gen.set_state(s["gen"])
-    if s["cuda"]:
-        torch.cuda.set_rng_state_all(s["cuda"])
-    n = s["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in s["python"]))
-
-
-def _append(path: Path, rec: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(rec) + "\n")
-
-
-def _truncate_log(path: Path, gstep: int) -> None:
-    """Drop the lines a killed run wrote after the checkpoint it resumes from."""
-    if path.exists():
-        keep = [
-            ln
-            for ln in path.read_text().splitlines()
-            if ln and json.loads(ln)["global_step"] <= gstep
-        ]
-        path.write_text("".join(k + "\n" for k in keep))
-
-
-def _bar(total: int, start: int, desc: str, rank: int):
-    if rank != 0:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=start, desc=desc, unit="batch", dynamic_ncols=True)
-
-
-def _tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        print("tensorboard is not installed: no TensorBoard scalars (log.jsonl has them)")
-        return None
-    return SummaryWriter(str(out / "tb"))
-
-
-def _plot(log_path: Path, png: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no curves.png (log.jsonl has the curves)")
-        return
-    recs = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln]
-    steps = [(r["global_step"], r["loss"]) for r in recs if "loss" in r]
-    evals = [(r["epoch"], r["eval"]["mIoU"], r["eval"]["oIoU"]) for r in recs if "eval" in r]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
-    if steps:
-        a.plot(*zip(*steps, strict=True), lw=0.8)
-    a.set(xlabel="step", ylabel="training loss", title=png.parent.name)
-    if evals:
-        e, miou, oiou = zip(*evals, strict=True)
-        b.plot(e, miou, "o-", label="mIoU"), b.plot(e, oiou, "s-", label="oIoU")
-        b.legend()
-    b.set(xlabel="epoch", ylabel="val (%)", title="evaluation (GT, for the record only)")
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)

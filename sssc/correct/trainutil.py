@@ -1,0 +1,167 @@
+"""Plumbing of the Stage 3 training loop (:mod:`sssc.correct.train`): process groups, global batch
+norm, atomic checkpoints with RNG states, the JSON Lines log, progress bar, TensorBoard, curves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "GlobalBN2d",
+    "append_log",
+    "cleanup_dist",
+    "get_rng",
+    "load_checkpoint",
+    "plot_curves",
+    "progress_bar",
+    "save_checkpoint",
+    "set_rng",
+    "setup_dist",
+    "sync_batchnorm",
+    "tensorboard",
+    "truncate_log",
+]
+
+
+def setup_dist() -> tuple[int, int, bool]:
+    """``(rank, world, whether we created the process group)`` from torchrun's environment."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), world, True
+    return (dist.get_rank() if dist.is_initialized() else 0), world, False
+
+
+def cleanup_dist(own_pg: bool) -> None:
+    if own_pg and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def sync_batchnorm(model, device):
+    """Batch norm over the global batch: SyncBatchNorm on CUDA, :class:`GlobalBN2d` on CPU."""
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for mod in list(model.modules()):
+        for child_name, child in list(mod.named_children()):
+            if type(child) is torch.nn.BatchNorm2d:
+                new = GlobalBN2d(child.num_features, child.eps, child.momentum)
+                new.load_state_dict(child.state_dict())
+                setattr(mod, child_name, new.to(device))
+    return model
+
+
+class GlobalBN2d(torch.nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are all-reduced over the ranks (CPU/gloo too)."""
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce  # differentiable
+
+        n = x.new_tensor(x.shape[0] * x.shape[2] * x.shape[3])
+        s = all_reduce(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), n[None]]))
+        c, count = self.num_features, s[-1]
+        mean, var = s[:c] / count, s[c : 2 * c] / count - (s[:c] / count) ** 2
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            unbiased = var * count / (count - 1).clamp_min(1)
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(unbiased, self.momentum)
+        y = (x - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
+        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a kill leaves the previous checkpoint intact
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+
+
+def get_rng(gen: torch.Generator) -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "gen": gen.get_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def set_rng(s: dict, gen: torch.Generator) -> None:
+    torch.set_rng_state(s["torch"]), gen.set_state(s["gen"])
+    if s["cuda"]:
+        torch.cuda.set_rng_state_all(s["cuda"])
+    n = s["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in s["python"]))
+
+
+def append_log(path: Path, rec: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def truncate_log(path: Path, gstep: int) -> None:
+    """Drop the lines a killed run wrote after the checkpoint it resumes from."""
+    if path.exists():
+        keep = [
+            ln
+            for ln in path.read_text().splitlines()
+            if ln and json.loads(ln)["global_step"] <= gstep
+        ]
+        path.write_text("".join(k + "\n" for k in keep))
+
+
+def progress_bar(total: int, start: int, desc: str, rank: int):
+    if rank != 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc=desc, unit="batch", dynamic_ncols=True)
+
+
+def tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("tensorboard is not installed: no TensorBoard scalars (log.jsonl has them)")
+        return None
+    return SummaryWriter(str(out / "tb"))
+
+
+def plot_curves(log_path: Path, png: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no curves.png (log.jsonl has the curves)")
+        return
+    recs = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln]
+    steps = [(r["global_step"], r["loss"]) for r in recs if "loss" in r]
+    evals = [(r["epoch"], r["eval"]["mIoU"], r["eval"]["oIoU"]) for r in recs if "eval" in r]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    if steps:
+        a.plot(*zip(*steps, strict=True), lw=0.8)
+    a.set(xlabel="step", ylabel="training loss", title=png.parent.name)
+    if evals:
+        e, miou, oiou = zip(*evals, strict=True)
+        b.plot(e, miou, "o-", label="mIoU"), b.plot(e, oiou, "s-", label="oIoU")
+        b.legend()
+    b.set(xlabel="epoch", ylabel="val (%)", title="evaluation (GT, for the record only)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
