@@ -146,7 +146,7 @@ def train_phase(
         opt, lambda s: max(0.0, 1.0 - s / total) ** t.poly_power
     )
     gen = torch.Generator().manual_seed(cfg.seed)  # the matching's random draws
-    epoch, step, gstep = 0, 0, 0
+    epoch, step, gstep, counts_resumed = 0, 0, 0, None
     state = load_checkpoint(ckpt_path) if t.resume else None
     if state is not None and state["phase"] == phase:
         if state["done"] and (out / "metrics.json").exists():
@@ -156,6 +156,7 @@ def train_phase(
         opt.load_state_dict(state["optimizer"]), sched.load_state_dict(state["scheduler"])
         epoch, step, gstep = state["epoch"], state["step"], state["global_step"]
         set_rng(state["rng"], gen)
+        counts_resumed = state.get("counts")
         truncate_log(log_path, gstep)
         print(f"{phase}: resuming from {ckpt_path} at epoch {epoch + 1}, step {step}")
     elif rank == 0 and log_path.exists():
@@ -175,8 +176,11 @@ def train_phase(
     weights = torch.tensor(t.class_weights, device=device)
     tb = tensorboard(out) if rank == 0 else None
     amp = device.type == "cuda" and t.amp
-    counts = torch.zeros(3, dtype=torch.int64, device=device)  # expressions, unmatched, no cand.
-    last: dict = {}
+    # expressions seen, unmatched, without candidates; kept by rank 0's checkpoint on resume
+    counts = torch.zeros(3, dtype=torch.int64, device=device)
+    if counts_resumed is not None and rank == 0:
+        counts += counts_resumed.to(device)
+    last: dict | None = None  # rank 0's latest evaluation ({} on the other ranks)
 
     def save(done=False):
         if rank == 0:
@@ -192,6 +196,7 @@ def train_phase(
                     "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(),
                     "rng": get_rng(gen),
+                    "counts": counts.cpu(),
                     # what `sssc predict` needs to rebuild the model and its tokenizer
                     "model_name": t.model,
                     "image_size": t.image_size,
@@ -297,8 +302,8 @@ def train_phase(
                 counts,
             )
         save()
-    if rank == 0:
-        last = last or _eval_and_log(
+    if last is None:  # e.g. resumed after the last epoch's checkpoint: every rank takes part
+        last = _eval_and_log(
             model,
             refer,
             cfg,
@@ -313,7 +318,9 @@ def train_phase(
             world,
             counts,
         )
-        n, unmatched, nocand = (int(c) for c in counts)
+    total_counts = _global(counts, world)
+    if rank == 0:
+        n, unmatched, nocand = (int(c) for c in total_counts)
         metrics = {
             "stage": phase,
             "what": _WHAT[phase],
@@ -350,8 +357,7 @@ _WHAT = {
 def _eval_and_log(
     model, refer, cfg, tokenize, device, phase, epoch, gstep, log_path, tb, rank, world, counts
 ) -> dict:
-    if world > 1:
-        dist.all_reduce(counts)
+    counts = _global(counts, world)
     m = evaluate_model(model, refer, cfg, tokenize, device) if rank == 0 else {}
     if rank == 0:
         append_log(
@@ -374,6 +380,15 @@ def _eval_and_log(
     if world > 1:
         dist.barrier()
     return m
+
+
+def _global(counts: torch.Tensor, world: int) -> torch.Tensor:
+    """The counts summed over the ranks (a copy: the per-rank running counts stay local)."""
+    if world == 1:
+        return counts
+    out = counts.clone()
+    dist.all_reduce(out)
+    return out
 
 
 @torch.no_grad()
