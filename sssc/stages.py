@@ -335,14 +335,24 @@ _ROWS = (
 def _run_stage3(stage: str, cfg: Any, run_dir: Path) -> dict:
     """``bootstrap``, or ``correct``/``all``: bootstrap, correct (and ``+epochs``), then a table."""
     from .correct.train import TrainError, train_phase
+    from .correct.trainutil import cleanup_dist, setup_dist
 
+    # Under torchrun, rank 0 alone makes the missing dataset and Stage 1-2 outputs (the simulated
+    # producers are fast); the other ranks wait for them.
+    rank, world, own_pg = setup_dist()
     sel = run_dir / "select"
-    if not store_complete(sel) or not (sel / "metrics.json").exists() or Store(sel).verify():
+    if rank == 0 and (
+        not store_complete(sel) or not (sel / "metrics.json").exists() or Store(sel).verify()
+    ):
         print(
             f"sssc-train: the select output in {sel} is missing or incomplete; running "
             "--stage select first"
         )
         run_stage("select", cfg, run_dir)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
     phases = ["bootstrap"]
     if stage != "bootstrap":
         phases += ["correct"] + (["plus_epochs"] if cfg.train.plus_epochs else [])
@@ -355,7 +365,10 @@ def _run_stage3(stage: str, cfg: Any, run_dir: Path) -> dict:
         raise StageError(f"dataset: {e}") from None
     except StoreError as e:
         raise StageError(f"pseudo-label store: {e}") from None
-    print(stage3_table(run_dir))
+    finally:
+        cleanup_dist(own_pg)
+    if rank == 0:
+        print(stage3_table(run_dir))
     return out["bootstrap" if stage == "bootstrap" else "correct"]
 
 
