@@ -182,6 +182,23 @@ def train_phase(
         counts += counts_resumed.to(device)
     last: dict | None = None  # rank 0's latest evaluation ({} on the other ranks)
 
+    def evaluate() -> dict:  # reads epoch/gstep at call time
+        return _eval_and_log(
+            model,
+            refer,
+            cfg,
+            tokenize,
+            device,
+            phase,
+            epoch,
+            gstep,
+            log_path,
+            tb,
+            rank,
+            world,
+            counts,
+        )
+
     def save(done=False):
         if rank == 0:
             save_checkpoint(
@@ -286,38 +303,10 @@ def train_phase(
             bar.close()
         epoch, step = epoch + 1, 0
         if epoch % t.eval_every == 0 or epoch == epochs:
-            last = _eval_and_log(
-                model,
-                refer,
-                cfg,
-                tokenize,
-                device,
-                phase,
-                epoch,
-                gstep,
-                log_path,
-                tb,
-                rank,
-                world,
-                counts,
-            )
+            last = evaluate()
         save()
     if last is None:  # e.g. resumed after the last epoch's checkpoint: every rank takes part
-        last = _eval_and_log(
-            model,
-            refer,
-            cfg,
-            tokenize,
-            device,
-            phase,
-            epoch,
-            gstep,
-            log_path,
-            tb,
-            rank,
-            world,
-            counts,
-        )
+        last = evaluate()
     total_counts = _global(counts, world)
     if rank == 0:
         n, unmatched, nocand = (int(c) for c in total_counts)
