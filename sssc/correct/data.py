@@ -24,11 +24,9 @@ import torch
 
 from ..data.refer import Refer
 from ..eval.metrics import resize_mask
+from .lavt import IMAGENET_MEAN, IMAGENET_STD  # the model owns its input normalisation
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageSet", "collate", "preprocess_image"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def preprocess_image(image: np.ndarray, size: int) -> torch.Tensor:
