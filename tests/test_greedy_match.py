@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from sssc.kernels import greedy_match, greedy_match_reference
 from sssc.kernels._backend import HAS_TRITON, triton_interpret
 from sssc.kernels.testing import match_batch
+from triton_compile import run_compile_script
 
 CAN_TRITON = HAS_TRITON and (torch.cuda.is_available() or triton_interpret())
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -309,38 +310,29 @@ def test_triton_training_batch():
     np.testing.assert_array_equal(out.cpu().numpy(), brute_force(scores, obj, rg, cg))
 
 
-@pytest.mark.skipif(not HAS_TRITON, reason="needs the triton package")
-@pytest.mark.parametrize("dtype", ["*fp32", "*fp64"])
-def test_triton_kernel_compiles_for_sm90(dtype):
-    """The real compiler accepts the kernel; the interpreter forgives e.g. loop type changes."""
-    import sys
+_COMPILE_SM90 = r"""
+import importlib
 
-    try:
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler import ASTSource, compile
-    except ImportError as e:  # the compile API moves between Triton releases
-        pytest.skip(f"this Triton has no ASTSource/GPUTarget: {e}")
-    from triton.runtime.jit import JITFunction
+# the package re-exports the function under the module's name
+G = importlib.import_module("sssc.kernels.greedy_match")
 
-    kernel = sys.modules["sssc.kernels.greedy_match"]._greedy_match_kernel
-    if not isinstance(kernel, JITFunction):  # TRITON_INTERPRET=1 wrapped it for the interpreter
-        kernel = JITFunction(kernel.fn)
-    names = ["obj", "row_perm", "row_start", "row_end", "cand_perm", "cand_start", "cand_end"]
+names = ["obj", "row_perm", "row_start", "row_end", "cand_perm", "cand_start", "cand_end"]
+for dtype in ("*fp32", "*fp64"):
     signature = {"scores_ptr": dtype, **{f"{n}_ptr": "*i64" for n in names}}
     signature.update(used_ptr="*i8", out_ptr="*i64", stride_r="i32", stride_c="i32")
     signature.update(BLOCK_R="constexpr", BLOCK_C="constexpr")
-    src = ASTSource(
-        fn=kernel,
-        signature=signature,
-        constexprs={"BLOCK_R": 16, "BLOCK_C": 64},
-    )
-    try:
-        compiled = compile(src, target=GPUTarget("cuda", 90, 32))
-    except RuntimeError as e:
-        if "ptxas" in str(e).lower():
-            pytest.skip(f"no usable ptxas here: {e}")
-        raise
-    assert compiled.asm["cubin"]
+    compiled = compile_sm90(G._greedy_match_kernel, signature, {"BLOCK_R": 16, "BLOCK_C": 64})
+    assert compiled.asm["cubin"], dtype
+print("OK")
+"""
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs the triton package")
+def test_triton_kernel_compiles_for_sm90():
+    """The real compiler accepts the kernel (fp32 and fp64 scores); the interpreter forgives e.g.
+    loop type changes. A fresh process with a cold cache, whatever ran before (see
+    ``triton_compile``)."""
+    run_compile_script(_COMPILE_SM90)
 
 
 @needs_triton

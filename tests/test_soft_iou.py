@@ -10,6 +10,7 @@ import torch
 from sssc.kernels import pairwise_soft_iou, pairwise_soft_iou_reference
 from sssc.kernels._backend import HAS_TRITON, triton_interpret
 from sssc.kernels.testing import blob_masks, iou_batch
+from triton_compile import run_compile_script
 
 _CAN_TRITON = HAS_TRITON and (torch.cuda.is_available() or triton_interpret())
 BACKENDS = [
@@ -349,13 +350,6 @@ def test_bad_input_raises(kwargs, match):
 
 
 _COMPILE_SM90 = r"""
-import sys
-try:
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, compile
-except ImportError as e:  # the compile API moves between Triton releases
-    print("SKIP: this Triton has no ASTSource/GPUTarget:", e)
-    sys.exit(0)
 from sssc.kernels import soft_iou as S
 
 fwd_sig = dict(
@@ -370,31 +364,23 @@ bwd_sig = dict(
     stride_gn="i32", BLOCK_N="constexpr", BLOCK_C="constexpr", BLOCK_K="constexpr",
     PRECISION="constexpr",
 )
-target = GPUTarget("cuda", 90, 32)
-try:
-    for pred, cand, native in [("*fp32", "*u8", False), ("*fp16", "*u8", True),
-                               ("*bf16", "*u8", False), ("*fp64", "*fp32", False)]:
-        src = ASTSource(
-            fn=S._soft_iou_fwd_kernel,
-            signature=dict(pred_ptr=pred, cand_ptr=cand, **fwd_sig),
-            constexprs=dict(BLOCK_N=S._TRITON_BN, BLOCK_C=S._TRITON_BC, BLOCK_K=S._TRITON_BK,
-                            NATIVE_DOT=native, PRECISION="tf32x3"),
-        )
-        ptx = compile(src, target=target).asm["ptx"]
-        # tl.dot on tensor cores, and the split-K atomics
-        assert "mma" in ptx and "atom" in ptx, pred
-    src = ASTSource(
-        fn=S._soft_iou_bwd_kernel,
-        signature=bwd_sig,
-        constexprs=dict(BLOCK_N=S._TRITON_BWD_BN, BLOCK_C=S._TRITON_BWD_BC,
-                        BLOCK_K=S._TRITON_BWD_BK, PRECISION="tf32x3"),
-    )
-    assert "mma" in compile(src, target=target).asm["ptx"]
-except RuntimeError as e:
-    if "ptxas" in str(e).lower():
-        print("SKIP: no usable ptxas here:", e)
-        sys.exit(0)
-    raise
+for pred, cand, native in [("*fp32", "*u8", False), ("*fp16", "*u8", True),
+                           ("*bf16", "*u8", False), ("*fp64", "*fp32", False)]:
+    ptx = compile_sm90(
+        S._soft_iou_fwd_kernel,
+        dict(pred_ptr=pred, cand_ptr=cand, **fwd_sig),
+        dict(BLOCK_N=S._TRITON_BN, BLOCK_C=S._TRITON_BC, BLOCK_K=S._TRITON_BK,
+             NATIVE_DOT=native, PRECISION="tf32x3"),
+    ).asm["ptx"]
+    # tl.dot on tensor cores, and the split-K atomics
+    assert "mma" in ptx and "atom" in ptx, pred
+ptx = compile_sm90(
+    S._soft_iou_bwd_kernel,
+    bwd_sig,
+    dict(BLOCK_N=S._TRITON_BWD_BN, BLOCK_C=S._TRITON_BWD_BC, BLOCK_K=S._TRITON_BWD_BK,
+         PRECISION="tf32x3"),
+).asm["ptx"]
+assert "mma" in ptx
 print("OK")
 """
 
@@ -402,16 +388,5 @@ print("OK")
 @pytest.mark.skipif(not HAS_TRITON, reason="needs the triton package")
 def test_triton_kernels_compile_for_sm90():
     """The real compiler (not the interpreter) lowers both kernels for Hopper with the wrapper's
-    launch settings, for every pred dtype. It runs in a fresh process without TRITON_INTERPRET:
-    once the interpreter has run in this process, it has patched triton.language for itself."""
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run(
-        [sys.executable, "-c", _COMPILE_SM90], env=env, capture_output=True, text=True, timeout=600
-    )
-    if res.stdout.startswith("SKIP:"):
-        pytest.skip(res.stdout.strip())
-    assert res.returncode == 0 and res.stdout.strip().endswith("OK"), res.stdout + res.stderr
+    launch settings, for every pred dtype, in a fresh process with a cold Triton cache."""
+    run_compile_script(_COMPILE_SM90)
