@@ -1,9 +1,9 @@
 """Backend selection shared by the kernels' dispatchers.
 
 Every public op takes ``backend="auto"``. ``auto`` means Triton on CUDA tensors and the op's CPU
-path (Numba or torch) otherwise. The environment variable ``SSSC_KERNEL_BACKEND`` forces one backend
-for every op whose ``backend`` argument is left at ``"auto"`` (useful to A/B a whole pipeline), and an
-explicit ``backend=`` argument always wins.
+path (Numba or torch) otherwise. The environment variable ``SSSC_KERNEL_BACKEND`` forces one
+backend for every op whose ``backend`` argument is left at ``"auto"`` (useful to A/B a whole
+pipeline), and an explicit ``backend=`` argument always wins.
 
 Triton on CPU tensors is only possible in Triton's interpreter (``TRITON_INTERPRET=1``); that is how
 the Triton kernels are tested on machines without a GPU.
@@ -31,8 +31,9 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
-def resolve_backend(op: str, requested: str, device: torch.device, choices: tuple[str, ...],
-                    cpu_default: str) -> str:
+def resolve_backend(
+    op: str, requested: str, device: torch.device, choices: tuple[str, ...], cpu_default: str
+) -> str:
     """Turn ``backend="auto"`` (or an env override) into a concrete backend name.
 
     Args:
@@ -60,10 +61,12 @@ def resolve_backend(op: str, requested: str, device: torch.device, choices: tupl
         raise ValueError(f"{op}: backend={name!r} is unknown; choose one of {('auto',) + choices}")
     if name == "triton":
         if not HAS_TRITON:
-            raise ValueError(f"{op}: backend='triton' needs the triton package, which is not installed")
+            raise ValueError(
+                f"{op}: backend='triton' needs the triton package, which is not installed"
+            )
         if device.type != "cuda" and not triton_interpret():
             raise ValueError(
-                f"{op}: backend='triton' got {device.type} tensors; Triton runs on CUDA, or on the CPU "
-                "in its interpreter (set TRITON_INTERPRET=1 before importing sssc.kernels)"
+                f"{op}: backend='triton' got {device.type} tensors; Triton runs on CUDA, or on the "
+                "CPU in its interpreter (set TRITON_INTERPRET=1 before importing sssc.kernels)"
             )
     return name

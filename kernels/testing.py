@@ -12,8 +12,9 @@ import torch
 __all__ = ["blob_masks", "iou_batch", "match_batch", "random_image"]
 
 
-def blob_masks(num: int, height: int, width: int, seed: int = 0, min_frac: float = 0.02,
-               max_frac: float = 0.4) -> np.ndarray:
+def blob_masks(
+    num: int, height: int, width: int, seed: int = 0, min_frac: float = 0.02, max_frac: float = 0.4
+) -> np.ndarray:
     """Masks shaped like SAM's: filled, randomly rotated ellipses with a wobbly boundary.
 
     Args:
@@ -58,10 +59,19 @@ def blob_masks(num: int, height: int, width: int, seed: int = 0, min_frac: float
     return out
 
 
-def iou_batch(images: int = 20, objects_per_image: int = 3, refs_per_object: int = 3,
-              max_cands: int = 111, min_cands: int = 10, height: int = 480, width: int = 480,
-              seed: int = 0, dtype: torch.dtype = torch.float32, cand_dtype: torch.dtype = torch.bool,
-              device: str | torch.device = "cpu"):
+def iou_batch(
+    images: int = 20,
+    objects_per_image: int = 3,
+    refs_per_object: int = 3,
+    max_cands: int = 111,
+    min_cands: int = 10,
+    height: int = 480,
+    width: int = 480,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    cand_dtype: torch.dtype = torch.bool,
+    device: str | torch.device = "cpu",
+):
     """A training batch for the matching loss: predictions, candidate pools and image ids.
 
     Candidates per image are drawn from ``[min_cands, max_cands]``, with the first image holding
@@ -92,15 +102,27 @@ def iou_batch(images: int = 20, objects_per_image: int = 3, refs_per_object: int
     pred = torch.from_numpy(np.stack(preds) if preds else empty.astype(np.float32))
     cand = torch.from_numpy(np.concatenate(cands) if cands else empty.astype(bool))
     pred_group = torch.as_tensor(np.asarray(pgroup, dtype=np.int64))
-    cand_group = torch.as_tensor(np.concatenate(cgroup).astype(np.int64) if cgroup else
-                                 np.zeros(0, np.int64))
-    return (pred.to(device=device, dtype=dtype), cand.to(device=device, dtype=cand_dtype),
-            pred_group.to(device), cand_group.to(device))
+    cand_group = torch.as_tensor(
+        np.concatenate(cgroup).astype(np.int64) if cgroup else np.zeros(0, np.int64)
+    )
+    return (
+        pred.to(device=device, dtype=dtype),
+        cand.to(device=device, dtype=cand_dtype),
+        pred_group.to(device),
+        cand_group.to(device),
+    )
 
 
-def match_batch(images: int = 20, objects_per_image: int = 3, refs_per_object: int = 3,
-                max_cands: int = 111, min_cands: int = 10, seed: int = 0, p_forbidden: float = 0.0,
-                ties: bool = False):
+def match_batch(
+    images: int = 20,
+    objects_per_image: int = 3,
+    refs_per_object: int = 3,
+    max_cands: int = 111,
+    min_cands: int = 10,
+    seed: int = 0,
+    p_forbidden: float = 0.0,
+    ties: bool = False,
+):
     """Scores for the greedy matching of one training batch.
 
     Returns:
@@ -131,8 +153,11 @@ def match_batch(images: int = 20, objects_per_image: int = 3, refs_per_object: i
 def random_image(height: int = 480, width: int = 640, seed: int = 0) -> np.ndarray:
     """A smooth-ish random uint8 image ``[3, H, W]`` (low-frequency colour plus fine noise)."""
     rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, size=(3, max(height // 32, 2), max(width // 32, 2))).astype(np.float32)
-    t = torch.nn.functional.interpolate(torch.from_numpy(small)[None], size=(height, width),
-                                        mode="bilinear", align_corners=False)[0].numpy()
+    small = rng.integers(0, 256, size=(3, max(height // 32, 2), max(width // 32, 2))).astype(
+        np.float32
+    )
+    t = torch.nn.functional.interpolate(
+        torch.from_numpy(small)[None], size=(height, width), mode="bilinear", align_corners=False
+    )[0].numpy()
     img = t + rng.normal(0, 20, size=t.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
