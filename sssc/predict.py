@@ -46,38 +46,80 @@ class Predictor:
     device: Any
 
 
-def load_predictor(checkpoint: str | Path, device: str = "cpu") -> Predictor:
-    """Rebuild the model and tokenizer a training checkpoint was made with.
+def load_predictor(
+    checkpoint: str | Path,
+    device: str = "cpu",
+    *,
+    bert_path: str | Path | None = None,
+    model: str | None = None,
+) -> Predictor:
+    """Rebuild the model and tokenizer of a training checkpoint, sssc's or a published one.
 
     Args:
-        checkpoint: a ``<run>/<phase>/checkpoint.pt`` written by ``sssc-train``.
+        checkpoint: a ``<run>/<phase>/checkpoint.pt`` written by ``sssc-train``, or a checkpoint
+            released by LAVT or S+S+C (``model`` + ``bert_model``, or ``lavt_one``), as it is.
         device: ``"cpu"``, ``"cuda"``, ...
+        bert_path: the local ``bert-base-uncased`` folder whose ``vocab.txt`` tokenizes the text.
+            Published checkpoints need it (they name only the hub id); for sssc checkpoints it
+            replaces the path saved at training time.
+        model: the model config of a published checkpoint (default: from its ``args.swin_type``,
+            ``"base"`` -> ``"lavt-base"``).
 
     Raises:
-        FileNotFoundError: the checkpoint is missing.
-        ValueError: the file is not an sssc training checkpoint.
+        FileNotFoundError: the checkpoint (or the BERT folder) is missing.
+        ValueError: the file is not a LAVT checkpoint in a known layout, holds a Python object
+            other than ``argparse.Namespace``, or does not fit the model config.
     """
     import torch
 
+    from .correct.checkpoints import (
+        checkpoint_format,
+        published_args,
+        read_checkpoint,
+        state_dict_for_sssc,
+    )
     from .correct.lavt import build_tokenizer, create_model
 
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path}: checkpoint not found (sssc-train writes <run>/<phase>/checkpoint.pt)"
+            f"{path}: checkpoint not found (sssc-train writes <run>/<phase>/checkpoint.pt; LAVT "
+            "and S+S+C publish theirs as .pth files)"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or "model" not in state or "model_name" not in state:
-        raise ValueError(f"{path}: not an sssc training checkpoint (no model and model_name)")
-    model = create_model(state["model_name"])
-    model.load_state_dict(state["model"])
-    model.to(device).eval()
-    tokenize = build_tokenizer(
-        model.config,
-        vocab_words=state.get("vocab") or None,
-        bert_path=state.get("bert_path") or None,
-    )
-    return Predictor(model, tokenize, int(state["image_size"]), torch.device(device))
+    state = read_checkpoint(path)
+    fmt = checkpoint_format(state)
+    if fmt == "sssc" and "model_name" in state:
+        name, image_size = state["model_name"], int(state["image_size"])
+        vocab, bert = state.get("vocab") or None, bert_path or state.get("bert_path") or None
+    elif fmt in ("lavt", "lavt_one"):
+        args = published_args(state)
+        swin_type = args.get("swin_type", "base")
+        if model is None and swin_type != "base":
+            raise ValueError(
+                f"{path}: a LAVT checkpoint with swin_type={swin_type!r}; sssc ships lavt-base "
+                "only, so give a model config that matches it (model=..., --model)"
+            )
+        name, image_size, vocab = model or "lavt-base", int(args.get("img_size", 480)), None
+        bert = bert_path
+        if not bert:
+            raise ValueError(
+                f"{path}: a published {fmt} checkpoint names its BERT only as "
+                f"{args.get('ck_bert', 'bert-base-uncased')!r}; give the local bert-base-uncased "
+                "folder (bert_path=..., --bert, or train.bert_weights in a config)"
+            )
+    else:
+        raise ValueError(
+            f"{path}: not a LAVT checkpoint in a known layout (sssc-train's checkpoint.pt, or a "
+            "LAVT / S+S+C release)"
+        )
+    net = create_model(name)
+    try:
+        net.load_state_dict(state_dict_for_sssc(state, path))
+    except RuntimeError as e:
+        raise ValueError(f"{path}: does not fit model config {name!r}:\n{e}") from None
+    net.to(device).eval()
+    tokenize = build_tokenizer(net.config, vocab_words=vocab, bert_path=bert)
+    return Predictor(net, tokenize, image_size, torch.device(device))
 
 
 def predict(model, image, text, threshold: float = 0.5, return_prob: bool = False) -> np.ndarray:
@@ -139,7 +181,13 @@ def overlay(rgb: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float =
 def add_predict_command(sub) -> None:
     """Register ``sssc predict`` on an argparse subparsers object."""
     p = sub.add_parser("predict", help="draw the mask of an expression on an image")
-    p.add_argument("--checkpoint", required=True, help="<run>/<phase>/checkpoint.pt")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="<run>/<phase>/checkpoint.pt, or a LAVT / S+S+C release (.pth) as published",
+    )
+    p.add_argument("--bert", help="local bert-base-uncased folder (published checkpoints)")
+    p.add_argument("--model", help="model config of a published checkpoint (default lavt-base)")
     p.add_argument("--image", required=True)
     p.add_argument("--text", required=True, help="the referring expression")
     p.add_argument("--out", required=True, help="PNG: the image with the mask drawn over it")
@@ -155,7 +203,8 @@ def _predict_cli(args) -> int:
 
     try:
         rgb = _as_rgb(args.image)
-        mask = predict(load_predictor(args.checkpoint, args.device), rgb, args.text)
+        p = load_predictor(args.checkpoint, args.device, bert_path=args.bert, model=args.model)
+        mask = predict(p, rgb, args.text)
     except (OSError, ValueError) as e:
         print(f"sssc predict: {e}", file=sys.stderr)
         return 2

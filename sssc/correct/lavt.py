@@ -69,7 +69,11 @@ SWIN_URL = (
     "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/"
     "swin_base_patch4_window12_384_22k.pth"
 )
-LAVT_CKPT_HINT = "a checkpoint written by `sssc-train --stage bootstrap|correct` (<run>/<stage>/)"
+LAVT_CKPT_HINT = (
+    "a checkpoint written by `sssc-train --stage bootstrap|correct` (<run>/<stage>/), or a LAVT / "
+    "S+S+C release (https://github.com/yz93/LAVT-RIS, https://github.com/fgirbal/"
+    "segment-select-correct)"
+)
 
 # LAVT normalises images with ImageNet statistics (the Swin weights were trained with them).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -219,8 +223,8 @@ def _bert_hf_config(cfg: LAVTConfig) -> Any:
 
 def _instance_norm_tokens(x: Tensor, eps: float = 1e-5) -> Tensor:
     """``InstanceNorm1d`` (no affine) over the pixels of ``x`` ``[B, N, C]``."""
-    # Statistics over up to 120*120 pixels: float32 even under bf16 autocast.
-    xf = x.float()
+    # Statistics over up to 120*120 pixels: at least float32, even under bf16 autocast.
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     var, mean = torch.var_mean(xf, dim=1, keepdim=True, unbiased=False)
     return ((xf - mean) * torch.rsqrt(var + eps)).to(x.dtype)
 
@@ -577,8 +581,11 @@ def create_model(
         swin_weights: the official ``swin_base_patch4_window12_384_22k.pth`` (any official Swin
             ``.pth`` matching the config) or an HF-format Swin folder (``config.json`` + weights).
         bert_weights: an HF BERT folder (``bert-base-uncased``); the pooler is not loaded.
-        weights: a full sssc LAVT checkpoint (a state dict, or ``{"model": state_dict}``); loaded
-            last, so it wins over the other two.
+        weights: a full LAVT checkpoint, loaded last (so it wins over the other two): sssc's
+            (a state dict, or ``{"model": state_dict}``), or one published by LAVT or S+S+C as
+            it is (``model`` + ``bert_model``, or ``lavt_one`` with BERT inside ``model``); see
+            :mod:`sssc.correct.checkpoints`. Nothing but tensors, containers and the published
+            files' ``argparse.Namespace`` is unpickled.
 
     Returns:
         The model, in training mode.
@@ -595,11 +602,10 @@ def create_model(
     if bert_weights:
         _load_bert(model, _existing(bert_weights, "bert_weights", BERT_URL))
     if weights:
+        from .checkpoints import read_checkpoint, state_dict_for_sssc
+
         path = _existing(weights, "weights", LAVT_CKPT_HINT)
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(sd, dict) and isinstance(sd.get("model"), dict):
-            sd = sd["model"]
-        _load_into(model, sd, "weights", path)
+        _load_into(model, state_dict_for_sssc(read_checkpoint(path), path), "weights", path)
     return model
 
 

@@ -1,11 +1,17 @@
-"""``sssc eval``: score a run's Stage 1 oracle or Stage 2 choice against the GT.
+"""``sssc eval``: score a run's S1 oracle, its S2 choice, or any LAVT checkpoint against the GT.
 
     sssc eval --run runs/default --stage select
     sssc eval --run runs/default --stage segment --split test --set eval.resolution=original
+    sssc eval --checkpoint model_best_refcoco.pth --config refcoco --split val testA testB \
+        --set train.bert_weights=weights/bert-base-uncased --set device=cuda
 
-The config defaults to the one the stage ran with (``<run>/<stage>/config.yaml``). The result is
-written as JSON (the ``metrics.json`` schema; default ``<run>/<stage>/eval_<split>.json``) and
-printed as a table. :func:`evaluate_masks` scores any predictions (a checkpoint's, later).
+For a stage, the config defaults to the one the stage ran with (``<run>/<stage>/config.yaml``),
+and the result is written as JSON (the ``metrics.json`` schema; default
+``<run>/<stage>/eval_<split>.json``). For a checkpoint (sssc-train's ``checkpoint.pt`` or a LAVT /
+S+S+C release as published), the config names the dataset, the device and, for published files,
+the BERT folder (``train.bert_weights``); each split's ``metrics.json`` goes to
+``<out>/<split>/metrics.json`` (default ``<out>``: ``<checkpoint folder>/eval_<checkpoint name>``).
+Every result is printed as a table: mIoU, oIoU, prec@0.5..0.9, PointM, PointIt.
 """
 
 from __future__ import annotations
@@ -28,9 +34,17 @@ def add_eval_command(subparsers) -> None:
         description="Score a run's Stage 1 oracle (--stage segment) or Stage 2 choice "
         "(--stage select) against the GT: mIoU, oIoU, prec@0.5..0.9, PointM, PointIt.",
     )
-    p.add_argument("--run", required=True, help="run directory (as given to sssc-train --run)")
-    p.add_argument("--stage", required=True, choices=("segment", "select"))
-    p.add_argument("--config", help="YAML config (default: <run>/<stage>/config.yaml)")
+    p.add_argument("--run", help="run directory (as given to sssc-train --run), with --stage")
+    p.add_argument("--stage", choices=("segment", "select"), help="the store to score")
+    p.add_argument(
+        "--checkpoint",
+        help="a model to score instead: <run>/<phase>/checkpoint.pt or a LAVT / S+S+C release",
+    )
+    p.add_argument(
+        "--config",
+        help="YAML config or embedded name (default: <run>/<stage>/config.yaml; for a "
+        "checkpoint, the embedded synthetic dataset)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -38,12 +52,23 @@ def add_eval_command(subparsers) -> None:
         metavar="KEY=VALUE",
         help="override a config key, e.g. eval.resolution=original",
     )
-    p.add_argument("--split", help="split to score (default: data.eval_split)")
-    p.add_argument("--out", help="JSON output (default: <run>/<stage>/eval_<split>.json)")
+    p.add_argument("--model", help="model config of a published checkpoint (default: lavt-base)")
+    p.add_argument("--split", nargs="+", help="splits to score (default: data.eval_split)")
+    p.add_argument(
+        "--out",
+        help="JSON output (a stage; default <run>/<stage>/eval_<split>.json) or folder (a "
+        "checkpoint; default <checkpoint folder>/eval_<checkpoint name>)",
+    )
     p.set_defaults(func=eval_main)
 
 
 def eval_main(args: argparse.Namespace) -> int:
+    if args.checkpoint:
+        if args.run or args.stage:
+            return _usage("give either --checkpoint or --run with --stage, not both")
+        return _eval_checkpoint(args)
+    if not (args.run and args.stage):
+        return _usage("give --run and --stage (a store), or --checkpoint (a model)")
     from ..config import ConfigError, load_config
     from ..data.refer import DatasetError
     from ..data.store import StoreError
@@ -56,17 +81,81 @@ def eval_main(args: argparse.Namespace) -> int:
         config = str(snapshot)
     try:
         cfg = load_config(config, args.set)
-        m = evaluate_stage(args.stage, cfg, run, split=args.split)
+        splits = args.split or [cfg.data.eval_split]
+        results = [evaluate_stage(args.stage, cfg, run, split=s) for s in splits]
     except (ConfigError, DatasetError, StoreError) as e:
         print(f"sssc eval: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else run / args.stage / f"eval_{m['split']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(m, indent=1) + "\n")
     name = "S1 oracle" if args.stage == "segment" else "S+S"
-    print(
-        f"{m['what']} on {m['split']} at resolution {m['resolution']}; producer "
-        f"{m['producer'].get('name')}; written to {out}"
-    )
-    print(format_table({f"{name} ({m['producer'].get('name')})": m}))
+    for m in results:
+        if args.out and len(results) == 1:
+            out = Path(args.out)
+        elif args.out:
+            out = Path(args.out).with_name(f"{Path(args.out).stem}_{m['split']}.json")
+        else:
+            out = run / args.stage / f"eval_{m['split']}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(m, indent=1) + "\n")
+        print(
+            f"{m['what']} on {m['split']} at resolution {m['resolution']}; producer "
+            f"{m['producer'].get('name')}; written to {out}"
+        )
+        print(format_table({f"{name} ({m['producer'].get('name')})": m}))
+    return 0
+
+
+def _usage(message: str) -> int:
+    print(f"sssc eval: {message}", file=sys.stderr)
+    return 2
+
+
+def _eval_checkpoint(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from ..config import ConfigError, load_config
+    from ..correct.train import evaluate_model
+    from ..data.refer import DatasetError, Refer
+    from ..predict import load_predictor
+
+    ckpt = Path(args.checkpoint)
+    try:
+        cfg = load_config(args.config, args.set)
+        p = load_predictor(ckpt, "cpu", bert_path=cfg.train.bert_weights or None, model=args.model)
+        device = torch.device(cfg.device)
+        p.model.to(device)
+        # The checkpoint's own input size, whatever the config's training size says.
+        cfg = dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, image_size=p.image_size)
+        )
+        refer = Refer.from_config(cfg.data)
+        splits = args.split or [cfg.data.eval_split]
+        for s in splits:
+            if not refer.split_refs(s):
+                raise ConfigError(
+                    f"--split {s!r}: no expressions in that split of {cfg.data.dataset} "
+                    f"({cfg.data.split_by}); the splits are {sorted(refer.splits())}"
+                )
+        results = {s: evaluate_model(p.model, refer, cfg, p.tokenize, device, s) for s in splits}
+    except (ConfigError, DatasetError, OSError, ValueError) as e:
+        print(f"sssc eval: {e}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out) if args.out else ckpt.parent / f"eval_{ckpt.stem}"
+    rows = {}
+    for split, m in results.items():
+        m = {
+            "what": f"the model of {ckpt}",
+            **m,
+            "checkpoint": str(ckpt),
+            "producer": {"name": "checkpoint", "path": str(ckpt)},
+            "image_size": p.image_size,
+            "selection": "as given (sssc eval scores the file it is handed)",
+        }
+        out = out_dir / split / "metrics.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(m, indent=1) + "\n")
+        print(f"{ckpt} on {split} at resolution {m['resolution']}; written to {out}")
+        rows[split] = m
+    print(format_table(rows))
     return 0
