@@ -28,6 +28,7 @@ from typing import Any, Union
 import yaml
 
 __all__ = [
+    "OFFICIAL_RECIPE",
     "ConfigError",
     "DataConfig",
     "EvalConfig",
@@ -71,6 +72,7 @@ class DataConfig:
     train_split: str = "train"
     eval_split: str = "val"
     batch_expressions: int = 60  # whole images per batch, up to this many expressions (paper: 60)
+    text_field: str = "raw"  # raw (LAVT tokenizes REFER's raw text) | sent (the cleaned one)
     synth: SynthConfig = field(default_factory=SynthConfig)
 
 
@@ -98,6 +100,7 @@ class SegmentModelsConfig:
     box_threshold: float = 0.35
     text_threshold: float = 0.25
     nouns: str = "spacy"  # spacy (the paper) | rules (model-free, for the synthetic dataset)
+    noun_rule: str = "official"  # official (the published code's spaCy rule) | sssc
     gdino_text_encoder: str = ""  # local bert-base-uncased folder; "" = the Hugging Face cache
     gdino_size: int = 800  # detector input: short side (GroundingDINO's 800), long side capped
     gdino_max_size: int = 1333
@@ -128,6 +131,8 @@ class SelectModelsConfig:
     clip_weights: str = ""
     sigma: float = 50.0
     min_area: int = 500
+    small_masks: str = "official"  # official (skip < min_area, drop the object if all are) | sssc
+    channel_order: str = "rgb"  # rgb (correct) | bgr (the official code fed CLIP BGR images)
     prompt: str = "reverse_blur"  # reverse_blur (the paper) | red_ellipse (its ablation)
     score: str = "mean"  # mean | max similarity over the object's expressions
     batch_size: int = 256  # prompts per CLIP forward, packed across images
@@ -168,9 +173,16 @@ class TrainConfig:
     poly_power: float = 0.9  # lr * (1 - step / total) ** poly_power, per phase
     class_weights: list[float] = field(default_factory=lambda: [0.9, 1.1])  # background, object
     grad_clip: float = 0.0  # max global grad norm; 0 = off (LAVT does not clip)
-    unmatched: str = "ignore"  # object left without a candidate: ignore | random (paper's code)
+    unmatched: str = "ignore"  # object left without a candidate: ignore (in effect the official
+    # code's: it draws a random candidate but adds no loss) | random (sssc: CE on a random one)
+    single_candidate: str = "compete"  # compete (sssc) | always (official: kept, CE counted twice)
+    match_ties: str = "sssc"  # sssc (object id, candidate index) | official (batch scan order)
+    bert_train_layers: int = 10  # LAVT trains BERT's first 10 layers only; -1: all of BERT
+    bert_dropout: bool = False  # LAVT keeps BERT in eval mode while training (dropout off)
+    drop_path: str = "both"  # both (official Swin: attention and MLP) | attention (HF Swin)
+    selection: str = "last"  # last epoch (no GT) | best_gt (official: best val oIoU against GT)
     match_size: int = 0  # soft IoU at this resolution (0: image_size); only picks the match
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    amp: bool = False  # bf16 autocast on CUDA (ignored on CPU); the official code trains in fp32
     compile: bool = False  # torch.compile the model
     num_workers: int = 0  # DataLoader workers
     threads: int = 0  # torch CPU threads (0: torch's default; 1 is faster on a busy machine)
@@ -184,6 +196,7 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
+    recipe: str = "sssc"  # sssc | official: every setting of OFFICIAL_RECIPE at once
     seed: int = 0
     device: str = "cpu"
     data: DataConfig = field(default_factory=DataConfig)
@@ -193,8 +206,27 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+# The official S+S+C / LAVT behaviours where sssc's default differs (the README's deviation table
+# lists every one with its reason). ``recipe: official`` applies them all over the config file's
+# values; a --set override still wins.
+OFFICIAL_RECIPE: dict[str, Any] = {
+    "select.models.channel_order": "bgr",
+    "train.single_candidate": "always",
+    "train.match_ties": "official",
+    # Not train.selection=best_gt: model selection on GT masks is only ever set by name.
+}
+
 # Values with a closed set of choices; checked after the types, with the same kind of message.
 _CHOICES: dict[str, tuple[str, ...]] = {
+    "recipe": ("sssc", "official"),
+    "data.text_field": ("raw", "sent"),
+    "segment.models.noun_rule": ("official", "sssc"),
+    "select.models.small_masks": ("official", "sssc"),
+    "select.models.channel_order": ("rgb", "bgr"),
+    "train.single_candidate": ("compete", "always"),
+    "train.match_ties": ("sssc", "official"),
+    "train.drop_path": ("both", "attention"),
+    "train.selection": ("last", "best_gt"),
     "segment.backend": ("simulated", "models"),
     "select.backend": ("simulated", "models"),
     "select.simulate.wrong_choice": ("largest", "central", "mixed"),
@@ -255,14 +287,33 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if raw is None:
         raw = {}
     source = str(file)
-    cfg = _build(RunConfig, raw, "", source)
-    _check_values(cfg, source)
+    cfg = _build_run(raw, [], source)
+    applied: list[tuple[str, Any, str]] = []
     for ov in overrides or []:
         key, value = _parse_override(ov)
         source = f"override --set {ov!r} (on top of {file})"
-        raw = _set_dotted(raw, key, value, source)
-        cfg = _build(RunConfig, raw, "", source)
-        _check_values(cfg, source)
+        applied.append((key, value, source))
+        cfg = _build_run(raw, applied, source)
+    return cfg
+
+
+def _build_run(raw: Any, applied: list[tuple[str, Any, str]], source: str) -> RunConfig:
+    """The :class:`RunConfig` of a file's raw dict and the ``--set`` overrides so far.
+
+    Precedence: the schema's defaults < the file < ``recipe: official``'s preset (when the file
+    or an override selects it) < the overrides, in order.
+    """
+    recipe = raw.get("recipe") if isinstance(raw, dict) else None
+    for key, value, _ in applied:
+        if key == "recipe":
+            recipe = value
+    if recipe == "official":
+        for key, value in OFFICIAL_RECIPE.items():
+            raw = _set_dotted(raw, key, value, "recipe: official")
+    for key, value, src in applied:
+        raw = _set_dotted(raw, key, value, src)
+    cfg = _build(RunConfig, raw, "", source)
+    _check_values(cfg, source)
     return cfg
 
 
@@ -436,6 +487,11 @@ def _check_values(cfg: RunConfig, source: str) -> None:
         if value < 1:
             raise ConfigError(f"{source}: {key!r} must be a positive int, got {value!r}")
     t = cfg.train
+    if t.bert_train_layers < -1:
+        raise ConfigError(
+            f"{source}: 'train.bert_train_layers' must be -1 (all of BERT) or a number of "
+            f"layers >= 0, got {t.bert_train_layers!r}"
+        )
     keys = ("bootstrap_epochs", "correct_epochs", "match_size", "num_workers", "threads")
     for key in (*keys, "sentences_per_object", "checkpoint_every"):
         if getattr(t, key) < 0:

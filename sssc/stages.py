@@ -392,5 +392,9 @@ def stage3_table(run_dir: str | Path) -> str:
     ]
     for name, m in rows:
         label = f"{name} (sim.)" if name == "S+S" and prod["name"] == "simulated" else name
+        if str(m.get("selection", "")).startswith("selected on GT"):
+            label += " *"
         lines.append(f"{label:14} {m['mIoU']:7.2f} {m['oIoU']:7.2f} {m['prec@0.5']:9.2f}")
+    if any(str(m.get("selection", "")).startswith("selected on GT") for _, m in rows):
+        lines.append("* selected on GT: the epoch with the best val oIoU (train.selection=best_gt)")
     return "\n".join(lines)

@@ -50,7 +50,7 @@ def test_embedded_default_lists_every_key_with_its_default():
     cpu_keys = ("model", "image_size", "bootstrap_epochs", "correct_epochs", "plus_epochs", "lr")
     for key in (*cpu_keys, "grad_clip", "cache_data", "sentences_per_object", "class_weights"):
         expected["train"][key] = got["train"][key]
-    for key in ("threads", "eval_every"):
+    for key in ("threads", "eval_every", "bert_train_layers"):
         expected["train"][key] = got["train"][key]
     assert got["train"]["model"] == "lavt-tiny" and got["train"]["image_size"] == 64
     assert config_to_dict(RunConfig())["train"]["model"] == "lavt-base"
@@ -216,3 +216,35 @@ def test_config_to_dict_is_json_and_round_trips(tmp_path):
     p = _write(tmp_path, yaml.safe_dump(json.loads(json.dumps(d))))
     assert load_config(p, []) == cfg
     assert dataclasses.is_dataclass(cfg) and d["train"]["lr"] == 0.1
+
+
+def test_recipe_official_sets_every_official_behaviour_and_explicit_keys_win(tmp_path):
+    from sssc.config import OFFICIAL_RECIPE
+
+    def get(cfg, dotted):
+        for part in dotted.split("."):
+            cfg = getattr(cfg, part)
+        return cfg
+
+    default = load_config(None, [])
+    official = load_config(None, ["recipe=official"])
+    assert official.recipe == "official"
+    for key, value in OFFICIAL_RECIPE.items():
+        assert get(official, key) == value, key
+        assert get(default, key) != value, key  # each is a real deviation of the default
+    # From a file too: the preset goes over the file's values; --set overrides win, before or
+    # after the recipe.
+    f = _write(tmp_path, "recipe: official\nselect:\n  models:\n    channel_order: rgb\n")
+    assert load_config(f, []).select.models.channel_order == "bgr"
+    cfg = load_config(f, ["select.models.channel_order=rgb"])
+    assert cfg.select.models.channel_order == "rgb" and cfg.train.single_candidate == "always"
+    for order in (
+        ["recipe=official", "train.match_ties=sssc"],
+        ["train.match_ties=sssc", "recipe=official"],
+    ):
+        cfg = load_config(None, order)
+        assert cfg.train.match_ties == "sssc" and cfg.train.single_candidate == "always"
+    # GT-based selection is never part of a preset.
+    assert official.train.selection == "last"
+    with pytest.raises(ConfigError, match="'recipe' must be one of"):
+        load_config(None, ["recipe=paper"])

@@ -350,3 +350,55 @@ def test_param_groups_follow_lavt():
     assert trained | {n for n in everything if n.startswith("bert.")} == everything
     groups = param_groups(model, bert_layers=None)
     assert {names[id(p)] for g in groups for p in g["params"]} == everything
+
+
+def test_training_optimizer_decays_only_what_lavt_decays_and_skips_frozen_bert():
+    """The optimizer every phase builds (train.build_optimizer): one AdamW step with all
+    gradients zero moves exactly the decayed parameters, by lr * wd * p; norms and relative
+    position tables stay; BERT's embeddings and the layers past bert_train_layers are not in it."""
+    from sssc.config import TrainConfig
+    from sssc.correct.train import build_optimizer
+
+    model = _tiny()
+    t = TrainConfig(lr=0.1, weight_decay=0.5, bert_train_layers=1)
+    opt = build_optimizer(model, t)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n, p in model.named_parameters():
+        frozen = n.startswith(("bert.embeddings.", "bert.encoder.layer.1."))
+        no_decay = "norm" in n or "relative_position_bias_table" in n
+        want = before[n] if frozen or no_decay else before[n] * (1 - 0.1 * 0.5)
+        torch.testing.assert_close(p.detach(), want, rtol=1e-6, atol=1e-7, msg=n)
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    frozen = [n for n, p in model.named_parameters() if id(p) not in in_opt]
+    assert frozen and all(
+        n.startswith(("bert.embeddings.", "bert.encoder.layer.1.")) for n in frozen
+    )
+    everything = build_optimizer(model, TrainConfig(bert_train_layers=-1))
+    assert sum(len(g["params"]) for g in everything.param_groups) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("branches, per_block", [("both", 2), ("attention", 1)])
+def test_drop_path_branches(branches, per_block):
+    """Official Swin drops the attention and the MLP branch of every block; transformers' Swin
+    only the attention branch. Count the DropPath calls of one training forward."""
+    from transformers.models.swin.modeling_swin import SwinDropPath
+
+    from sssc.correct.lavt import set_drop_path
+
+    model = set_drop_path(_tiny(), branches)
+    set_drop_path(model, branches)  # idempotent
+    calls = []
+    for mod in model.modules():
+        if isinstance(mod, SwinDropPath):
+            mod.register_forward_hook(lambda *a: calls.append(1))
+    blocks = sum(len(s.blocks) for s in model.swin.encoder.layers)
+    # The first block of the first stage has drop rate 0 (no DropPath module), as in Swin.
+    dropping = blocks - 1
+    model.train()
+    model(*_batch(model, 2, (32, 32)))
+    assert len(calls) == per_block * dropping
+    sd = model.state_dict()
+    assert sd.keys() == _tiny().state_dict().keys()  # no new state

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from sssc.correct.losses import IGNORE, match_targets, matching_loss, weighted_ce
+from sssc.correct.losses import (
+    IGNORE,
+    match_targets,
+    matching_loss,
+    weighted_ce,
+    weighted_ce_sums,
+)
 
 W = (0.9, 1.1)
 
@@ -194,3 +200,95 @@ def test_bad_policy_is_an_error():
     logits, cand, cgrp, elig, obj, grp = _batch(0)
     with pytest.raises(ValueError, match="unmatched"):
         match_targets(logits, cand, cgrp, elig, obj, grp, unmatched="nearest")
+
+
+# ---------------------------------------------------------------- the official matching rules
+
+
+@pytest.mark.parametrize("seed", range(6), ids=lambda s: f"batch{s}")
+def test_official_scan_order_equals_algorithm_1_without_ties(seed):
+    """On tie-free scores the official loss's scan is Algorithm 1 (brute force)."""
+    logits, cand, cgrp, elig, obj, grp = _batch(seed)
+    res = match_targets(logits, cand, cgrp, elig, obj, grp, ties="official")
+    assert res.match.tolist() == _expected_match(logits, cand, cgrp, elig, obj, grp).tolist()
+    assert res.weight.tolist() == (res.match >= 0).float().tolist()
+
+
+def _two_objects(a_better: bool):
+    """One image; object 1 may take candidate 0 only, object 2 candidates 0 or 1."""
+    size = 8
+    cand = torch.zeros(2, size, size, dtype=torch.uint8)
+    cand[0, :4], cand[1, 4:] = 1, 1
+    obj, grp, cgrp = (
+        torch.tensor([1, 2]),
+        torch.zeros(2, dtype=torch.int64),
+        torch.zeros(2, dtype=torch.int64),
+    )
+    elig = torch.tensor([[1, 0], [1, 1]], dtype=torch.bool)
+    logits = torch.zeros(2, 2, size, size)
+    logits[:, 1, :4] = 5  # both predict candidate 0's region ...
+    logits[0 if a_better else 1, 1, 4:] = -5  # ... and one of them more sharply
+    logits[0 if a_better else 1, 1, :4] = 9
+    return logits, cand, cgrp, elig, obj, grp
+
+
+def test_single_candidate_always_keeps_it_and_counts_twice():
+    # Object 2 agrees better with candidate 0 and takes it. Officially, object 1 (one eligible
+    # candidate) keeps candidate 0 anyway, and the greedy pops it later too (weight 2).
+    logits, cand, cgrp, elig, obj, grp = _two_objects(a_better=False)
+    sssc = match_targets(logits, cand, cgrp, elig, obj, grp)
+    assert sssc.match.tolist() == [-1, 0] and sssc.weight.tolist() == [0.0, 1.0]
+    off = match_targets(
+        logits, cand, cgrp, elig, obj, grp, single_candidate="always", ties="official"
+    )
+    assert off.match.tolist() == [0, 0] and off.weight.tolist() == [2.0, 1.0]
+    assert torch.equal(off.target[0], cand[0].long()) and not off.unmatched.any()
+    # Object 1 agrees better: its pop excludes candidate 0 for object 2, which takes 1.
+    logits, cand, cgrp, elig, obj, grp = _two_objects(a_better=True)
+    off = match_targets(
+        logits, cand, cgrp, elig, obj, grp, single_candidate="always", ties="official"
+    )
+    assert off.match.tolist() == [0, 1] and off.weight.tolist() == [2.0, 1.0]
+    # An image whose objects all have one candidate: no greedy round, counted once.
+    off = match_targets(
+        logits[:1], cand, cgrp, elig[:1], obj[:1], grp[:1], single_candidate="always"
+    )
+    assert off.match.tolist() == [0] and off.weight.tolist() == [1.0]
+
+
+def test_official_ties_follow_the_batch_order():
+    # Two objects with the same prediction and candidates 0 and 1: equal scores. sssc gives the
+    # better candidate to the smaller object id; the official scan to the first row's object.
+    size = 8
+    cand = torch.zeros(2, size, size, dtype=torch.uint8)
+    cand[0, :4], cand[1, :2] = 1, 1
+    obj, grp, cgrp = (
+        torch.tensor([7, 3]),
+        torch.zeros(2, dtype=torch.int64),
+        torch.zeros(2, dtype=torch.int64),
+    )
+    elig = torch.ones(2, 2, dtype=torch.bool)
+    logits = torch.zeros(2, 2, size, size)
+    logits[:, 1, :4] = 5
+    assert match_targets(logits, cand, cgrp, elig, obj, grp).match.tolist() == [1, 0]
+    assert match_targets(logits, cand, cgrp, elig, obj, grp, ties="official").match.tolist() == [
+        0,
+        1,
+    ]
+
+
+def test_sample_weight_scales_the_numerator_only():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 2, 4, 4, generator=g)
+    target = torch.randint(0, 2, (3, 4, 4), generator=g)
+    target[2] = IGNORE
+    w = torch.tensor([2.0, 1.0, 0.0])
+    num, den = weighted_ce_sums(logits, target, W, sample_weight=w)
+    lp = torch.log_softmax(logits.double(), 1)
+    cw = torch.tensor(W, dtype=torch.float64)
+    want_num = want_den = 0.0
+    for b in range(2):
+        nll = -lp[b].gather(0, target[b][None])[0]
+        want_num += float(w[b]) * float((cw[target[b]] * nll).sum())
+        want_den += float(cw[target[b]].sum())
+    assert abs(float(num) - want_num) < 1e-4 and abs(float(den) - want_den) < 1e-4

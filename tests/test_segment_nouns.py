@@ -43,6 +43,14 @@ DOCS = {
     "red shirt near dog": "red/ADJ/ROOT/0 shirt/NOUN/npadvmod/0 near/ADP/prep/0 dog/NOUN/pobj/2",
     "the red shirt near dog": "the/DET/det/1 red/ADJ/ROOT/1 shirt/NOUN/npadvmod/1 "
     "near/ADP/prep/1 dog/NOUN/pobj/3",
+    # The issue's example: the bare fragment roots on its last noun, the prefixed one on the kid.
+    "kid eating pizza": "kid/NOUN/npadvmod/1 eating/VERB/amod/2 pizza/NOUN/ROOT/2",
+    "the kid eating pizza": "the/DET/det/1 kid/NOUN/ROOT/1 eating/VERB/acl/1 pizza/NOUN/dobj/2",
+    "the teddy bear on the left": "the/DET/det/2 teddy/PROPN/nsubj/2 bear/NOUN/ROOT/2 "
+    "on/ADP/prep/2 the/DET/det/5 left/NOUN/pobj/3",
+    "the Obama sign": "the/DET/det/2 Obama/PROPN/compound/2 sign/VERB/ROOT/2",
+    "the The man": "the/DET/det/2 The/DET/det/2 man/NOUN/ROOT/2",
+    "The man": "The/DET/det/1 man/NOUN/ROOT/1",
 }
 
 
@@ -82,8 +90,45 @@ def test_extract_nouns_rule(text, nouns, parsed):
         seen.append(s)
         return _doc(DOCS[s])
 
-    assert extract_nouns(parse, text) == nouns
+    assert extract_nouns(parse, text, rule="sssc") == nouns
     assert seen == parsed
+
+
+@pytest.mark.parametrize(
+    "text, nouns, parsed",
+    [
+        # "the " + sentence unless the first token is exactly "the" (case-sensitive)
+        ("kid eating pizza", ["kid"], ["kid eating pizza", "the kid eating pizza"]),
+        ("the man on the left", ["man"], ["the man on the left"]),
+        ("The man", ["man"], ["The man", "the The man"]),
+        # every ROOT/nsubj NOUN or PROPN, as written
+        ("the teddy bear on the left", ["teddy", "bear"], ["the teddy bear on the left"]),
+        # no subject/root noun: every NOUN of the prefixed parse (PROPN not included)
+        ("red shirt near dog", ["shirt", "dog"], ["red shirt near dog", "the red shirt near dog"]),
+        ("the Obama sign", [], ["the Obama sign"]),
+    ],
+    ids=["prefix-first", "starts-with-the", "capital-The", "all-subjects", "nouns", "no-propn"],
+)
+def test_extract_nouns_official_rule(text, nouns, parsed):
+    seen = []
+
+    def parse(s):
+        seen.append(s)
+        return _doc(DOCS[s])
+
+    assert extract_nouns(parse, text) == nouns  # official is the default
+    assert extract_nouns(parse, text, rule="official") == nouns
+    assert seen == parsed * 2
+
+
+def test_the_two_rules_disagree_on_the_issue_example():
+    def parse(s):
+        return _doc(DOCS[s])
+
+    assert extract_nouns(parse, "kid eating pizza", rule="sssc") == ["pizza"]
+    assert extract_nouns(parse, "kid eating pizza", rule="official") == ["kid"]
+    with pytest.raises(ValueError, match="rule"):
+        extract_nouns(parse, "kid eating pizza", rule="paper")
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 for _mod in ("groundingdino", "segment_anything", "open_clip"):
     pytest.importorskip(_mod, reason="Stage 1/2 models are in the segment and select extras")
@@ -35,6 +36,19 @@ def _overrides(tmp: Path) -> list[str]:
         f"data.image_dir={tmp / 'data' / 'synthetic' / 'images'}",
         "data.synth.num_images=8",
     ]
+
+
+_THREADS = 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    """One explicit thread setting for this module and its subprocesses, whatever ran before:
+    a process whose thread count was changed and restored rounds differently from a fresh one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(_THREADS)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +104,10 @@ def test_stores_hold_the_models_labels(run):
 
 _KILLER = """
 import os, signal, sys
+import torch
+# As the parent (see _threads): CPU matmuls round differently under other thread settings, and
+# the resumed shards (computed in the parent) must match the uninterrupted run byte for byte.
+torch.set_num_threads({threads})
 sys.path.insert(0, {tests!r})
 from tiny_models import register_tiny_clip
 register_tiny_clip({models!r})
@@ -114,7 +132,13 @@ def test_killed_select_resumes_to_the_same_store(run, monkeypatch):
     ov = _overrides(tmp)
     new = tmp / "killed"
     shutil.copytree(tmp / "run" / "segment", new / "segment")
-    code = _KILLER.format(tests=str(TESTS), models=str(tmp / "models"), ov=ov, run=str(new))
+    code = _KILLER.format(
+        tests=str(TESTS),
+        models=str(tmp / "models"),
+        ov=ov,
+        run=str(new),
+        threads=_THREADS,
+    )
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]

@@ -64,7 +64,8 @@ def test_packed_embeddings_equal_per_mask_loop(clip, batch_size):
             assert err < 1e-5, (item.image_id, j, float(err))
 
 
-def test_choice_equals_plain_loop(clip):
+@pytest.mark.parametrize("rule", ["official", "sssc"])
+def test_choice_equals_plain_loop(clip, rule):
     items = _images(10, seed=1)
     scorer = StreamingScorer(clip, sigma=50.0, batch_size=5)
     texts = {
@@ -78,14 +79,16 @@ def test_choice_equals_plain_loop(clip):
     for item, emb in scorer.embed(iter(items)):
         text = {a: torch.stack([cache[sent[a, k]] for k in range(3)]) for a, _ in item.objects}
         got = select_objects(
-            item.objects, item.cand_ids, item.areas, emb, text, 100, "mean", counts
+            item.objects, item.cand_ids, item.areas, emb, text, 100, "mean", counts, rule
         )
         for (ann, eligible), (ann2, chosen, cands, scores) in zip(item.objects, got, strict=True):
             assert ann == ann2 and cands == list(eligible)
             if not eligible:
                 assert chosen is None
                 continue
-            # Plain loop in float64: per candidate, prompt, encode, mean cosine over expressions.
+            # Plain loop in float64: per candidate, prompt, encode, mean cosine over expressions;
+            # the official rule as vp_and_max_sim_clip_choice: a lone candidate is returned,
+            # small ones are skipped, `>=` keeps the last maximum, all small gives no mask.
             t = clip.encode_text(texts[ann]).double()
             best, best_s, ref_scores = None, -np.inf, []
             for c in eligible:
@@ -93,9 +96,11 @@ def test_choice_equals_plain_loop(clip):
                 e = clip.encode_image(reverse_blur(item.image, item.masks[j : j + 1], 50.0, 32))
                 s = float((e.double() @ t.T).mean())
                 ref_scores.append(s)
-                if item.areas[j] >= 100 and s > best_s:
+                if item.areas[j] >= 100 and (s >= best_s if rule == "official" else s > best_s):
                     best, best_s = c, s
-            if best is None:  # all below min_area: the best of all
+            if rule == "official" and len(eligible) == 1:
+                best = eligible[0]
+            elif best is None and rule == "sssc":  # all below min_area: the best of all
                 best = eligible[int(np.argmax(ref_scores))]
             assert chosen == best
             np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-5)
@@ -112,6 +117,58 @@ def test_select_objects_max_score_and_min_area():
     assert mx[0][1] == 10 and mx[0][3] == pytest.approx([1.0, 0.6, 0.8])
     small = select_objects(objs, [10, 11, 12], [10, 600, 600], emb, text, 500, "max")
     assert small[0][1] == 12  # 10 is under min_area
+
+
+def test_official_small_mask_rules():
+    emb = torch.eye(3)
+    text = {7: torch.tensor([[0.0, 0.6, 0.6]])}  # candidates 11 and 12 tie
+    objs = [(7, (10, 11, 12))]
+    ids = [10, 11, 12]
+    args = (emb, text, 500, "mean")
+    assert select_objects(objs, ids, [600] * 3, *args, small_masks="official")[0][1] == 12
+    assert select_objects(objs, ids, [600] * 3, *args, small_masks="sssc")[0][1] == 11
+    counts = collections.Counter()
+    small = [10, 20, 30]  # every candidate under min_area: officially the object gets none
+    assert select_objects(objs, ids, small, *args, counts, "official")[0][1] is None
+    assert select_objects(objs, ids, small, *args, counts, "sssc")[0][1] == 11
+    assert counts["all_below_min_area"] == 2
+    # A lone candidate is the choice whatever its size (the official code returns it unscored).
+    lone = select_objects([(7, (10,))], ids, small, *args, small_masks="official")
+    assert lone[0][1] == 10
+
+
+def test_bgr_prompts_are_the_official_channel_swap(clip):
+    """channel_order=bgr against the official pipeline: PIL image -> array[:, :, ::-1] (BGR) ->
+    OpenCV blur and composite -> Image.fromarray (read as RGB) -> CLIP's resize, crop and RGB
+    normalisation."""
+    import cv2
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    h, w = 60, 80
+    rgb = np.zeros((h, w, 3), np.uint8)
+    rgb[..., 0] = np.linspace(0, 255, w, dtype=np.uint8)[None]  # red ramp, no blue: order shows
+    rgb[..., 1] = rng.integers(0, 60, (h, w))
+    mask = np.zeros((h, w), bool)
+    mask[10:40, 20:60] = True
+    bgr = rgb[:, :, ::-1].copy()
+    blurred = cv2.GaussianBlur(bgr, (0, 0), 10.0, borderType=cv2.BORDER_REFLECT_101)
+    comp = np.where(mask[..., None], bgr, blurred)
+    size = clip.image_size
+    short = min(h, w)
+    new_h, new_w = round(h * size / short), round(w * size / short)
+    im = Image.fromarray(comp).resize((new_w, new_h), Image.BICUBIC)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    want = np.asarray(im, np.float64)[top : top + size, left : left + size] / 255.0
+    img = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+    m = torch.from_numpy(mask)[None]
+    mean, std = torch.tensor(clip.mean)[:, None, None], torch.tensor(clip.std)[:, None, None]
+    for order, ref in (("bgr", want), ("rgb", want[..., ::-1])):
+        out = StreamingScorer(clip, sigma=10.0, channel_order=order).prompts(img, m)[0]
+        got = (out * std + mean).permute(1, 2, 0).double().numpy()
+        assert np.abs(got - ref).mean() < 0.01, order
+    bgr_out = StreamingScorer(clip, sigma=10.0, channel_order="bgr").prompts(img, m)[0]
+    assert (bgr_out * std + mean)[2].mean() > 0.3  # the red ramp arrives in CLIP's blue channel
 
 
 def test_red_ellipse_draws_ring_around_box(clip):

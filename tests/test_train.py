@@ -116,9 +116,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(base, tmp_path, monke
     calls = {"n": 0}
     real = train_mod.weighted_ce_sums
 
-    def poisoned(logits, target, w):
+    def poisoned(logits, target, w, sample_weight=None):
         calls["n"] += 1
-        num, den = real(logits, target, w)
+        num, den = real(logits, target, w, sample_weight)
         return (num * float("nan") if calls["n"] == 3 else num), den
 
     monkeypatch.setattr(train_mod, "weighted_ce_sums", poisoned)
@@ -199,3 +199,91 @@ def test_correct_without_a_bootstrap_model_is_an_error(base, tmp_path):
     run, sets = _run_copy(base, tmp_path)
     with pytest.raises(TrainError, match="sssc-train --stage bootstrap"):
         train_phase("correct", load_config(None, sets), run)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_one_training_step_leaves_frozen_bert_untouched_and_bert_in_eval_mode(
+    base, tmp_path, monkeypatch
+):
+    """After one optimizer step of the real loop: BERT's embeddings and its layers past
+    train.bert_train_layers are the initial weights, the trained ones moved; BERT ran without
+    dropout (eval mode) while the rest of the model trained."""
+    run, sets = _run_copy(base, tmp_path)
+    cfg = load_config(
+        None,
+        [
+            *sets,
+            "train.bert_train_layers=1",
+            "train.checkpoint_every=1",
+            "data.batch_expressions=4",
+        ],
+    )
+    built = {}
+    from sssc.correct import lavt
+
+    real_create = lavt.create_model
+
+    def create(*a, **k):
+        built["model"] = real_create(*a, **k)
+        return built["model"]
+
+    monkeypatch.setattr(lavt, "create_model", create)
+    modes = []
+
+    def stop(gstep):
+        m = built["model"]
+        modes.append((m.training, m.bert.training, m.decoder.training))
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        train_phase("bootstrap", cfg, run, on_step=stop)
+    assert modes == [(True, False, True)]
+    torch.manual_seed(cfg.seed)
+    init = real_create(cfg.train.model).state_dict()
+    after = torch.load(run / "bootstrap" / "checkpoint.pt", weights_only=True)["model"]
+    frozen = [k for k in init if k.startswith(("bert.embeddings.", "bert.encoder.layer.1."))]
+    assert frozen and all(
+        torch.equal(init[k], after[k]) for k in frozen if init[k].is_floating_point()
+    )
+    for k in ("bert.encoder.layer.0.attention.self.query.weight", "decoder.classifier.weight"):
+        assert not torch.equal(init[k], after[k]), k
+
+
+def test_batches_hold_the_budget_in_counted_expressions(base):
+    d, sets = base
+    cfg = load_config(None, sets)
+    refer = Refer.from_config(cfg.data)
+    for per_object, budget in ((1, 10), (2, 7), (0, 12)):
+        batches = pack_images(refer, "train", budget, shuffle=True, seed=1, per_object=per_object)
+        ids = refer.split_image_ids("train")
+        assert sorted(i for b in batches for i in b) == sorted(ids)
+
+        def held(image_id, per_object=per_object):
+            refs = refer.image_refs(image_id, "train")
+            return sum(min(len(r.sentences), per_object or 10**9) for r in refs)
+
+        sizes = [sum(held(i) for i in b) for b in batches]
+        for k, b in enumerate(batches):
+            assert sizes[k] <= budget or len(b) == 1
+            if k + 1 < len(batches):  # greedy: the next image did not fit
+                assert sizes[k] + held(batches[k + 1][0]) > budget
+
+
+def test_selection_best_gt_keeps_the_best_val_epoch_and_says_so(base, tmp_path):
+    run, sets = _run_copy(base, tmp_path)
+    cfg = load_config(None, [*sets, "train.selection=best_gt", "train.bootstrap_epochs=3"])
+    m = train_phase("bootstrap", cfg, run)
+    evals = [r["eval"] for r in _losses(run / "bootstrap" / "log.jsonl")[1]]
+    assert len(evals) == 3
+    best = max(evals, key=lambda e: e["oIoU"])
+    assert m["oIoU"] == best["oIoU"] and m["mIoU"] == best["mIoU"]
+    assert m["selection"].startswith("selected on GT")
+    assert (run / "bootstrap" / "best.pt").is_file()
+    from sssc.stages import stage3_table
+
+    assert "ZSBootstrap *" in stage3_table(run) and "selected on GT" in stage3_table(run)
+    # The default never looks at GT.
+    assert load_config(None, ["recipe=official"]).train.selection == "last"

@@ -74,6 +74,8 @@ class ImageSet(torch.utils.data.Dataset):
         per_object: keep this many of each object's expressions per epoch, drawn from
             ``(seed, epoch, ann_id)`` (LAVT samples one sentence per object); 0 keeps all.
         seed: the draws' seed (see :meth:`set_epoch`).
+        text_field: which REFER text the model reads: ``"raw"`` (as typed, LAVT's choice) or
+            ``"sent"`` (REFER's cleaned, lower-cased text).
     """
 
     def __init__(
@@ -87,12 +89,15 @@ class ImageSet(torch.utils.data.Dataset):
         cache: bool = False,
         per_object: int = 0,
         seed: int = 0,
+        text_field: str = "raw",
     ):
         if targets not in (None, "s1", "s2"):
             raise ValueError(f"targets must be None, 's1' or 's2', got {targets!r}")
         if targets is not None and s1 is None or targets == "s2" and s2 is None:
             raise ValueError(f"targets={targets!r} needs the S1 store (and S2 for 's2')")
-        self.refer, self.split, self.size = refer, split, size
+        if text_field not in ("raw", "sent"):
+            raise ValueError(f"text_field must be 'raw' or 'sent', got {text_field!r}")
+        self.refer, self.split, self.size, self.text_field = refer, split, size, text_field
         self.targets, self.s1, self.s2 = targets, s1, s2
         self.cache: dict[int, dict] | None = {} if cache else None
         self.per_object, self.seed, self.epoch = per_object, seed, 0
@@ -136,7 +141,7 @@ class ImageSet(torch.utils.data.Dataset):
         item: dict = {
             "image_id": image_id,
             "image": _resize_image(self.refer.load_image(image_id), self.size),
-            "sents": [s.sent for r in refs for s in r.sentences],
+            "sents": [getattr(s, self.text_field) for r in refs for s in r.sentences],
             "sent_ids": [s.sent_id for r in refs for s in r.sentences],
             "ann_ids": [r.ann_id for r in refs for _ in r.sentences],
         }

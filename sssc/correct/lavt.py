@@ -61,6 +61,7 @@ __all__ = [
     "create_model",
     "load_model_config",
     "param_groups",
+    "set_drop_path",
     "swin_official_to_hf",
 ]
 
@@ -424,6 +425,35 @@ class LAVT(nn.Module):
         # pixels it saw (the same as LAVT's plain upsampling when H, W are patch multiples).
         logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=True)
         return logits[:, :, :height, :width]
+
+
+def set_drop_path(model: LAVT, branches: str = "both") -> LAVT:
+    """Which residual branches of each Swin block stochastic depth drops.
+
+    The official Swin (and LAVT's copy of it) applies ``DropPath`` to both the attention and the
+    MLP branch of every block; transformers' ``SwinLayer`` applies it to the attention branch
+    only. ``"both"`` adds the MLP branch's (a ``DropPath`` after ``output.dropout``, which feeds
+    the residual sum directly; no parameters, so state dicts are unchanged); ``"attention"``
+    keeps transformers' behaviour. Idempotent.
+
+    Args:
+        model: the model (changed in place).
+        branches: ``"both"`` | ``"attention"`` (``train.drop_path``).
+
+    Returns:
+        The model.
+    """
+    if branches not in ("both", "attention"):
+        raise ValueError(f"drop_path branches must be 'both' or 'attention', got {branches!r}")
+    for stage in model.swin.encoder.layers:
+        for block in stage.blocks:
+            out = block.output
+            base = out.dropout[0] if isinstance(out.dropout, nn.Sequential) else out.dropout
+            if branches == "both" and not isinstance(block.drop_path, nn.Identity):
+                out.dropout = nn.Sequential(base, type(block.drop_path)(block.drop_path.drop_prob))
+            else:
+                out.dropout = base
+    return model
 
 
 def param_groups(

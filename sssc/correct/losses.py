@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -54,17 +55,28 @@ def weighted_ce(logits: torch.Tensor, target: torch.Tensor, class_weights) -> to
 
 
 def weighted_ce_sums(
-    logits: torch.Tensor, target: torch.Tensor, class_weights
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    class_weights,
+    sample_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The numerator ``sum(w[y] * nll)`` and denominator ``sum(w[y])`` of :func:`weighted_ce`.
 
     Data-parallel training adds the denominators of all ranks, so that the loss is the one of the
     global batch whatever the number of ranks.
+
+    Args:
+        sample_weight: optional ``[B]`` factor on each expression's numerator only (the official
+            matching rule counts some expressions' cross-entropy twice; see
+            :func:`match_targets`). The denominator counts every pixel once.
     """
     w = torch.as_tensor(class_weights, dtype=torch.float32, device=logits.device)
     nll = F.cross_entropy(logits.float(), target, reduction="none", ignore_index=IGNORE)
     wy = w[target.clamp_max(1)].masked_fill(target == IGNORE, 0.0)
-    return (wy * nll).sum(), wy.sum().detach()
+    num = wy * nll
+    if sample_weight is not None:
+        num = num * sample_weight.to(num.dtype)[:, None, None]
+    return num.sum(), wy.sum().detach()
 
 
 @dataclass
@@ -77,12 +89,15 @@ class MatchResult:
         unmatched: ``[B]`` bool, expressions whose object had eligible candidates but was left
             without one by the matching (fewer free candidates than objects).
         no_candidate: ``[B]`` bool, expressions whose object had no eligible candidate at all.
+        weight: ``[B]`` float32 times each expression's cross-entropy counts (1; 2 where the
+            official rule counts it twice, 0 where ``match`` is ``-1``).
     """
 
     match: torch.Tensor
     target: torch.Tensor
     unmatched: torch.Tensor
     no_candidate: torch.Tensor
+    weight: torch.Tensor
 
 
 @torch.no_grad()
@@ -96,6 +111,8 @@ def match_targets(
     unmatched: str = "ignore",
     match_size: int = 0,
     generator: torch.Generator | None = None,
+    single_candidate: str = "compete",
+    ties: str = "sssc",
 ) -> MatchResult:
     """Algorithm 1 of S+S+C on a batch: each object's candidate by constrained greedy matching.
 
@@ -106,19 +123,39 @@ def match_targets(
         eligible: ``[B, C]`` bool, the candidates each expression's object may take (S1).
         ref_object: ``[B]`` int64 object id (``ann_id``) of each expression.
         ref_group: ``[B]`` int64 image index of each expression.
-        unmatched: ``"ignore"`` (no loss for an object the matching left without a candidate) or
-            ``"random"`` (a random eligible candidate, already taken by another object, as the
-            paper's code did).
+        unmatched: an object the matching left without a candidate: ``"ignore"`` (no loss; in
+            effect the official code's, which draws a random candidate for it but adds no
+            cross-entropy) or ``"random"`` (sssc's option: cross-entropy against a random
+            eligible candidate, already taken by another object).
         match_size: compute the soft IoU at ``match_size x match_size`` (area-averaged
             probabilities, nearest-neighbour masks) when smaller than ``H``; 0 keeps ``H x W``.
             It only picks the match: the loss is always at full resolution.
         generator: the random draws of ``unmatched="random"``.
+        single_candidate: an object with exactly one eligible candidate. ``"compete"`` (sssc):
+            it takes part in the greedy like any other and may lose its candidate. ``"always"``
+            (the official loss, ``greedy_match_and_cross_entropy``): it keeps its candidate
+            whatever the greedy does, its candidate is never excluded for it, and in an image with
+            any multi-candidate object it is also popped by the greedy, so its cross-entropy
+            counts twice (``weight`` 2). Its pop excludes the candidate for the objects not yet
+            matched.
+        ties: ``"sssc"``: equal object scores go to the smallest object id, then the smallest
+            candidate index (:func:`sssc.kernels.greedy_match`). ``"official"``: the official
+            loss's scan order: per image, the expressions of its first unmatched expression's
+            object, then the others in batch order, taking the first maximum (``torch.argmax``).
+            Anything but ``single_candidate="compete", ties="sssc"`` runs the official matcher,
+            a Python loop on the host (slow; for ``recipe: official``).
 
     Returns:
         A :class:`MatchResult`.
     """
     if unmatched not in ("ignore", "random"):
         raise ValueError(f"unmatched must be 'ignore' or 'random', got {unmatched!r}")
+    if single_candidate not in ("compete", "always"):
+        raise ValueError(
+            f"single_candidate must be 'compete' or 'always', got {single_candidate!r}"
+        )
+    if ties not in ("sssc", "official"):
+        raise ValueError(f"ties must be 'sssc' or 'official', got {ties!r}")
     B, _, H, W = logits.shape
     C = candidates.shape[0]
     prob = logits.detach().float().softmax(1)[:, 1]
@@ -131,7 +168,11 @@ def match_targets(
         prob = prob.to(torch.bfloat16)
     iou = pairwise_soft_iou(prob, cand, ref_group, cand_group)
     iou = iou.masked_fill(~eligible, float("-inf"))
-    match = greedy_match(iou, ref_object, ref_group, cand_group)
+    if single_candidate == "compete" and ties == "sssc":
+        match = greedy_match(iou, ref_object, ref_group, cand_group)
+        weight = (match >= 0).float()
+    else:
+        match, weight = _official_match(iou, eligible, ref_object, ref_group, single_candidate)
     has_any = eligible.any(1)
     left = (match < 0) & has_any
     if unmatched == "random" and C > 0:
@@ -140,13 +181,67 @@ def match_targets(
         # One draw per object: the object's first expression's draw, spread to all of them.
         first = _first_of_object(ref_object)
         match = torch.where(left, pick[first], match)
+        weight = torch.where(left, 1.0, weight)
     idx = match.clamp_min(0)
     if C > 0:
         target = candidates.index_select(0, idx).to(torch.int64)
     else:
         target = torch.zeros(B, H, W, dtype=torch.int64, device=logits.device)
     target = target.masked_fill((match < 0)[:, None, None], IGNORE)
-    return MatchResult(match, target, left, ~has_any)
+    return MatchResult(match, target, left, ~has_any, weight)
+
+
+def _official_match(
+    iou: torch.Tensor,
+    eligible: torch.Tensor,
+    ref_object: torch.Tensor,
+    ref_group: torch.Tensor,
+    single_candidate: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official loss's matching, on the host: ``(match [B], weight [B])``.
+
+    Read from ``greedy_match_and_cross_entropy`` (S+S+C, ``ssc_ris/correct/loss.py``): rows are
+    expressions; a popped object's rows all become ``-inf`` and its candidate becomes ``-inf``
+    for the rows of objects not yet assigned; the argmax takes the first maximum in the scan
+    order (the image's first unassigned row's object first, then the rest in batch order).
+    """
+    # Host sync: the official rule is a Python loop over the batch.
+    pref = iou.detach().double().cpu().numpy().copy()
+    elig = eligible.cpu().numpy()
+    obj = ref_object.cpu().numpy()
+    grp = ref_group.cpu().numpy()
+    b = pref.shape[0]
+    match = np.full(b, -1, np.int64)
+    weight = np.zeros(b, np.float32)
+    single = elig.sum(1) == 1
+    assigned = np.zeros(b, bool)
+    if single_candidate == "always":
+        for r in np.flatnonzero(single):
+            match[r], weight[r], assigned[r] = int(np.flatnonzero(elig[r])[0]), 1.0, True
+    for r0 in range(b):
+        if assigned[r0] or not elig[r0].any():
+            continue
+        rows = np.flatnonzero(grp == grp[r0])
+        order = np.concatenate([rows[obj[rows] == obj[r0]], rows[obj[rows] != obj[r0]]])
+        while True:
+            best = pref[order].max(1)
+            k = int(np.argmax(best))
+            if best[k] == -np.inf:  # every remaining pair is excluded
+                break
+            r = order[k]
+            c = int(np.argmax(pref[r]))
+            same = order[obj[order] == obj[r]]
+            for q in same:
+                match[q] = c
+                weight[q] += 1.0
+                assigned[q] = True
+                pref[q, :] = -np.inf
+            # Blacklist the candidate for the rows not assigned yet (single-candidate rows under
+            # "always" are assigned from the start, so they keep theirs).
+            others = order[(obj[order] != obj[r]) & ~assigned[order]]
+            pref[others, c] = -np.inf
+    dev = iou.device
+    return torch.from_numpy(match).to(dev), torch.from_numpy(weight).to(dev)
 
 
 def _first_of_object(ref_object: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,12 @@ Phases (each writes ``<run>/<phase>/``):
 * ``plus_epochs``: from the final ``bootstrap`` model, cross-entropy on S2 for as many epochs as
   ``correct`` (the paper's "+epochs" baseline, Table 4): the same compute without correction.
 
-Each phase has its own AdamW and poly schedule over its own steps. The model kept is the last
-epoch's: model selection never looks at GT masks (the setting is weakly supervised).
+Each phase has its own AdamW (LAVT's parameter groups: no decay on norms and relative position
+tables, BERT's embeddings and last layers frozen) and poly schedule over its own steps. The model
+kept is the last epoch's (``train.selection: last``): model selection never looks at GT masks,
+as the setting is weakly supervised. ``train.selection: best_gt`` keeps the official code's
+choice instead, the epoch with the best val oIoU against GT (``best.pt``; the next phase starts
+from it), and every report of it says "selected on GT".
 
 Output: ``checkpoint.pt`` (atomic: a temporary file, then ``os.replace``; every epoch, every
 ``train.checkpoint_every`` steps, and at the end), ``log.jsonl`` (a line per step and per
@@ -58,7 +62,7 @@ from .trainutil import (
     truncate_log,
 )
 
-__all__ = ["PHASES", "TrainError", "evaluate_model", "train_phase"]
+__all__ = ["PHASES", "TrainError", "build_optimizer", "evaluate_model", "train_phase"]
 
 # phase -> (targets, initial weights from, epochs setting)
 PHASES = {
@@ -88,7 +92,7 @@ def train_phase(
     Returns:
         The ``metrics.json`` object.
     """
-    from .lavt import build_tokenizer, create_model
+    from .lavt import build_tokenizer, create_model, set_drop_path
 
     t, run_dir = cfg.train, Path(run_dir)
     targets, init, epochs_key = PHASES[phase]
@@ -112,6 +116,7 @@ def train_phase(
     model = create_model(
         t.model, swin_weights=t.swin_weights or None, bert_weights=t.bert_weights or None
     )
+    set_drop_path(model, t.drop_path)
     if init:
         init_ckpt = run_dir / init / "checkpoint.pt"
         state = load_checkpoint(init_ckpt)
@@ -119,6 +124,8 @@ def train_phase(
             raise TrainError(
                 f"{init_ckpt}: no finished {init} model; run `sssc-train --stage {init}` first"
             )
+        if t.selection == "best_gt":  # the official code continues from the best epoch on GT
+            state = load_checkpoint(run_dir / init / "best.pt") or state
         model.load_state_dict(state["model"])
     words = sorted({w for r in refer.refs.values() for s in r.sentences for w in s.tokens})
     tokenize = build_tokenizer(model.config, vocab_words=words, bert_path=t.bert_weights or None)
@@ -137,11 +144,12 @@ def train_phase(
             cfg.data.batch_expressions,
             shuffle=True,
             seed=cfg.seed * 100003 + e,
+            per_object=t.sentences_per_object,
         )
         for e in range(epochs)
     ]
     total = max(1, sum(len(p) for p in plans))
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    opt = build_optimizer(model, t)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: max(0.0, 1.0 - s / total) ** t.poly_power
     )
@@ -172,6 +180,7 @@ def train_phase(
         t.cache_data,
         t.sentences_per_object,
         cfg.seed,
+        cfg.data.text_field,
     )
     weights = torch.tensor(t.class_weights, device=device)
     tb = tensorboard(out) if rank == 0 else None
@@ -181,6 +190,8 @@ def train_phase(
     if counts_resumed is not None and rank == 0:
         counts += counts_resumed.to(device)
     last: dict | None = None  # rank 0's latest evaluation ({} on the other ranks)
+    best_path = out / "best.pt"
+    best = state.get("best") if state is not None and state["phase"] == phase else None
 
     def evaluate() -> dict:  # reads epoch/gstep at call time
         return _eval_and_log(
@@ -214,6 +225,7 @@ def train_phase(
                     "scheduler": sched.state_dict(),
                     "rng": get_rng(gen),
                     "counts": counts.cpu(),
+                    "best": best,
                     # what `sssc predict` needs to rebuild the model and its tokenizer
                     "model_name": t.model,
                     "image_size": t.image_size,
@@ -236,6 +248,8 @@ def train_phase(
             collate_fn=partial(collate, tokenize=tokenize),
         )
         net.train()
+        if not t.bert_dropout:  # LAVT's BERT stays in eval mode: no dropout in the text encoder
+            model.bert.eval()
         bar = progress_bar(len(plans[epoch]), step, f"{phase} {epoch + 1}/{epochs}", rank)
         for batch in loader:
             t0 = time.perf_counter()
@@ -243,7 +257,7 @@ def train_phase(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = net(batch["images"], batch["input_ids"], batch["attention_mask"])
             if targets == "s2":
-                target = batch["target"]
+                target, sample_weight = batch["target"], None
             else:
                 m = match_targets(
                     logits,
@@ -255,11 +269,13 @@ def train_phase(
                     t.unmatched,
                     t.match_size,
                     gen,
+                    t.single_candidate,
+                    t.match_ties,
                 )
-                target = m.target
+                target, sample_weight = m.target, m.weight
                 counts[1:] += torch.stack([m.unmatched.sum(), m.no_candidate.sum()])
             counts[0] += target.shape[0]
-            num, den = weighted_ce_sums(logits, target, weights)
+            num, den = weighted_ce_sums(logits, target, weights, sample_weight)
             sums = torch.stack([num.detach(), den])
             if world > 1:
                 dist.all_reduce(sums)  # the global batch's loss and weight
@@ -302,22 +318,35 @@ def train_phase(
         if bar is not None:
             bar.close()
         epoch, step = epoch + 1, 0
-        if epoch % t.eval_every == 0 or epoch == epochs:
+        # best_gt: the official code scores every epoch on val to keep the best one.
+        if epoch % t.eval_every == 0 or epoch == epochs or t.selection == "best_gt":
             last = evaluate()
+            if (
+                t.selection == "best_gt"
+                and rank == 0
+                and (best is None or last["oIoU"] > best["oIoU"])
+            ):
+                best = {"epoch": epoch, **last}
+                save_checkpoint(best_path, {"model": model.state_dict(), "metrics": best})
         save()
     if last is None:  # e.g. resumed after the last epoch's checkpoint: every rank takes part
         last = evaluate()
     total_counts = _global(counts, world)
     if rank == 0:
         n, unmatched, nocand = (int(c) for c in total_counts)
+        if t.selection == "best_gt" and best is not None:
+            kept = {k: v for k, v in best.items() if k != "epoch"}
+            selection = f"selected on GT: epoch {best['epoch']} of {epochs}, best val oIoU"
+        else:
+            kept, selection = last, "last epoch (no GT)"
         metrics = {
             "stage": phase,
             "what": _WHAT[phase],
-            **last,
+            **kept,
             "producer": producer,
             "model": t.model,
             "epochs": epochs,
-            "selection": "last epoch (no GT)",
+            "selection": selection,
             "unmatched": {
                 "policy": t.unmatched,
                 "expressions_seen": n,
@@ -334,6 +363,16 @@ def train_phase(
         dist.barrier()
     cleanup_dist(own_pg)
     return json.loads((out / "metrics.json").read_text())
+
+
+def build_optimizer(model, t: Any) -> torch.optim.AdamW:
+    """AdamW over LAVT's parameter groups (:func:`sssc.correct.lavt.param_groups`), as every
+    phase trains: no weight decay on norms and relative position tables, and only BERT's first
+    ``train.bert_train_layers`` encoder layers (``-1``: all of BERT) in the optimizer."""
+    from .lavt import param_groups
+
+    bert_layers = None if t.bert_train_layers < 0 else t.bert_train_layers
+    return torch.optim.AdamW(param_groups(model, t.weight_decay, bert_layers), lr=t.lr)
 
 
 _WHAT = {
@@ -392,7 +431,7 @@ def evaluate_model(
     split = split or cfg.data.eval_split
     was_training = model.training
     model.eval()
-    dataset = ImageSet(refer, split, cfg.train.image_size)
+    dataset = ImageSet(refer, split, cfg.train.image_size, text_field=cfg.data.text_field)
     packs = pack_images(refer, split, cfg.data.batch_expressions)
     where = {i: k for k, p in enumerate(packs) for i in p}
     sent_image = {s.sent_id: r.image_id for r in refer.split_refs(split) for s in r.sentences}

@@ -470,7 +470,12 @@ def _polygons(segm: list, where: str) -> list[np.ndarray]:
 
 
 def pack_images(
-    refer: Refer, split: str, budget: int = 60, shuffle: bool = False, seed: int = 0
+    refer: Refer,
+    split: str,
+    budget: int = 60,
+    shuffle: bool = False,
+    seed: int = 0,
+    per_object: int = 0,
 ) -> list[list[int]]:
     """Pack whole images into batches of at most ``budget`` expressions.
 
@@ -485,12 +490,16 @@ def pack_images(
         budget: the most expressions per batch (the paper uses 60).
         shuffle: draw the image order from ``seed`` instead of ascending ids.
         seed: the permutation's seed.
+        per_object: the expressions of each object a batch will actually hold (training keeps
+            ``train.sentences_per_object`` of them per epoch); 0 counts them all.
 
     Returns:
         Image ids per batch.
     """
     if budget < 1:
         raise ValueError(f"pack_images: budget must be at least 1, got {budget}")
+    if per_object < 0:
+        raise ValueError(f"pack_images: per_object must be >= 0, got {per_object}")
     ids = refer.split_image_ids(split)
     if shuffle:
         order = np.random.default_rng(seed).permutation(len(ids))
@@ -499,7 +508,10 @@ def pack_images(
     cur: list[int] = []
     used = 0
     for image_id in ids:
-        n = sum(len(r.sentences) for r in refer.image_refs(image_id, split))
+        n = sum(
+            min(len(r.sentences), per_object) if per_object > 0 else len(r.sentences)
+            for r in refer.image_refs(image_id, split)
+        )
         if cur and used + n > budget:
             batches.append(cur)
             cur, used = [], 0

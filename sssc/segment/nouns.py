@@ -1,9 +1,9 @@
 """Stage 1, step 1: the noun an expression refers to.
 
 The paper parses each expression with spaCy and keeps the *subject or root noun* ("the man on the
-left" -> "man"). A fragment such as "left guy" is often parsed with a verb or adjective at the root;
-parsing "the left guy" instead usually fixes that, so the parse is retried with "the " prefixed.
-When neither parse yields a subject or root noun, every noun of the expression is kept.
+left" -> "man"). Two rules are available (:func:`extract_nouns`, ``segment.models.noun_rule``):
+``official``, the published code's (always parse ``"the " + sentence`` unless it starts with
+"the", keep every ROOT/nsubj noun), and ``sssc``'s (the bare sentence first, one head noun).
 
 Two extractors share that interface, ``extractor(sentence) -> list[str]``:
 
@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
+    "NOUN_RULES",
     "NounError",
     "RuleNounExtractor",
     "SpacyNounExtractor",
@@ -68,16 +69,39 @@ def all_nouns(doc: Any) -> list[str]:
     return list(dict.fromkeys(t.text.lower() for t in doc if _is_noun(t)))
 
 
-def extract_nouns(parse, sentence: str) -> list[str]:
-    """The paper's rule: head noun; else head noun of ``"the " + sentence``; else all nouns.
+NOUN_RULES = ("official", "sssc")
+
+
+def extract_nouns(parse, sentence: str, rule: str = "official") -> list[str]:
+    """The nouns that Stage 1 queries for an expression.
+
+    ``rule="official"`` (the S+S+C code, ``get_nouns_and_noun_phrases_spacy``): parse the
+    sentence; unless its first token is exactly ``"the"``, parse ``"the " + sentence`` instead.
+    Keep *every* NOUN or PROPN token whose dependency is ROOT or nsubj, as written (so "teddy
+    bear" gives both words); if there is none, every NOUN (not PROPN). The official script's last
+    fallback, an NLTK noun-phrase chunker, is not reproduced: an expression without a spaCy noun
+    gives ``[]`` (and its object is queried as "object", as the official query does).
+
+    ``rule="sssc"``: the head noun (the subject, else the root noun, lower-cased) of the bare
+    sentence; else of ``"the " + sentence``; else every noun of either parse, without repeats.
+    It keeps "pizza" for "kid eating pizza" where the official rule finds "kid".
 
     Args:
         parse: ``str -> Doc`` (a spaCy pipeline).
         sentence: the referring expression.
+        rule: ``"official"`` | ``"sssc"`` (``segment.models.noun_rule``).
 
     Returns:
         The nouns (possibly ``[]`` when the expression has none at all).
     """
+    if rule == "official":
+        doc = parse(sentence)
+        if len(doc) == 0 or doc[0].text != "the":
+            doc = parse("the " + sentence)
+        subjects = [t.text for t in doc if _is_noun(t) and t.dep_ in ("ROOT", "nsubj")]
+        return subjects or [t.text for t in doc if t.pos_ == "NOUN"]
+    if rule != "sssc":
+        raise ValueError(f"extract_nouns: rule must be one of {NOUN_RULES}, got {rule!r}")
     doc = parse(sentence)
     nouns = head_nouns(doc)
     if nouns:
@@ -105,7 +129,8 @@ class SpacyNounExtractor:
         NounError: spaCy or the model is not installed; the message gives the install command.
     """
 
-    def __init__(self, model: str = "en_core_web_md"):
+    def __init__(self, model: str = "en_core_web_md", rule: str = "official"):
+        self.rule = rule
         try:
             import spacy
         except ImportError as e:
@@ -125,7 +150,7 @@ class SpacyNounExtractor:
         self.name = model
 
     def __call__(self, sentence: str) -> list[str]:
-        return extract_nouns(self.nlp, sentence)
+        return extract_nouns(self.nlp, sentence, self.rule)
 
 
 class RuleNounExtractor:
@@ -160,10 +185,13 @@ class RuleNounExtractor:
         return words[-1:]
 
 
-def make_noun_extractor(kind: str, spacy_model: str, class_names: Iterable[str]):
-    """``segment.models.nouns``: ``spacy`` (the paper) or ``rules`` (model-free)."""
+def make_noun_extractor(
+    kind: str, spacy_model: str, class_names: Iterable[str], rule: str = "official"
+):
+    """``segment.models.nouns``: ``spacy`` (the paper; ``rule`` is ``segment.models.noun_rule``)
+    or ``rules`` (model-free)."""
     if kind == "rules":
         return RuleNounExtractor(class_names)
     if kind == "spacy":
-        return SpacyNounExtractor(spacy_model)
+        return SpacyNounExtractor(spacy_model, rule)
     raise NounError(f"segment.models.nouns must be 'spacy' or 'rules', got {kind!r}")

@@ -55,7 +55,7 @@ def segment_producer(m: Any, class_names: list[str], data: dict) -> dict:
     return {
         "name": "models",
         "stage": "segment",
-        "nouns": m.nouns if m.nouns == "rules" else f"spacy:{m.spacy_model}",
+        "nouns": m.nouns if m.nouns == "rules" else f"spacy:{m.spacy_model}:{m.noun_rule}",
         "clip": f"{m.clip_model}:{_file_id(m.clip_weights)}",
         "detector": f"groundingdino:{_file_id(m.gdino_config) or 'SwinT_OGC'}:"
         f"{_file_id(m.gdino_weights)}",
@@ -100,7 +100,7 @@ class ModelsSegmenter:
         self.refer, self.splits = refer, tuple(splits)
         self.class_names = list(class_names)
         self.producer = segment_producer(m, self.class_names, data or {})
-        self.nouns = make_noun_extractor(m.nouns, m.spacy_model, self.class_names)
+        self.nouns = make_noun_extractor(m.nouns, m.spacy_model, self.class_names, m.noun_rule)
         clip = load_clip(m.clip_model, m.clip_weights, device, "segment.models")
         self.project = ClassProjector(clip, self.class_names)
         self.detector = GroundingDinoDetector(

@@ -33,6 +33,8 @@ def select_producer(m: Any, s1_producer: dict) -> dict:
         "prompt": m.prompt,
         "sigma": float(m.sigma),
         "min_area": int(m.min_area),
+        "small_masks": m.small_masks,
+        "channel_order": m.channel_order,
         "score": m.score,
         "segment": s1_producer,
     }
@@ -71,6 +73,7 @@ class ModelsSelector:
             m.prompt,
             m.batch_size,
             m.amp,
+            m.channel_order,
         )
         self.sentences: dict[int, list[tuple[int, str]]] = collections.defaultdict(list)
         for s in dict.fromkeys(splits):
@@ -121,6 +124,7 @@ class ModelsSelector:
             self.m.min_area,
             self.m.score,
             self.counts,
+            self.m.small_masks,
         )
         self.counts["images"] += 1
         return s2_record(image_id, objs)

@@ -13,11 +13,16 @@ segment-anything, every piece of work is done once and in bulk:
 * results come out image by image, in order, so the stage writes them shard by shard and memory
   stays bounded by one batch plus the DataLoader's prefetch, whatever the dataset size.
 
-Selection follows the paper's code, each part configurable: candidates under ``min_area`` pixels
-are skipped (when all of an object's candidates are that small the largest-scoring one is kept and
-counted), a candidate's score is the mean (or max) cosine similarity over the object's expressions,
-and the choice is the argmax. ``prompt="red_ellipse"`` draws a red ellipse around the candidate's
-box instead (the paper's ablation).
+Selection (:func:`select_objects`): a candidate's score is the mean (or max) cosine similarity
+over the object's expressions, and the choice is the best score. Small candidates follow
+``select.models.small_masks``: ``official`` (the published ``vp_and_max_sim_clip_choice``) takes
+an object's only candidate whatever its size, otherwise skips candidates under ``min_area`` pixels,
+gives ties to the last candidate (``>=``), and leaves the object without a mask when every
+candidate is small; ``sssc`` keeps the best small candidate in that case (counted) and gives ties
+to the first. ``prompt="red_ellipse"`` draws a red ellipse around the candidate's box instead (the
+paper's ablation). ``channel_order="bgr"`` feeds CLIP the image with its channels swapped, as the
+official code did (it flips the PIL image to OpenCV's BGR and hands that array back to PIL as
+RGB); ``"rgb"`` is correct.
 """
 
 from __future__ import annotations
@@ -176,6 +181,7 @@ def select_objects(
     min_area: int = 500,
     score: str = "mean",
     counts: collections.Counter | None = None,
+    small_masks: str = "official",
 ) -> list[tuple[int, int | None, list[int], list[float]]]:
     """The paper's choice per object, as ``(ann_id, chosen, candidate ids, scores)``.
 
@@ -184,10 +190,13 @@ def select_objects(
         cand_ids: the ids of the rows of ``cand_emb``; ``areas`` their pixel counts.
         cand_emb: float ``[C, D]`` normalized image embeddings.
         text_emb: ann_id -> float ``[R, D]`` normalized embeddings of its expressions.
-        min_area: candidates smaller than this are not chosen (unless all are).
+        min_area: candidates smaller than this are not chosen (see ``small_masks``).
         score: ``mean`` or ``max`` cosine over the object's expressions.
         counts: incremented with ``no_eligible``, ``all_below_min_area``, ``no_expression``.
+        small_masks: ``official`` or ``sssc`` (see the module docstring).
     """
+    if small_masks not in ("official", "sssc"):
+        raise ValueError(f"small_masks must be 'official' or 'sssc', got {small_masks!r}")
     counts = counts if counts is not None else collections.Counter()
     row = {c: i for i, c in enumerate(cand_ids)}
     out = []
@@ -205,12 +214,18 @@ def select_objects(
         sims = cand_emb[[row[c] for c in el]] @ t.T  # [E, R] cosine
         s = sims.mean(1) if score == "mean" else sims.max(1).values
         big = torch.tensor([areas[row[c]] >= min_area for c in el], device=s.device)
-        if big.any():
-            k = int(torch.where(big, s, torch.tensor(-torch.inf, device=s.device)).argmax())
+        if small_masks == "official" and len(el) == 1:
+            k: int | None = 0  # the official code returns a lone candidate unscored
+        elif big.any():
+            masked = torch.where(big, s, torch.tensor(-torch.inf, device=s.device))
+            if small_masks == "official":  # `similarity >= best`: the last of equal maxima
+                k = int(len(el) - 1 - torch.flip(masked, (0,)).argmax())
+            else:
+                k = int(masked.argmax())
         else:
             counts["all_below_min_area"] += 1
-            k = int(s.argmax())
-        out.append((ann_id, el[k], el, s.tolist()))
+            k = None if small_masks == "official" else int(s.argmax())
+        out.append((ann_id, None if k is None else el[k], el, s.tolist()))
     return out
 
 
@@ -223,6 +238,7 @@ class StreamingScorer:
         prompt: ``reverse_blur`` or ``red_ellipse``.
         batch_size: prompts per encoder forward.
         amp: ``bf16`` | ``fp16`` | ``none``; autocast on CUDA only.
+        channel_order: ``rgb`` | ``bgr`` (the official code's swapped channels).
     """
 
     def __init__(
@@ -232,9 +248,13 @@ class StreamingScorer:
         prompt: str = "reverse_blur",
         batch_size: int = 256,
         amp: str = "bf16",
+        channel_order: str = "rgb",
     ):
         if prompt not in ("reverse_blur", "red_ellipse"):
             raise ValueError(f"prompt must be reverse_blur or red_ellipse, got {prompt!r}")
+        if channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"channel_order must be rgb or bgr, got {channel_order!r}")
+        self.channel_order = channel_order
         self.clip, self.sigma, self.prompt = clip, float(sigma), prompt
         self.batch_size, self.amp = int(batch_size), amp
         self._text: dict[int, torch.Tensor] = {}
@@ -255,6 +275,10 @@ class StreamingScorer:
     def prompts(self, image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """All prompts of one image on the device: ``[C, 3, S, S]`` float32."""
         c = self.clip
+        if self.channel_order == "bgr":
+            # Blur and resize act per channel, so swapping first equals swapping their output;
+            # the normalisation then uses RGB statistics on BGR data, as the official code did.
+            image = image.flip(0)
         if self.prompt == "red_ellipse":
             return red_ellipse(image, masks, c.image_size, c.mean, c.std)
         return reverse_blur(image, masks, self.sigma, c.image_size, "center", c.mean, c.std)
