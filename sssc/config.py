@@ -91,14 +91,20 @@ class SegmentModelsConfig:
     """Stage 1 with the paper's models (local weight paths)."""
 
     spacy_model: str = "en_core_web_md"
-    clip_model: str = "ViT-L-14-336"
+    clip_model: str = "ViT-B-32"  # class projection only (official: OpenAI CLIP ViT-B/32)
     clip_weights: str = ""
+    projection_prompt: str = "a photo of a {}"  # official; the paper's text: "a picture of {}"
+    query: str = "most_likely"  # most_likely (official: one class per object) | union
+    class_order: str = "sorted"  # sorted | set (official: Python set order, hash-dependent)
     gdino_config: str = ""
     gdino_weights: str = ""
     sam_type: str = "vit_h"
     sam_weights: str = ""
     box_threshold: float = 0.35
     text_threshold: float = 0.25
+    gdino_caption: str = "comma"  # comma (official ", ".join) | period ("a. b.")
+    gdino_labels: str = "exact"  # exact (official: the phrase must name a class) | best_phrase
+    gdino_retry: str = "official"  # official (re-ask all as "all Xs", replace) | sssc
     nouns: str = "spacy"  # spacy (the paper) | rules (model-free, for the synthetic dataset)
     noun_rule: str = "official"  # official (the published code's spaCy rule) | sssc
     gdino_text_encoder: str = ""  # local bert-base-uncased folder; "" = the Hugging Face cache
@@ -210,6 +216,7 @@ class RunConfig:
 # lists every one with its reason). ``recipe: official`` applies them all over the config file's
 # values; a --set override still wins.
 OFFICIAL_RECIPE: dict[str, Any] = {
+    "segment.models.class_order": "set",
     "select.models.channel_order": "bgr",
     "train.single_candidate": "always",
     "train.match_ties": "official",
@@ -221,6 +228,11 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "recipe": ("sssc", "official"),
     "data.text_field": ("raw", "sent"),
     "segment.models.noun_rule": ("official", "sssc"),
+    "segment.models.query": ("most_likely", "union"),
+    "segment.models.class_order": ("sorted", "set"),
+    "segment.models.gdino_caption": ("comma", "period"),
+    "segment.models.gdino_labels": ("exact", "best_phrase"),
+    "segment.models.gdino_retry": ("official", "sssc"),
     "select.models.small_masks": ("official", "sssc"),
     "select.models.channel_order": ("rgb", "bgr"),
     "train.single_candidate": ("compete", "always"),

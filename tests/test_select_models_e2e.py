@@ -191,3 +191,24 @@ def test_cli_models_backend_without_weights_exits_2(tmp_path, capsys, args, sett
     err = capsys.readouterr().err
     assert f"{setting} is empty" in err and "random" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_official_detector_rules_run_end_to_end(tmp_path):
+    """The official labelling (exact phrases) and retry with a random detector: most boxes name
+    no class; they stay in the pool with label "" and no object may take them."""
+    ov = _overrides(tmp_path) + [
+        "segment.models.gdino_labels=exact",
+        "segment.models.gdino_retry=official",
+        "segment.models.query=most_likely",
+        "data.synth.num_images=4",
+    ]
+    cfg = load_config(None, ov)
+    stages.run_stage("select", cfg, tmp_path / "run")
+    s1 = Store(tmp_path / "run" / "segment", kind="S1")
+    assert s1.producer["gdino_rules"] == ["comma", "exact", "official"]
+    for i in s1.image_ids():
+        rec = s1.get(i)
+        for c in rec.candidates:
+            assert c.label in ("", *cfg.data.class_names)
+        for o in rec.objects:
+            assert all(rec.candidate(e).label in cfg.data.class_names for e in o.eligible)

@@ -83,6 +83,11 @@ def models_overrides(folder: str | os.PathLike) -> list[str]:
         "segment.backend=models",
         "select.backend=models",
         "segment.models.nouns=rules",
+        # A random detector's phrases almost never name a class exactly; the plumbing tests
+        # want candidates, so they take sssc's labelling rules (tests/test_detector_rules.py
+        # checks the official ones on designed outputs).
+        "segment.models.gdino_labels=best_phrase",
+        "segment.models.gdino_retry=sssc",
         f"segment.models.clip_model={clip}",
         "segment.models.clip_weights=random",
         f"segment.models.gdino_config={config}",

@@ -1,11 +1,22 @@
 """Stage 1, step 3: boxes of the referred classes with GroundingDINO (groundingdino-py).
 
-One detector call per image, with the union of the image's projected classes as the caption
-(``"circle. square."``). Images are never batched together: GroundingDINO pads a batch to its
-largest image and its outputs change with the padding, so batching would make a label depend on
-which other images shared its batch. The paper's settings: box threshold 0.35 (on the best token
-logit of a query), text threshold 0.25 (a token counts for a phrase above it), and a second call
-with ``"all [CLS]s"`` for the classes that got no box.
+One detector call per image with the image's query classes as the caption. Images are never
+batched together: GroundingDINO pads a batch to its largest image and its outputs change with the
+padding, so batching would make a label depend on which other images shared its batch. The paper's
+thresholds: box 0.35 (on a query's best token probability), text 0.25 (a token counts for a phrase
+above it). Three rules are settings (``segment.models.gdino_*``), official by default:
+
+* ``caption``: ``comma``, the official ``Model.predict_with_classes``'s ``", ".join(classes)``
+  (GroundingDINO then lower-cases it and ends it with "."), or ``period`` (``"circle. square."``,
+  GroundingDINO's training format);
+* ``labels``: ``exact``, the official rule: a box's phrase is the text of its tokens above the text
+  threshold (``get_phrases_from_posmap``, "." removed), and its class is the class of exactly that
+  name, else none (the box then belongs to no object); or ``best_phrase``: the class whose tokens
+  hold the box's highest probability above the text threshold;
+* ``retry``: ``official``: when any box got no class, ask again for every class as ``"all
+  {name}s"`` and keep that second answer only (no retry when nothing was detected); or ``sssc``:
+  ask again as ``"all [CLS]s"`` (a proper plural) only for the classes without a box, and add the
+  boxes found.
 """
 
 from __future__ import annotations
@@ -31,7 +42,8 @@ class Detections:
     Attributes:
         boxes: float ``[N, 4]`` ``x0, y0, x1, y1`` in input pixels.
         scores: float ``[N]``, the query's best token probability.
-        labels: int ``[N]``, index into the classes asked for.
+        labels: int ``[N]``, index into the classes asked for; ``-1``: the box's phrase named no
+            class (``labels="exact"``).
         retried: whether the "all [CLS]s" retry ran.
     """
 
@@ -44,15 +56,30 @@ class Detections:
         return len(self.boxes)
 
 
-def caption_spans(phrases: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
-    """The caption ``"p0. p1."`` (GroundingDINO's format) and each phrase's character span."""
+CAPTIONS = ("comma", "period")
+LABELS = ("exact", "best_phrase")
+RETRIES = ("official", "sssc")
+
+
+def caption_spans(
+    phrases: Sequence[str], style: str = "period"
+) -> tuple[str, list[tuple[int, int]]]:
+    """The caption and each phrase's character span in it.
+
+    ``style="period"``: ``"p0. p1."`` (GroundingDINO's training format). ``style="comma"``: the
+    official ``", ".join(phrases)``, lower-cased and ended with "." as GroundingDINO's ``predict``
+    does (``"p0, p1."``).
+    """
+    if style not in CAPTIONS:
+        raise ValueError(f"caption style must be one of {CAPTIONS}, got {style!r}")
+    sep = ". " if style == "period" else ", "
     parts, spans, pos = [], [], 0
     for p in phrases:
         p = p.lower().strip()
         spans.append((pos, pos + len(p)))
-        parts.append(p + ".")
-        pos += len(p) + 2  # ". "
-    return " ".join(parts), spans
+        parts.append(p)
+        pos += len(p) + len(sep)
+    return sep.join(parts) + ".", spans
 
 
 def _plural(name: str) -> str:
@@ -71,6 +98,7 @@ class GroundingDinoDetector:
         size, max_size: the input resize (short side, cap on the long side; paper 800, 1333).
         device: where to run.
         amp: ``bf16`` | ``fp16`` | ``none``, autocast on CUDA only.
+        caption, labels, retry: the rules of the module docstring (official by default).
 
     Raises:
         WeightsError: a weights/config/text-encoder path is missing (before anything is built).
@@ -87,7 +115,20 @@ class GroundingDinoDetector:
         max_size: int = 1333,
         device: str | torch.device = "cpu",
         amp: str = "bf16",
+        caption: str = "comma",
+        labels: str = "exact",
+        retry: str = "official",
     ):
+        for name, value, choices in (
+            ("caption", caption, CAPTIONS),
+            ("labels", labels, LABELS),
+            ("retry", retry, RETRIES),
+        ):
+            if value not in choices:
+                raise ValueError(
+                    f"segment.models.gdino_{name} must be one of {choices}, got {value!r}"
+                )
+        self.caption, self.labels, self.retry = caption, labels, retry
         check_weights(
             "segment.models",
             {"gdino_config": config, "gdino_weights": weights, "gdino_text_encoder": text_encoder},
@@ -140,9 +181,9 @@ class GroundingDinoDetector:
         return x
 
     @torch.no_grad()
-    def _call(self, x: torch.Tensor, phrases: list[str], hw: tuple[int, int]):
-        caption, spans = caption_spans(phrases)
-        self.calls += 1
+    def _forward(self, x: torch.Tensor, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """GroundingDINO on one image: per-token probabilities ``[Q, 256]`` and boxes ``[Q, 4]``
+        (``cx, cy, w, h`` in [0, 1])."""
         ctx = contextlib.nullcontext()
         if self.device.type == "cuda" and self.amp in ("bf16", "fp16"):
             dt = torch.bfloat16 if self.amp == "bf16" else torch.float16
@@ -150,8 +191,15 @@ class GroundingDinoDetector:
         with ctx:
             out = self.model(x[None].to(self.device), captions=[caption])
         prob = out["pred_logits"][0].float().sigmoid().cpu()  # [Q, 256] per-token probability
-        boxes = out["pred_boxes"][0].float().cpu()  # [Q, 4] cx, cy, w, h in [0, 1]
-        offsets = self.model.tokenizer(caption, return_offsets_mapping=True)["offset_mapping"]
+        return prob, out["pred_boxes"][0].float().cpu()
+
+    def _call(self, x: torch.Tensor, phrases: list[str], hw: tuple[int, int]):
+        """Boxes, scores and class labels (``-1``: none) of one call with ``phrases``."""
+        caption, spans = caption_spans(phrases, self.caption)
+        self.calls += 1
+        prob, boxes = self._forward(x, caption)
+        tok = self.model.tokenizer(caption, return_offsets_mapping=True)
+        offsets = tok["offset_mapping"]
         # Which text positions belong to which phrase (special tokens have (0, 0) offsets).
         owner = torch.full((prob.shape[1],), -1, dtype=torch.long)
         for t, (a, b) in enumerate(offsets[: prob.shape[1]]):
@@ -162,13 +210,25 @@ class GroundingDinoDetector:
                     owner[t] = p
         keep = prob.max(dim=1).values > self.box_threshold
         prob, boxes = prob[keep], boxes[keep]
-        per_phrase = torch.full((len(prob), len(phrases)), -1.0)
-        for p in range(len(phrases)):
-            cols = owner == p
-            if cols.any():
-                per_phrase[:, p] = prob[:, cols].max(dim=1).values
-        best, label = per_phrase.max(dim=1) if len(phrases) else (prob[:, 0], prob[:, 0].long())
-        ok = best > self.text_threshold  # no token of any phrase above the threshold: no label
+        if self.labels == "exact":
+            label = torch.tensor(
+                [
+                    _exact_label(
+                        row, tok["input_ids"], self.model.tokenizer, self.text_threshold, phrases
+                    )
+                    for row in prob
+                ],
+                dtype=torch.long,
+            )
+            ok = torch.ones(len(prob), dtype=torch.bool)  # unlabelled boxes stay (label -1)
+        else:
+            per_phrase = torch.full((len(prob), len(phrases)), -1.0)
+            for p in range(len(phrases)):
+                cols = owner == p
+                if cols.any():
+                    per_phrase[:, p] = prob[:, cols].max(dim=1).values
+            best, label = per_phrase.max(dim=1) if len(phrases) else (prob[:, 0], prob[:, 0].long())
+            ok = best > self.text_threshold  # no token of any phrase above it: no box
         h, w = hw
         cx, cy, bw, bh = boxes[ok].unbind(-1)
         xyxy = torch.stack(
@@ -197,12 +257,30 @@ class GroundingDinoDetector:
         x = self._preprocess(image)
         hw = image.shape[:2]
         b, s, lab = self._call(x, classes, hw)
-        missing = [k for k in range(len(classes)) if not (lab == k).any()]
         retried = False
-        if missing:
-            retried = True
-            b2, s2, l2 = self._call(x, [f"all {_plural(classes[k])}" for k in missing], hw)
-            b = np.concatenate([b, b2])
-            s = np.concatenate([s, s2])
-            lab = np.concatenate([lab, np.asarray(missing, dtype=int)[l2]])
+        if self.retry == "official":
+            if (lab < 0).any():  # a box without a class: ask again for all, keep only that answer
+                retried = True
+                b, s, lab = self._call(x, [f"all {c}s" for c in classes], hw)
+        else:
+            missing = [k for k in range(len(classes)) if not (lab == k).any()]
+            if missing:
+                retried = True
+                b2, s2, l2 = self._call(x, [f"all {_plural(classes[k])}" for k in missing], hw)
+                b = np.concatenate([b, b2])
+                s = np.concatenate([s, s2])
+                l2 = np.where(l2 >= 0, np.asarray(missing, dtype=int)[np.maximum(l2, 0)], -1)
+                lab = np.concatenate([lab, l2])
         return Detections(b.astype(np.float32), s.astype(np.float32), lab.astype(int), retried)
+
+
+def _exact_label(
+    prob: torch.Tensor, input_ids: Sequence[int], tokenizer, threshold: float, phrases: list[str]
+) -> int:
+    """The official label of one box: its above-threshold tokens decoded (``"."`` removed) must
+    be exactly one of the phrases (lower-cased, as in the caption); ``-1`` otherwise. Position 0
+    (``[CLS]``) never counts, as in GroundingDINO's ``get_phrases_from_posmap``."""
+    pos = [t for t in range(1, min(len(input_ids), prob.shape[0])) if prob[t] > threshold]
+    text = tokenizer.decode([input_ids[t] for t in pos]).replace(".", "")
+    names = [p.lower().strip() for p in phrases]
+    return names.index(text) if text in names else -1

@@ -61,6 +61,10 @@ def segment_producer(m: Any, class_names: list[str], data: dict) -> dict:
         f"{_file_id(m.gdino_weights)}",
         "text_encoder": _file_id(m.gdino_text_encoder) or "bert-base-uncased",
         "sam": f"{m.sam_type}:{_file_id(m.sam_weights)}",
+        "projection_prompt": m.projection_prompt,
+        "query": m.query,
+        "class_order": m.class_order,
+        "gdino_rules": [m.gdino_caption, m.gdino_labels, m.gdino_retry],
         "box_threshold": float(m.box_threshold),
         "text_threshold": float(m.text_threshold),
         "detector_size": [int(m.gdino_size), int(m.gdino_max_size)],
@@ -102,7 +106,8 @@ class ModelsSegmenter:
         self.producer = segment_producer(m, self.class_names, data or {})
         self.nouns = make_noun_extractor(m.nouns, m.spacy_model, self.class_names, m.noun_rule)
         clip = load_clip(m.clip_model, m.clip_weights, device, "segment.models")
-        self.project = ClassProjector(clip, self.class_names)
+        self.project = ClassProjector(clip, self.class_names, m.projection_prompt)
+        self.query, self.class_order = m.query, m.class_order
         self.detector = GroundingDinoDetector(
             m.gdino_config,
             m.gdino_weights,
@@ -113,20 +118,43 @@ class ModelsSegmenter:
             m.gdino_max_size,
             device,
             m.amp,
+            m.gdino_caption,
+            m.gdino_labels,
+            m.gdino_retry,
         )
         self.segmenter = SamSegmenter(build_sam(m.sam_type, m.sam_weights), device, m.amp)
         self.counts: collections.Counter = collections.Counter()
 
-    def object_classes(self, sentences: Iterable[str]) -> list[int]:
-        """The projected classes of an object: the union over its expressions' nouns."""
-        out: set[int] = set()
+    def object_classes(self, sentences: Iterable[str]) -> list[str]:
+        """The projected class of every noun of an object's expressions, in order, repeats kept
+        (the official query counts them)."""
+        out: list[str] = []
         for s in sentences:
             nouns = self.nouns(s)
             if not nouns:
                 self.counts["expression_without_noun"] += 1
                 continue
-            out.update(self.project(nouns))
-        return sorted(out)
+            out += [self.class_names[k] for k in self.project(nouns)]
+        return out
+
+    def query_classes(self, obj_classes: dict[int, list[str]]) -> list[str]:
+        """The detector's classes for an image.
+
+        ``segment.models.query``: ``most_likely`` (the official ``--most-likely-noun``): each
+        object's most frequent class (the first seen among equals), or ``"object"`` when its
+        expressions have no noun; ``union``: every class of every object.
+        ``segment.models.class_order``: ``sorted`` or ``set`` (the official ``list(set(...))``,
+        whose order follows Python's string hashing and so changes between runs unless
+        ``PYTHONHASHSEED`` is fixed).
+        """
+        if self.query == "most_likely":
+            names = [
+                collections.Counter(c).most_common(1)[0][0] if c else "object"
+                for c in obj_classes.values()
+            ]
+        else:
+            names = [c for cs in obj_classes.values() for c in cs]
+        return list(set(names)) if self.class_order == "set" else sorted(set(names))
 
     def __call__(self, image_id: int) -> dict:
         info = self.refer.images[image_id]
@@ -135,8 +163,7 @@ class ModelsSegmenter:
         for r in refs:
             by_obj[r.ann_id] += [s.sent for s in r.sentences]
         obj_classes = {a: self.object_classes(sents) for a, sents in sorted(by_obj.items())}
-        classes = sorted({k for ks in obj_classes.values() for k in ks})
-        names = [self.class_names[k] for k in classes]
+        names = self.query_classes(obj_classes)
 
         cands: list[dict] = []
         if names:
@@ -155,14 +182,15 @@ class ModelsSegmenter:
                         "rle": _masks.encode(m),
                         "box": [x0, y0, x1 - x0, y1 - y0],
                         "score": float(score),
-                        "label": names[int(lab)],
+                        # "": the detector's phrase named no class (eligible for no object)
+                        "label": names[int(lab)] if lab >= 0 else "",
                     }
                 )
         self.counts["images"] += 1
         self.counts["candidates"] += len(cands)
         objects = []
         for ann_id, ks in obj_classes.items():
-            wanted = {self.class_names[k] for k in ks}
+            wanted = set(ks)  # a box of any of the object's classes, as the official code
             eligible = [i for i, c in enumerate(cands) if c["label"] in wanted]
             if not eligible:
                 self.counts["object_without_eligible"] += 1

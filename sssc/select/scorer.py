@@ -105,7 +105,7 @@ class S1Images(torch.utils.data.Dataset):
             torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
             torch.from_numpy(masks),
             needed,
-            [int(a) for a in masks.reshape(len(needed), -1).sum(1)],
+            [int(a) for a in masks.reshape(len(needed), h * w).sum(1)],  # h*w: 0 masks too
             [(o.ann_id, tuple(o.eligible)) for o in rec.objects],
         )
 
