@@ -73,6 +73,8 @@ class DataConfig:
     eval_split: str = "val"
     batch_expressions: int = 60  # whole images per batch, up to this many expressions (paper: 60)
     text_field: str = "raw"  # raw (LAVT tokenizes REFER's raw text) | sent (the cleaned one)
+    polygon_overlap: str = "refer"  # GT of several polygons: refer (LAVT: overlaps are
+    # background) | union
     synth: SynthConfig = field(default_factory=SynthConfig)
 
 
@@ -156,6 +158,8 @@ class SelectConfig:
 @dataclass
 class EvalConfig:
     resolution: Union[str, int] = 480  # noqa: UP007 - 480 (LAVT) or "original"
+    upsample: str = "lavt"  # lavt (logits, align_corners=True, argmax) | sssc (probabilities)
+    point_rule: str = "tris"  # PointM/PointIt as TRIS computes them | sssc (pixel centres)
 
 
 @dataclass
@@ -227,6 +231,9 @@ OFFICIAL_RECIPE: dict[str, Any] = {
 _CHOICES: dict[str, tuple[str, ...]] = {
     "recipe": ("sssc", "official"),
     "data.text_field": ("raw", "sent"),
+    "data.polygon_overlap": ("refer", "union"),
+    "eval.upsample": ("lavt", "sssc"),
+    "eval.point_rule": ("tris", "sssc"),
     "segment.models.noun_rule": ("official", "sssc"),
     "segment.models.query": ("most_likely", "union"),
     "segment.models.class_order": ("sorted", "set"),

@@ -285,7 +285,7 @@ def evaluate_stage(
         return m if m is not None else np.zeros((info.height, info.width), dtype=bool)
 
     out = {"stage": stage, "what": _WHAT[stage]}
-    m = evaluate_masks(refer, split, predict, resolution=res)
+    m = evaluate_masks(refer, split, predict, resolution=res, point_rule=cfg.eval.point_rule)
     warnings.update(m.pop("warnings"))
     out |= m
     out["producer"] = store.producer

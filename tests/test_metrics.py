@@ -117,3 +117,44 @@ def test_eval_resolution_480_vs_original():
     assert b.ious[0] == pytest.approx((pred & gt).sum() / (pred | gt).sum())
     with pytest.raises(ValueError, match="original"):
         metrics.eval_size("full", 3, 3)
+
+
+def _bilinear_align_corners(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """float64 bilinear with align_corners=True: output i samples input i * (n - 1) / (m - 1)."""
+    ys = np.arange(h) * (a.shape[0] - 1) / (h - 1)
+    xs = np.arange(w) * (a.shape[1] - 1) / (w - 1)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, a.shape[0] - 1), np.minimum(x0 + 1, a.shape[1] - 1)
+    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+    top = a[y0][:, x0] * (1 - fx) + a[y0][:, x1] * fx
+    bot = a[y1][:, x0] * (1 - fx) + a[y1][:, x1] * fx
+    return top * (1 - fy) + bot * fy
+
+
+def test_lavt_upsampling_thresholds_interpolated_logits():
+    from sssc.eval.metrics import to_eval_mask
+
+    d = np.array([[6.0, -1.0, -1.0], [-1.0, -1.0, -1.0], [-1.0, -1.0, 2.5]], np.float32)
+    want = _bilinear_align_corners(d.astype(np.float64), 7, 7) > 0
+    np.testing.assert_array_equal(to_eval_mask(d, (7, 7), "lavt"), want)
+    # The same model output as probabilities, upsampled as sssc does, gives another mask.
+    prob = (1 / (1 + np.exp(-d))).astype(np.float32)
+    assert (to_eval_mask(prob, (7, 7), "sssc") != want).any()
+
+
+@pytest.mark.parametrize(
+    "pixel, tris, sssc",
+    [((3, 5), True, True), ((3, 6), False, True), ((1, 2), True, False), ((4, 4), False, False)],
+)
+def test_point_it_rules(pixel, tris, sssc):
+    """TRIS truncates the box to ints and compares inclusive pixel indices; sssc tests the
+    pixel centre against the float box. Box x=2.7, y=1.2, w=3.9, h=2.5."""
+    gt = np.zeros((8, 9), bool)
+    gt[2, 3] = True
+    pred = np.zeros((8, 9), bool)
+    pred[pixel] = True
+    box = [2.7, 1.2, 3.9, 2.5]
+    for rule, want in (("tris", tris), ("sssc", sssc)):
+        acc = MetricAccumulator(point_rule=rule)
+        acc.add(pred, gt, box, resolution="original")
+        assert acc.point_it == int(want), rule

@@ -530,3 +530,33 @@ def test_pack_images_whole_images_on_fixture(fixture_refer):
     assert pack_images(refer, "val", budget=3) == [[2]]
     with pytest.raises(ValueError, match="budget"):
         pack_images(refer, "val", budget=0)
+
+
+def test_overlapping_polygons_follow_refer_or_union(tmp_path):
+    """REFER's getMask sums an annotation's polygons and LAVT keeps the pixels equal to 1: the
+    overlap of two polygons is background. ``union`` keeps it."""
+
+    def edit(anns):
+        anns[0]["segmentation"] = [_rect(10, 5, 30, 20), _rect(20, 10, 40, 25)]
+
+    write_fixture(tmp_path, anns_edit=edit)
+    a, b = _block(40, 60, 10, 5, 30, 20), _block(40, 60, 20, 10, 40, 25)
+    refer = Refer(tmp_path, "refcoco", "unc", tmp_path / "images")
+    assert refer.polygon_overlap == "refer"
+    np.testing.assert_array_equal(refer.gt_mask(101), a ^ b)
+    union = Refer(tmp_path, "refcoco", "unc", tmp_path / "images", polygon_overlap="union")
+    np.testing.assert_array_equal(union.gt_mask(101), a | b)
+    # Disjoint polygons (annotation 102) are the same either way.
+    np.testing.assert_array_equal(refer.gt_mask(102), union.gt_mask(102))
+
+
+def test_training_text_is_the_raw_field_unless_set(fixture_refer):
+    from sssc.correct.data import ImageSet
+
+    refer, _ = fixture_refer
+    image_id = refer.split_image_ids("train")[0]
+    refs = refer.image_refs(image_id, "train")
+    raw = ImageSet(refer, "train", 16)[image_id]["sents"]
+    sent = ImageSet(refer, "train", 16, text_field="sent")[image_id]["sents"]
+    assert raw == [s.raw for r in refs for s in r.sentences]
+    assert sent == [s.sent for r in refs for s in r.sentences] and raw != sent

@@ -425,8 +425,9 @@ def evaluate_model(
 ) -> dict:
     """Score a model on a split (default ``data.eval_split``) against the GT masks.
 
-    Predictions are the foreground probabilities at ``train.image_size``, computed a packed batch
-    at a time when :func:`evaluate_masks` first asks for one of its expressions.
+    Predictions are the model's maps at ``train.image_size`` (the logit difference under
+    ``eval.upsample: lavt``, else the foreground probability), computed a packed batch at a time
+    when :func:`evaluate_masks` first asks for one of its expressions.
     """
     split = split or cfg.data.eval_split
     was_training = model.training
@@ -448,10 +449,20 @@ def evaluate_model(
                     b["input_ids"].to(device),
                     b["attention_mask"].to(device),
                 )
-            probs = logits.float().softmax(1)[:, 1].cpu().numpy()
+            if cfg.eval.upsample == "lavt":  # LAVT upsamples the logits and takes the argmax
+                probs = (logits[:, 1].float() - logits[:, 0].float()).cpu().numpy()
+            else:
+                probs = logits.float().softmax(1)[:, 1].cpu().numpy()
             cache["pack"], cache["probs"] = k, dict(zip(b["sent_ids"].tolist(), probs, strict=True))
         return cache["probs"][sent_id]
 
-    m = evaluate_masks(refer, split, predict, resolution=cfg.eval.resolution)
+    m = evaluate_masks(
+        refer,
+        split,
+        predict,
+        resolution=cfg.eval.resolution,
+        upsample=cfg.eval.upsample,
+        point_rule=cfg.eval.point_rule,
+    )
     model.train(was_training)
     return m

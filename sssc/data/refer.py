@@ -163,7 +163,11 @@ class Refer:
         dataset: str,
         split_by: str,
         image_dir: str | Path,
+        polygon_overlap: str = "refer",
     ):
+        if polygon_overlap not in ("refer", "union"):
+            raise ValueError(f"polygon_overlap must be 'refer' or 'union', got {polygon_overlap!r}")
+        self.polygon_overlap = polygon_overlap
         self.root = Path(root)
         self.dataset = dataset
         self.split_by = split_by
@@ -201,7 +205,13 @@ class Refer:
             from .synthetic import ensure_generated
 
             ensure_generated(data_cfg)
-        return cls(data_cfg.root, data_cfg.dataset, data_cfg.split_by, data_cfg.image_dir)
+        return cls(
+            data_cfg.root,
+            data_cfg.dataset,
+            data_cfg.split_by,
+            data_cfg.image_dir,
+            data_cfg.polygon_overlap,
+        )
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -374,7 +384,12 @@ class Refer:
         return sorted(self._image_anns.get(image_id, []))
 
     def gt_mask(self, ann_id: int) -> np.ndarray:
-        """The annotation's mask, bool ``[H, W]`` at the image's original resolution."""
+        """The annotation's mask, bool ``[H, W]`` at the image's original resolution.
+
+        An annotation of several polygons follows ``data.polygon_overlap``: ``refer`` (REFER's
+        ``getMask`` sums the polygons and LAVT keeps the pixels equal to 1, so where polygons
+        overlap it is background) or ``union``.
+        """
         return mask_utils.decode(self._rle(ann_id)).astype(bool)
 
     def image_path(self, image_id: int) -> Path:
@@ -409,7 +424,11 @@ class Refer:
                 polys = _polygons(segm, where)
                 if not polys:
                     return mask_utils.encode(np.zeros((h, w, 1), np.uint8, order="F"))[0]
-                return mask_utils.merge(mask_utils.frPyObjects([p.tolist() for p in polys], h, w))
+                rles = mask_utils.frPyObjects([p.tolist() for p in polys], h, w)
+                if self.polygon_overlap == "refer" and len(rles) > 1:
+                    count = mask_utils.decode(rles).sum(axis=2)
+                    return mask_utils.encode(np.asfortranarray((count == 1).astype(np.uint8)))
+                return mask_utils.merge(rles)
             if isinstance(segm, dict) and isinstance(segm.get("counts"), list):  # uncompressed
                 return mask_utils.frPyObjects(segm, h, w)
             if isinstance(segm, dict) and isinstance(segm.get("counts"), (str, bytes)):

@@ -8,19 +8,24 @@ Per expression, with the prediction ``P`` and the ground truth ``G`` at the eval
 * ``prec@t`` for ``t`` in 0.5, 0.6, 0.7, 0.8, 0.9: the fraction of expressions with ``IoU >= t``.
   LAVT's ``test.py`` (yz93/LAVT-RIS) counts ``seg_correct += (this_iou >= eval_seg_iou)`` over
   ``eval_seg_iou_list = [.5, .6, .7, .8, .9]``, i.e. ``>=``, not ``>``; we follow it;
-* ``PointM`` / ``PointIt``: the fraction of expressions whose *peak*, the argmax of the foreground
-  probability upsampled to the image's original size (bilinear; a bool mask: nearest), falls inside
-  the GT mask / the GT box. Ties go to the first pixel in row-major order (``np.argmax``); an empty
-  bool mask peaks at pixel (0, 0). A pixel is inside the box ``[x, y, w, h]`` when its centre
-  ``(col + 0.5, row + 0.5)`` is.
+* ``PointM`` / ``PointIt``: the fraction of expressions whose *peak*, the argmax of the prediction
+  upsampled to the image's original size (a bool mask: nearest), falls inside the GT mask / the GT
+  box. Ties go to the first pixel in row-major order (``np.argmax``); an empty bool mask peaks at
+  pixel (0, 0). ``point_rule="tris"`` (the default, TRIS's ``validate.py``, which defined these
+  metrics): bilinear upsampling with ``align_corners=True``, and the box ``[x, y, w, h]`` truncated
+  to integers ``x0, y0, w, h``, a hit when ``x0 <= col <= x0 + w`` and ``y0 <= row <= y0 + h``.
+  ``point_rule="sssc"``: ``align_corners=False``, and a hit when the pixel's centre
+  ``(col + 0.5, row + 0.5)`` is inside the box.
 
 All are reported in percent, as the papers do. Every expression is counted; none is skipped.
 
 Evaluation resolution (``eval.resolution``): ``480`` (the default, LAVT's: the GT mask is resized to
 480x480 with PIL's nearest neighbour, exactly LAVT's ``T.Resize`` of the target) or ``"original"``
 (each image's own size). A prediction at another size is brought to the evaluation size: a bool mask
-by PIL nearest neighbour, a float foreground probability by bilinear interpolation
-(``align_corners=False``) followed by ``> 0.5`` (a 2-class argmax, as LAVT takes).
+by PIL nearest neighbour; a float map by ``upsample``: ``"lavt"`` (the default) takes the logit
+difference ``l1 - l0``, upsampled bilinearly with ``align_corners=True``, ``> 0`` (LAVT upsamples
+the logits, then takes the argmax); ``"sssc"`` takes the foreground probability, upsampled with
+``align_corners=False``, ``> 0.5``.
 
 Empty union: when both the prediction and the GT are empty, ``U = 0``; the IoU is then **0** (LAVT's
 ``this_iou = 0.0 if U == 0``) and the pair adds nothing to ``ΣI`` or ``ΣU``. RefCOCO/+/g GT masks
@@ -83,7 +88,11 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(im.resize((int(size[1]), int(size[0])), Image.NEAREST)) > 127
 
 
-def _bilinear(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+UPSAMPLES = ("lavt", "sssc")
+POINT_RULES = ("tris", "sssc")
+
+
+def _bilinear(prob: np.ndarray, size: tuple[int, int], align_corners: bool = False) -> np.ndarray:
     p = np.asarray(prob, dtype=np.float32)
     if p.shape == tuple(size):
         return p
@@ -91,30 +100,35 @@ def _bilinear(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     import torch.nn.functional as F
 
     t = torch.from_numpy(np.ascontiguousarray(p))[None, None]
-    return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()
+    out = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=align_corners)
+    return out[0, 0].numpy()
 
 
-def to_eval_mask(pred: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A prediction (bool mask, or float foreground probability) as a bool mask of ``size``."""
+def to_eval_mask(pred: np.ndarray, size: tuple[int, int], upsample: str = "sssc") -> np.ndarray:
+    """A prediction as a bool mask of ``size``: a bool mask, or a float map, which is the
+    foreground probability (``upsample="sssc"``) or the logit difference ``l1 - l0``
+    (``upsample="lavt"``)."""
     pred = np.asarray(pred)
     if pred.ndim != 2:
         raise ValueError(f"a prediction must be [H, W], got shape {pred.shape}")
     if pred.dtype == bool:
         return resize_mask(pred, size)
+    if upsample == "lavt":
+        return _bilinear(pred, size, align_corners=True) > 0
     return _bilinear(pred, size) > 0.5
 
 
-def peak(pred: np.ndarray, height: int, width: int) -> tuple[int, int]:
+def peak(pred: np.ndarray, height: int, width: int, point_rule: str = "sssc") -> tuple[int, int]:
     """``(row, col)`` of the argmax of the prediction upsampled to ``height x width``.
 
-    A float probability map is resized bilinearly, a bool mask by nearest neighbour; ties go to the
-    first pixel in row-major order.
+    A float map is resized bilinearly (``align_corners=True`` under ``point_rule="tris"``), a bool
+    mask by nearest neighbour; ties go to the first pixel in row-major order.
     """
     pred = np.asarray(pred)
     up = (
         resize_mask(pred, (height, width))
         if pred.dtype == bool
-        else _bilinear(pred, (height, width))
+        else _bilinear(pred, (height, width), align_corners=point_rule == "tris")
     )
     r, c = divmod(int(np.argmax(up)), width)
     return r, c
@@ -127,7 +141,10 @@ def intersection_union(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int]:
     return int(np.count_nonzero(pred & gt)), int(np.count_nonzero(pred | gt))
 
 
-def _in_box(r: int, c: int, box) -> bool:
+def _in_box(r: int, c: int, box, point_rule: str = "sssc") -> bool:
+    if point_rule == "tris":  # np.array(bbox, dtype=int): each of x, y, w, h truncated
+        x, y, w, h = (int(v) for v in box)
+        return x <= c <= x + w and y <= r <= y + h
     x, y, w, h = (float(v) for v in box)
     return x <= c + 0.5 <= x + w and y <= r + 0.5 <= y + h
 
@@ -153,6 +170,14 @@ class MetricAccumulator:
     cum_u: int = 0
     point_m: int = 0
     point_it: int = 0
+    upsample: str = "sssc"
+    point_rule: str = "sssc"
+
+    def __post_init__(self):
+        if self.upsample not in UPSAMPLES:
+            raise ValueError(f"upsample must be one of {UPSAMPLES}, got {self.upsample!r}")
+        if self.point_rule not in POINT_RULES:
+            raise ValueError(f"point_rule must be one of {POINT_RULES}, got {self.point_rule!r}")
 
     def add_iu(self, i: int, u: int) -> float:
         iou = i / u if u > 0 else 0.0  # LAVT: an empty union scores 0
@@ -185,10 +210,11 @@ class MetricAccumulator:
         h, w = gt.shape
         size = eval_size(resolution, h, w)
         g = resize_mask(gt, size) if gt_eval is None else gt_eval
-        iou = self.add_iu(*intersection_union(to_eval_mask(pred, size), g))
-        r, c = peak(pred, h, w)
+        iou = self.add_iu(*intersection_union(to_eval_mask(pred, size, self.upsample), g))
+        r, c = peak(pred, h, w, self.point_rule)
         self.point_m += bool(gt[r, c])
-        self.point_it += _in_box(r, c, gt_box if gt_box is not None else _mask_box(gt))
+        box = gt_box if gt_box is not None else _mask_box(gt)
+        self.point_it += _in_box(r, c, box, self.point_rule)
         return iou
 
     def __len__(self) -> int:
@@ -216,7 +242,13 @@ Predictions = Mapping[int, Prediction] | Callable[[int], Prediction | None]
 
 
 def evaluate_masks(
-    refer, split: str, predictions: Predictions, resolution: str | int = 480, progress: bool = False
+    refer,
+    split: str,
+    predictions: Predictions,
+    resolution: str | int = 480,
+    progress: bool = False,
+    upsample: str = "sssc",
+    point_rule: str = "sssc",
 ) -> dict:
     """Score predictions for every expression of a split against the GT.
 
@@ -229,13 +261,16 @@ def evaluate_masks(
             ``warnings["missing_prediction"]``: every expression is scored.
         resolution: 480 (LAVT) or ``"original"``.
         progress: show a tqdm bar.
+        upsample: what a float prediction is and how it is resized (``eval.upsample``):
+            ``"sssc"``, a probability; ``"lavt"``, the logit difference ``l1 - l0``.
+        point_rule: ``"sssc"`` or ``"tris"`` (``eval.point_rule``, see the module docstring).
 
     Returns:
         ``{"split", "resolution", "mIoU", "oIoU", "prec@0.5" ... "prec@0.9", "PointM", "PointIt"
         (percent), "num_expressions", "num_objects", "warnings": {kind: count}}``.
     """
     get = predictions if callable(predictions) else predictions.get
-    acc = MetricAccumulator()
+    acc = MetricAccumulator(upsample=upsample, point_rule=point_rule)
     warnings: collections.Counter = collections.Counter()
     refs = refer.split_refs(split)
     if progress:
@@ -254,7 +289,7 @@ def evaluate_masks(
                 warnings["missing_prediction"] += 1
                 pred = np.zeros((h, w), dtype=bool)
             acc.add(pred, gt, box, resolution, gt_eval=g)
-    out = {"split": split, "resolution": resolution}
+    out = {"split": split, "resolution": resolution, "upsample": upsample, "point_rule": point_rule}
     out |= acc.result()
     out["num_objects"] = len(refer.split_refs(split))
     out["warnings"] = dict(warnings)
