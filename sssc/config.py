@@ -71,7 +71,9 @@ class DataConfig:
     class_names: list[str] = field(default_factory=list)  # class-projection targets
     train_split: str = "train"
     eval_split: str = "val"
-    batch_expressions: int = 60  # whole images per batch, up to this many expressions (paper: 60)
+    batch_expressions: int = 60  # expressions per step (paper: 60)
+    batching: str = "images"  # images (whole images up to the budget) | samples (official:
+    # exactly the budget from a shuffled list of expressions; images split across steps)
     text_field: str = "raw"  # raw (LAVT tokenizes REFER's raw text) | sent (the cleaned one)
     polygon_overlap: str = "refer"  # GT of several polygons: refer (LAVT: overlaps are
     # background) | union
@@ -220,6 +222,7 @@ class RunConfig:
 # lists every one with its reason). ``recipe: official`` applies them all over the config file's
 # values; a --set override still wins.
 OFFICIAL_RECIPE: dict[str, Any] = {
+    "data.batching": "samples",
     "segment.models.class_order": "set",
     "select.models.channel_order": "bgr",
     "train.single_candidate": "always",
@@ -231,6 +234,7 @@ OFFICIAL_RECIPE: dict[str, Any] = {
 _CHOICES: dict[str, tuple[str, ...]] = {
     "recipe": ("sssc", "official"),
     "data.text_field": ("raw", "sent"),
+    "data.batching": ("images", "samples"),
     "data.polygon_overlap": ("refer", "union"),
     "eval.upsample": ("lavt", "sssc"),
     "eval.point_rule": ("tris", "sssc"),

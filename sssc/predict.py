@@ -62,8 +62,9 @@ def load_predictor(
         bert_path: the local ``bert-base-uncased`` folder whose ``vocab.txt`` tokenizes the text.
             Published checkpoints need it (they name only the hub id); for sssc checkpoints it
             replaces the path saved at training time.
-        model: the model config of a published checkpoint (default: from its ``args.swin_type``,
-            ``"base"`` -> ``"lavt-base"``).
+        model: the model config, for files that do not name it: a bare state dict, or a
+            published checkpoint (default: from its ``args.swin_type``, ``"base"`` ->
+            ``"lavt-base"``); it overrides an sssc checkpoint's ``model_name``.
 
     Raises:
         FileNotFoundError: the checkpoint (or the BERT folder) is missing.
@@ -78,7 +79,7 @@ def load_predictor(
         read_checkpoint,
         state_dict_for_sssc,
     )
-    from .correct.lavt import build_tokenizer, create_model
+    from .correct.lavt import build_tokenizer, create_model, load_model_config
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -88,8 +89,9 @@ def load_predictor(
         )
     state = read_checkpoint(path)
     fmt = checkpoint_format(state)
-    if fmt == "sssc" and "model_name" in state:
-        name, image_size = state["model_name"], int(state["image_size"])
+    if fmt == "sssc" and ("model_name" in state or model):
+        name = model or state["model_name"]
+        image_size = int(state.get("image_size", load_model_config(name).image_size))
         vocab, bert = state.get("vocab") or None, bert_path or state.get("bert_path") or None
     elif fmt in ("lavt", "lavt_one"):
         args = published_args(state)
@@ -107,6 +109,11 @@ def load_predictor(
                 f"{args.get('ck_bert', 'bert-base-uncased')!r}; give the local bert-base-uncased "
                 "folder (bert_path=..., --bert, or train.bert_weights in a config)"
             )
+    elif fmt == "sssc":
+        raise ValueError(
+            f"{path}: a bare sssc state dict does not say which model it is; give the model "
+            "config (model=..., --model lavt-tiny)"
+        )
     else:
         raise ValueError(
             f"{path}: not a LAVT checkpoint in a known layout (sssc-train's checkpoint.pt, or a "

@@ -287,3 +287,50 @@ def test_selection_best_gt_keeps_the_best_val_epoch_and_says_so(base, tmp_path):
     assert "ZSBootstrap *" in stage3_table(run) and "selected on GT" in stage3_table(run)
     # The default never looks at GT.
     assert load_config(None, ["recipe=official"]).train.selection == "last"
+
+
+def test_official_sample_batches(base):
+    """data.batching=samples: every object once per epoch with one of its expressions (the
+    draw ImageSet makes), exactly the budget per step, the remainder dropped, and a rank's share
+    interleaved over the global batch."""
+    from sssc.correct.data import ImageSet, pack_samples, rank_keys
+
+    d, sets = base
+    cfg = load_config(None, sets)
+    refer = Refer.from_config(cfg.data)
+    refs = refer.split_refs("train")
+    for epoch in (0, 1):
+        batches = pack_samples(refer, "train", 7, seed=3, epoch=epoch, per_object=1)
+        flat = [s for b in batches for s in b]
+        assert all(len(b) == 7 for b in batches) and len(batches) == len(refs) // 7
+        sent_obj = {s.sent_id: r.ann_id for r in refs for s in r.sentences}
+        objs = [sent_obj[s] for _, s in flat]
+        assert len(objs) == len(set(objs))  # no object twice in an epoch
+        ds = ImageSet(refer, "train", 16, per_object=1, seed=3)
+        ds.set_epoch(epoch)
+        drawn = {s for r in refs for s in ds[r.image_id]["sent_ids"]}
+        assert {s for _, s in flat} <= drawn  # the same expression as whole-image batching
+        keys = [rank_keys(batches[0], r, 2) for r in (0, 1)]
+        got = sorted((i, s) for k in keys for i, ss in k for s in ss)
+        assert got == sorted(batches[0])
+        assert [s for i, ss in keys[1] for s in ss] == [s for _, s in batches[0][1::2]]
+
+
+def test_training_with_official_sample_batches(base, tmp_path):
+    run, sets = _run_copy(base, tmp_path)
+    cfg = load_config(
+        None,
+        [
+            *sets,
+            "data.batching=samples",
+            "data.batch_expressions=5",
+            "train.bootstrap_epochs=1",
+            "train.sentences_per_object=1",
+        ],
+    )
+    train_phase("bootstrap", cfg, run)
+    m = train_phase("correct", cfg, run)
+    n_objects = len(Refer.from_config(cfg.data).split_refs("train"))
+    steps = [r for r in _losses(run / "correct" / "log.jsonl")[0]]
+    assert len(steps) == n_objects // 5  # exactly 5 expressions per step, remainder dropped
+    assert m["unmatched"]["expressions_seen"] == 5 * len(steps)

@@ -1,9 +1,12 @@
 """Training data for Stage 3: images, tokenized expressions and pseudo-label targets.
 
-A training *sample* is one expression; a *batch* is whole images packed up to
-``data.batch_expressions`` expressions (:func:`sssc.data.refer.pack_images`), so that the matching
-loss sees every object of an image at once. :class:`ImageSet` returns one image with everything
-its expressions need, :func:`collate` turns a list of those into a batch:
+A training *sample* is one expression. A *batch* (``data.batching``) is, by default
+(``images``), whole images packed up to ``data.batch_expressions`` expressions
+(:func:`sssc.data.refer.pack_images`), so that the matching loss sees every object of an image at
+once; or (``samples``, the official code's) exactly ``data.batch_expressions`` expressions drawn
+from a shuffled list of all of them (:func:`pack_samples`), so that an image's objects may be
+split across steps and ranks. :class:`ImageSet` returns one image (or the chosen expressions of
+one) with everything they need, :func:`collate` turns a list of those into a batch:
 
 * ``bootstrap`` (``targets="s2"``): each expression's target is its object's S2 choice;
 * ``correct`` (``targets="s1"``): the image's S1 candidate pool, each candidate's image index
@@ -26,7 +29,15 @@ from ..data.refer import Refer
 from ..eval.metrics import resize_mask
 from .lavt import IMAGENET_MEAN, IMAGENET_STD  # the model owns its input normalisation
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageSet", "collate", "preprocess_image"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageSet",
+    "collate",
+    "pack_samples",
+    "preprocess_image",
+    "rank_keys",
+]
 
 
 def preprocess_image(image: np.ndarray, size: int) -> torch.Tensor:
@@ -61,7 +72,9 @@ def _normalize(images: torch.Tensor) -> torch.Tensor:
 class ImageSet(torch.utils.data.Dataset):
     """One image of a split with its expressions and (optionally) pseudo-label targets.
 
-    Indexed by image id (the batch sampler yields packed lists of image ids).
+    Indexed by image id (the batch sampler yields packed lists of image ids), or by
+    ``(image_id, sent_ids)`` for those expressions of the image only (``data.batching:
+    samples``; no further per-object draw).
 
     Args:
         refer: the dataset.
@@ -109,32 +122,32 @@ class ImageSet(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.refer.split_image_ids(self.split))
 
-    def __getitem__(self, image_id: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        if isinstance(key, tuple):
+            image_id, sent_ids = key
+            item = self._item(int(image_id))
+            keep = [i for i, s in enumerate(item["sent_ids"]) if s in set(sent_ids)]
+            return _take_rows(item, keep)
+        item = self._item(int(key))
+        return self._subsample(item) if self.per_object > 0 else item
+
+    def _item(self, image_id: int) -> dict:
         if self.cache is not None and image_id in self.cache:
             item = self.cache[image_id]
         else:
             item = self._load(int(image_id))
             if self.cache is not None:
                 self.cache[image_id] = item
-        return self._subsample(item) if self.per_object > 0 else item
+        return item
 
     def _subsample(self, item: dict) -> dict:
         """Keep ``per_object`` random expressions of each object (rows of every per-row field)."""
         ann = np.asarray(item["ann_ids"])
-        keys = np.zeros(len(ann))
+        keep = []
         for a in np.unique(ann):  # one draw per object: independent of batching and rank
             rows = np.flatnonzero(ann == a)
-            rng = np.random.default_rng([self.seed, self.epoch, int(a)])
-            keys[rows] = rng.permutation(len(rows))
-        keep = np.flatnonzero(keys < self.per_object)
-        out = dict(item)
-        for k in ("sents", "sent_ids", "ann_ids"):
-            out[k] = [item[k][i] for i in keep]
-        idx = torch.from_numpy(keep)
-        for k in ("target", "eligible"):
-            if k in item:
-                out[k] = item[k].index_select(0, idx)
-        return out
+            keep += rows[_drawn(self.seed, self.epoch, int(a), len(rows), self.per_object)].tolist()
+        return _take_rows(item, sorted(keep))
 
     def _load(self, image_id: int) -> dict:
         refs = self.refer.image_refs(image_id, self.split)
@@ -170,6 +183,59 @@ class ImageSet(torch.utils.data.Dataset):
                 elig[k, list(pool.object(ann_id).eligible)] = True
             item["eligible"] = torch.from_numpy(elig)
         return item
+
+
+def _drawn(seed: int, epoch: int, ann_id: int, n: int, per_object: int) -> np.ndarray:
+    """Which of an object's ``n`` expressions an epoch uses: a bool ``[n]`` drawn from
+    ``(seed, epoch, ann_id)`` (the same in both batching modes and on every rank)."""
+    return np.random.default_rng([seed, epoch, ann_id]).permutation(n) < per_object
+
+
+def _take_rows(item: dict, keep: list[int]) -> dict:
+    out = dict(item)
+    for k in ("sents", "sent_ids", "ann_ids"):
+        out[k] = [item[k][i] for i in keep]
+    idx = torch.tensor(keep, dtype=torch.int64)
+    for k in ("target", "eligible"):
+        if k in item:
+            out[k] = item[k].index_select(0, idx)
+    return out
+
+
+def pack_samples(
+    refer: Refer, split: str, budget: int, seed: int, epoch: int, per_object: int = 1
+) -> list[list[tuple[int, int]]]:
+    """The official code's batches: ``budget`` expressions each, from one shuffled list.
+
+    Every object contributes ``per_object`` of its expressions (drawn as :class:`ImageSet`
+    draws them; 0: all), the ``(image_id, sent_id)`` samples are shuffled with ``(seed, epoch)``
+    and cut into batches of exactly ``budget``; the last, shorter one is dropped (LAVT's
+    ``drop_last=True``).
+
+    Returns:
+        Per batch, its ``(image_id, sent_id)`` samples.
+    """
+    samples = []
+    for r in refer.split_refs(split):
+        n = len(r.sentences)
+        use = _drawn(seed, epoch, r.ann_id, n, per_object) if per_object > 0 else np.ones(n, bool)
+        samples += [(r.image_id, s.sent_id) for s, u in zip(r.sentences, use, strict=True) if u]
+    order = np.random.default_rng([seed, epoch, 1]).permutation(len(samples))
+    samples = [samples[i] for i in order]
+    return [samples[i : i + budget] for i in range(0, len(samples) - budget + 1, budget)]
+
+
+def rank_keys(batch: list, rank: int, world: int) -> list:
+    """A rank's share of one step: whole images ``batch[rank::world]`` (``images`` batching),
+    or its samples ``batch[rank::world]`` grouped by image as ``(image_id, sent_ids)`` keys
+    (``samples``: LAVT's DistributedSampler interleaves the global batch over the ranks)."""
+    mine = batch[rank::world]
+    if not mine or not isinstance(mine[0], tuple):
+        return mine
+    by_image: dict[int, list[int]] = {}
+    for image_id, sent_id in mine:
+        by_image.setdefault(image_id, []).append(sent_id)
+    return [(i, tuple(s)) for i, s in by_image.items()]
 
 
 def collate(items: list[dict], tokenize: Callable[[list[str]], tuple]) -> dict:

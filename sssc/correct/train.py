@@ -45,7 +45,7 @@ import torch.distributed as dist
 from ..data.refer import Refer, pack_images
 from ..data.store import Store
 from ..eval.metrics import evaluate_masks
-from .data import ImageSet, collate
+from .data import ImageSet, collate, pack_samples, rank_keys
 from .losses import match_targets, weighted_ce_sums
 from .trainutil import (
     append_log,
@@ -137,17 +137,30 @@ def train_phase(
         net = torch.nn.parallel.DistributedDataParallel(net)
 
     # Every epoch's packing is known up front: the schedule's length and the sampler position.
-    plans = [
-        pack_images(
-            refer,
-            cfg.data.train_split,
-            cfg.data.batch_expressions,
-            shuffle=True,
-            seed=cfg.seed * 100003 + e,
-            per_object=t.sentences_per_object,
-        )
-        for e in range(epochs)
-    ]
+    if cfg.data.batching == "samples":
+        plans = [
+            pack_samples(
+                refer,
+                cfg.data.train_split,
+                cfg.data.batch_expressions,
+                cfg.seed,
+                e,
+                t.sentences_per_object,
+            )
+            for e in range(epochs)
+        ]
+    else:
+        plans = [
+            pack_images(
+                refer,
+                cfg.data.train_split,
+                cfg.data.batch_expressions,
+                shuffle=True,
+                seed=cfg.seed * 100003 + e,
+                per_object=t.sentences_per_object,
+            )
+            for e in range(epochs)
+        ]
     total = max(1, sum(len(p) for p in plans))
     opt = build_optimizer(model, t)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -236,7 +249,7 @@ def train_phase(
 
     while epoch < epochs:
         dataset.set_epoch(epoch)
-        mine = [b[rank::world] for b in plans[epoch][step:]]
+        mine = [rank_keys(b, rank, world) for b in plans[epoch][step:]]
         if any(not b for b in mine):
             raise TrainError(
                 f"a batch has fewer images than the {world} ranks; raise data.batch_expressions"
