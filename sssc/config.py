@@ -193,6 +193,7 @@ class TrainConfig:
     bert_dropout: bool = False  # LAVT keeps BERT in eval mode while training (dropout off)
     drop_path: str = "both"  # both (official Swin: attention and MLP) | attention (HF Swin)
     selection: str = "last"  # last epoch (no GT) | best_gt (official: best val oIoU against GT)
+    loss_norm: str = "samples"  # samples (official: mean of per-expression CE) | pixels
     match_size: int = 0  # soft IoU at this resolution (0: image_size); only picks the match
     amp: bool = False  # bf16 autocast on CUDA (ignored on CPU); the official code trains in fp32
     compile: bool = False  # torch.compile the model
@@ -250,6 +251,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "train.match_ties": ("sssc", "official"),
     "train.drop_path": ("both", "attention"),
     "train.selection": ("last", "best_gt"),
+    "train.loss_norm": ("samples", "pixels"),
     "segment.backend": ("simulated", "models"),
     "select.backend": ("simulated", "models"),
     "select.simulate.wrong_choice": ("largest", "central", "mixed"),

@@ -50,7 +50,7 @@ def test_embedded_default_lists_every_key_with_its_default():
     cpu_keys = ("model", "image_size", "bootstrap_epochs", "correct_epochs", "plus_epochs", "lr")
     for key in (*cpu_keys, "grad_clip", "cache_data", "sentences_per_object", "class_weights"):
         expected["train"][key] = got["train"][key]
-    for key in ("threads", "eval_every", "bert_train_layers"):
+    for key in ("threads", "eval_every", "bert_train_layers", "loss_norm"):
         expected["train"][key] = got["train"][key]
     expected["data"]["batch_expressions"] = got["data"]["batch_expressions"]
     assert got["train"]["model"] == "lavt-tiny" and got["train"]["image_size"] == 64

@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sssc.correct.losses import (
     IGNORE,
@@ -292,3 +293,23 @@ def test_sample_weight_scales_the_numerator_only():
         want_num += float(w[b]) * float((cw[target[b]] * nll).sum())
         want_den += float(cw[target[b]].sum())
     assert abs(float(num) - want_num) < 1e-4 and abs(float(den) - want_den) < 1e-4
+
+
+def test_samples_norm_is_the_official_mean_of_per_expression_losses():
+    """The official loss: per expression F.cross_entropy(weight=[0.9, 1.1]) (a weighted mean over
+    its pixels), summed (twice for a double-counted one), divided by the batch size."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 2, 5, 5, generator=g)
+    target = torch.randint(0, 2, (4, 5, 5), generator=g)
+    target[3] = IGNORE  # no target: adds nothing, still counted in the batch size
+    sw = torch.tensor([2.0, 1.0, 1.0, 0.0])
+    num, den = weighted_ce_sums(logits, target, W, sample_weight=sw, norm="samples")
+    cw = torch.tensor(W, dtype=torch.float64)
+    want = sum(
+        float(sw[b])
+        * float(F.cross_entropy(logits[b : b + 1].double(), target[b : b + 1], weight=cw))
+        for b in range(3)
+    )
+    assert abs(float(num) - want) < 1e-5 and float(den) == 4.0
+    with pytest.raises(ValueError, match="norm"):
+        weighted_ce_sums(logits, target, W, norm="mean")

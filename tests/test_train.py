@@ -116,9 +116,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(base, tmp_path, monke
     calls = {"n": 0}
     real = train_mod.weighted_ce_sums
 
-    def poisoned(logits, target, w, sample_weight=None):
+    def poisoned(logits, target, w, sample_weight=None, norm="pixels"):
         calls["n"] += 1
-        num, den = real(logits, target, w, sample_weight)
+        num, den = real(logits, target, w, sample_weight, norm)
         return (num * float("nan") if calls["n"] == 3 else num), den
 
     monkeypatch.setattr(train_mod, "weighted_ce_sums", poisoned)

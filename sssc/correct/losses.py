@@ -59,21 +59,34 @@ def weighted_ce_sums(
     target: torch.Tensor,
     class_weights,
     sample_weight: torch.Tensor | None = None,
+    norm: str = "pixels",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The numerator ``sum(w[y] * nll)`` and denominator ``sum(w[y])`` of :func:`weighted_ce`.
+    """The numerator and denominator of the batch's loss (``loss = num / den``).
 
+    ``norm="pixels"`` (sssc, :func:`weighted_ce`): ``num = sum(w[y] * nll)`` and ``den =
+    sum(w[y])`` over every pixel of the batch. ``norm="samples"`` (the official code's): each
+    expression's own weighted mean ``sum_p(w[y] nll) / sum_p(w[y])`` (0 without a target),
+    summed, over ``den = B``, the number of expressions (those without a target included).
     Data-parallel training adds the denominators of all ranks, so that the loss is the one of the
     global batch whatever the number of ranks.
 
     Args:
         sample_weight: optional ``[B]`` factor on each expression's numerator only (the official
             matching rule counts some expressions' cross-entropy twice; see
-            :func:`match_targets`). The denominator counts every pixel once.
+            :func:`match_targets`).
+        norm: ``"pixels"`` | ``"samples"`` (``train.loss_norm``).
     """
+    if norm not in ("pixels", "samples"):
+        raise ValueError(f"loss norm must be 'pixels' or 'samples', got {norm!r}")
     w = torch.as_tensor(class_weights, dtype=torch.float32, device=logits.device)
     nll = F.cross_entropy(logits.float(), target, reduction="none", ignore_index=IGNORE)
     wy = w[target.clamp_max(1)].masked_fill(target == IGNORE, 0.0)
     num = wy * nll
+    if norm == "samples":
+        per = num.flatten(1).sum(1) / wy.flatten(1).sum(1).clamp_min(1e-12)  # 0 when no target
+        if sample_weight is not None:
+            per = per * sample_weight.to(per.dtype)
+        return per.sum(), torch.tensor(float(target.shape[0]), device=logits.device)
     if sample_weight is not None:
         num = num * sample_weight.to(num.dtype)[:, None, None]
     return num.sum(), wy.sum().detach()

@@ -288,7 +288,7 @@ def train_phase(
                 target, sample_weight = m.target, m.weight
                 counts[1:] += torch.stack([m.unmatched.sum(), m.no_candidate.sum()])
             counts[0] += target.shape[0]
-            num, den = weighted_ce_sums(logits, target, weights, sample_weight)
+            num, den = weighted_ce_sums(logits, target, weights, sample_weight, t.loss_norm)
             sums = torch.stack([num.detach(), den])
             if world > 1:
                 dist.all_reduce(sums)  # the global batch's loss and weight
