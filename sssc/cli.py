@@ -22,11 +22,28 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
-    p.add_argument("--run", default="runs/default", help="run directory (default: runs/default)")
     p.add_argument(
+        "--run-dir",
+        "--run",
+        dest="run",
+        default="runs/default",
+        help="run directory (default: runs/default); under torchrun write --run-dir, as torchrun "
+        "takes --run for its own --run-path",
+    )
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument(
         "--resume",
+        dest="resume",
         action="store_true",
-        help="continue training from <run>/<stage>/checkpoint.pt (train.resume, on by default)",
+        default=None,
+        help="continue every stage from what the run folder holds (the default, train.resume)",
+    )
+    resume.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="redo the stage (and any whose settings differ) from scratch, overwriting sssc's "
+        "outputs in the run folder",
     )
     return p
 
@@ -38,7 +55,8 @@ def train_main(argv: list[str] | None = None) -> int:
     from .stages import StageError, run_stage
 
     try:
-        cfg = load_config(args.config, args.set + (["train.resume=true"] if args.resume else []))
+        resume = [] if args.resume is None else [f"train.resume={str(args.resume).lower()}"]
+        cfg = load_config(args.config, args.set + resume)
         run_stage(args.stage, cfg, args.run)
     except (ConfigError, StageError) as e:
         print(f"sssc-train: {e}", file=sys.stderr)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -44,6 +46,7 @@ __all__ = [
     "config_to_dict",
     "embedded_config_path",
     "load_config",
+    "resolve_device",
 ]
 
 
@@ -67,7 +70,7 @@ class DataConfig:
     dataset: str = "synthetic"  # folder under root: refcoco | refcoco+ | refcocog | synthetic
     root: str = "data"  # <root>/<dataset>/instances.json and refs(<split_by>).p
     split_by: str = "synthetic"  # unc | umd | google | synthetic: picks refs(<split_by>).p
-    image_dir: str = "data/synthetic/images"
+    image_dir: str = ""  # "" = <root>/<dataset>/images (the synthetic dataset's layout)
     class_names: list[str] = field(default_factory=list)  # class-projection targets
     train_split: str = "train"
     eval_split: str = "val"
@@ -88,6 +91,8 @@ class SimS1Config:
     jitter_px: float = 1.0
     p_false_positive: float = 0.1
     seed: int = 0
+    allow_real_data: bool = False  # labels derived from the GT: refused on a real dataset unless
+    # set, and then every table calls them "oracle-derived"
 
 
 @dataclass
@@ -131,6 +136,7 @@ class SimS2Config:
     p_correct: float = 0.6
     wrong_choice: str = "largest"  # largest | central | mixed
     seed: int = 0
+    allow_real_data: bool = False  # as segment.simulate.allow_real_data
 
 
 @dataclass
@@ -176,6 +182,8 @@ class TrainConfig:
     model: str = "lavt-base"  # lavt-base | lavt-tiny | a model config file
     swin_weights: str = ""  # local path: swin_base_patch4_window12_384_22k.pth or an HF folder
     bert_weights: str = ""  # local path: an HF bert-base-uncased folder
+    random_init: bool = False  # allow an empty swin_weights/bert_weights (random weights);
+    # otherwise an empty path is an error (the paper starts from ImageNet-22k Swin and BERT)
     image_size: int = 480  # images and targets are resized to image_size x image_size
     bootstrap_epochs: int = 40
     correct_epochs: int = 40
@@ -211,7 +219,7 @@ class TrainConfig:
 class RunConfig:
     recipe: str = "sssc"  # sssc | official: every setting of OFFICIAL_RECIPE at once
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"  # auto (CUDA when there is one, else the CPU) | cpu | cuda | cuda:N
     data: DataConfig = field(default_factory=DataConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
@@ -262,11 +270,16 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "select.models.amp": ("bf16", "fp16", "none"),
     "train.unmatched": ("ignore", "random"),
 }
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _PROBABILITIES = (
     "segment.simulate.p_drop",
     "segment.simulate.p_false_positive",
     "select.simulate.p_correct",
+    "segment.models.box_threshold",
+    "segment.models.text_threshold",
 )
+_NON_NEGATIVE = ("segment.simulate.jitter_px", "select.models.min_area")
 _POSITIVE_INTS = (
     "data.batch_expressions",
     "data.synth.num_images",
@@ -278,6 +291,26 @@ _POSITIVE_INTS = (
     "train.eval_every",
     "train.log_every",
 )
+
+
+def resolve_device(device: str) -> str:
+    """The torch device of a ``device`` setting: ``auto`` is ``cuda`` when CUDA is available.
+
+    Raises:
+        ConfigError: ``cuda`` (or ``cuda:N``) was asked for and this torch sees no such GPU.
+    """
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device={device!r}, but torch sees {torch.cuda.device_count()} CUDA device(s); "
+                "use device=auto or device=cpu"
+            )
+    return device
 
 
 def embedded_config_path(name: str = "synthetic") -> Path:
@@ -319,7 +352,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         source = f"override --set {ov!r} (on top of {file})"
         applied.append((key, value, source))
         cfg = _build_run(raw, applied, source)
+    _check_whole(cfg, str(file) + (" with the --set overrides" if overrides else ""))
     return cfg
+
+
+def _check_whole(cfg: RunConfig, source: str) -> None:
+    """Rules across sections, checked once every override is in."""
+    for stage in ("segment", "select"):
+        sec = getattr(cfg, stage)
+        if (
+            cfg.data.dataset != "synthetic"
+            and sec.backend == "simulated"
+            and not sec.simulate.allow_real_data
+        ):
+            raise ConfigError(
+                f"{source}: '{stage}.backend' is simulated on dataset {cfg.data.dataset!r}: its "
+                "labels would be derived from the GT masks. Use backend: models, or set "
+                f"{stage}.simulate.allow_real_data: true for an oracle-derived run"
+            )
 
 
 def _build_run(raw: Any, applied: list[tuple[str, Any, str]], source: str) -> RunConfig:
@@ -472,8 +522,12 @@ def _convert(tp: Any, value: Any, dotted: str, source: str) -> Any:
             return _wrong_type(tp, value, dotted, source)
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return _wrong_type(tp, value, dotted, source)
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: {dotted!r} must be a finite number, got {value!r}")
         return float(value)
     if tp is bool:
         if not isinstance(value, bool):
@@ -511,6 +565,23 @@ def _check_values(cfg: RunConfig, source: str) -> None:
         value = _get_dotted(cfg, key)
         if value < 1:
             raise ConfigError(f"{source}: {key!r} must be a positive int, got {value!r}")
+    for key in _NON_NEGATIVE:
+        value = _get_dotted(cfg, key)
+        if value < 0:
+            raise ConfigError(f"{source}: {key!r} must be >= 0, got {value!r}")
+    if not _DEVICE.fullmatch(cfg.device):
+        raise ConfigError(
+            f"{source}: 'device' must be auto, cpu, cuda or cuda:N, got {cfg.device!r}"
+        )
+    if cfg.data.synth.image_size < 32:
+        raise ConfigError(
+            f"{source}: 'data.synth.image_size' must be >= 32 (room for the shapes), "
+            f"got {cfg.data.synth.image_size!r}"
+        )
+    if cfg.select.models.sigma <= 0:
+        raise ConfigError(
+            f"{source}: 'select.models.sigma' must be > 0, got {cfg.select.models.sigma!r}"
+        )
     t = cfg.train
     if t.bert_train_layers < -1:
         raise ConfigError(

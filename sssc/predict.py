@@ -168,8 +168,9 @@ def _as_rgb(image) -> np.ndarray:
     from PIL import Image
 
     if isinstance(image, (str, Path)):
-        with Image.open(image) as im:
-            return np.asarray(im.convert("RGB")).copy()
+        from .data.images import read_rgb
+
+        return read_rgb(image).copy()
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB")).copy()
     arr = np.asarray(image)

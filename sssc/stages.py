@@ -14,19 +14,31 @@ it. Only the ``simulated`` backends exist so far (see :mod:`sssc.data.simulate`)
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from .config import resolve_device
 from .data import masks as _masks
 from .data.refer import DatasetError, Refer
 from .data.store import Store, StoreError, store_complete, write_store
 from .eval.metrics import eval_size, evaluate_masks, format_table, resize_mask
+from .rundir import (
+    RunDirError,
+    RunLock,
+    atomic_write_text,
+    check_stage_config,
+    clear_outputs,
+    open_run_dir,
+    read_json,
+    write_stage_config,
+)
 
 __all__ = ["StageError", "evaluate_stage", "run_stage"]
 
@@ -44,6 +56,12 @@ class StageError(Exception):
 def run_stage(stage: str, cfg: Any, run_dir: str | Path) -> dict:
     """Run one stage (and the missing ones before it) and return its metrics.
 
+    The run folder has one writer (:class:`sssc.rundir.RunLock`). Each stage's outputs carry the
+    settings they were made with: a stage made with other defining settings is refused, naming
+    the keys, unless ``train.resume`` is off (``--no-resume``), which redoes the requested stage,
+    and every one whose settings differ, from scratch. Complete upstream outputs made with the
+    same settings are reused.
+
     Args:
         stage: ``segment`` | ``select`` | ``bootstrap`` | ``correct`` | ``all``.
         cfg: a :class:`sssc.config.RunConfig`.
@@ -53,30 +71,76 @@ def run_stage(stage: str, cfg: Any, run_dir: str | Path) -> dict:
         The stage's ``metrics.json`` content.
 
     Raises:
-        StageError: an unimplemented stage or backend, a dataset or store problem.
+        StageError: an unknown stage, a busy or unusable run folder, outputs made with other
+            settings, a dataset or store problem.
     """
-    run_dir = Path(run_dir)
-    if stage in ("bootstrap", "correct", "all"):
-        return _run_stage3(stage, cfg, run_dir)
-    if stage not in ("segment", "select"):
+    if stage not in ("segment", "select", "bootstrap", "correct", "all"):
         raise StageError(f"unknown stage {stage!r}; choose segment, select, bootstrap or correct")
+    # Missing weights fail before anything is created or started.
     _check_model_weights(cfg, ("segment",) if stage == "segment" else ("segment", "select"))
+    if stage in ("bootstrap", "correct", "all"):
+        from .correct.train import TrainError, check_init_weights
+
+        try:
+            check_init_weights(cfg.train)  # before Stages 1-2, which may take hours
+        except TrainError as e:
+            raise StageError(f"--stage {stage}: {e}") from None
+    try:
+        run_dir = open_run_dir(run_dir)
+        # Under torchrun the ranks of one job share the folder: rank 0 holds the lock for them.
+        lock = RunLock(run_dir) if int(os.environ.get("RANK", 0)) == 0 else contextlib.nullcontext()
+        with lock:
+            if stage in ("bootstrap", "correct", "all"):
+                return _run_stage3(stage, cfg, run_dir)
+            return _run_stages12(stage, cfg, run_dir)
+    except RunDirError as e:
+        raise StageError(str(e)) from None
+
+
+def _run_stages12(stage: str, cfg: Any, run_dir: Path, target: bool = True) -> dict:
     try:
         refer = Refer.from_config(cfg.data)
-        if stage == "segment":
-            return _run_segment(refer, cfg, run_dir)
-        seg_dir = run_dir / "segment"
-        if not store_complete(seg_dir) or Store(seg_dir).verify():
-            print(
-                f"sssc-train: the segment output in {seg_dir} is missing or incomplete; "
-                "running --stage segment first"
-            )
+        if stage == "select" and _reusable("segment", cfg, run_dir) is None:
             _run_segment(refer, cfg, run_dir)
-        return _run_select(refer, cfg, run_dir)
+        m = _reusable(stage, cfg, run_dir) if not target else None
+        if m is not None:
+            return m
+        return (_run_segment if stage == "segment" else _run_select)(refer, cfg, run_dir)
     except DatasetError as e:
         raise StageError(f"dataset: {e}") from None
     except StoreError as e:
         raise StageError(f"pseudo-label store: {e}") from None
+
+
+def _reusable(stage: str, cfg: Any, run_dir: Path) -> dict | None:
+    """A stage's metrics when its outputs are complete and made with this run's settings.
+
+    ``None`` when they are missing or incomplete (the stage runs or resumes), or when the settings
+    differ and ``train.resume`` is off (the stage is redone). Settings that differ with resume on
+    are a :class:`RunDirError`.
+    """
+    from .config import config_to_dict
+
+    d = run_dir / stage
+    try:
+        check_stage_config(d, config_to_dict(cfg), stage)
+    except RunDirError:
+        if cfg.train.resume:
+            raise
+        return None
+    if not store_complete(d) or Store(d).verify():
+        print(
+            f"sssc-train: the {stage} output in {d} is missing or incomplete; "
+            f"running --stage {stage} first"
+        )
+        return None
+    try:
+        return read_json(d / "metrics.json", "metrics")
+    except RunDirError:
+        print(
+            f"sssc-train: {d / 'metrics.json'} is missing or unreadable; evaluating {stage} again"
+        )
+        return None
 
 
 # ---------------------------------------------------------------------------------- the stages
@@ -95,13 +159,25 @@ class _Log:
             print(msg)
 
 
-def _prepare(stage: str, cfg: Any, run_dir: Path) -> tuple[Path, _Log]:
+def _prepare(stage: str, cfg: Any, run_dir: Path) -> tuple[Path, _Log, bool]:
+    """The stage folder, its log and whether it starts from scratch; its config.yaml written.
+
+    From scratch when ``train.resume`` is off: sssc's own outputs there are removed first, so a
+    kill before the new ones are complete can never leave an old result beside the new config.
+    """
     from .config import config_to_dict
 
     d = run_dir / stage
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    return d, _Log(d / "log.txt")
+    cd = config_to_dict(cfg)
+    fresh = not cfg.train.resume
+    if not fresh:
+        check_stage_config(d, cd, stage)
+    elif d.exists():
+        clear_outputs(d)
+        with contextlib.suppress(FileNotFoundError):
+            (d / "store.json").unlink()  # the shards are rewritten (see write_store(fresh=))
+    write_stage_config(d, cd)
+    return d, _Log(d / "log.txt"), fresh
 
 
 def _data_desc(cfg: Any) -> dict:
@@ -119,7 +195,9 @@ def _stage_images(refer: Refer, cfg: Any) -> tuple[list[str], list[int]]:
     return splits, ids
 
 
-def _write(stage: str, d: Path, log: _Log, kind: str, producer: dict, ids: list[int], make) -> None:
+def _write(
+    stage: str, d: Path, log: _Log, kind: str, producer: dict, ids: list[int], make, fresh: bool
+) -> None:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -131,7 +209,15 @@ def _write(stage: str, d: Path, log: _Log, kind: str, producer: dict, ids: list[
         dynamic_ncols=True,
     ) as bar:
         rep = write_store(
-            d, kind, producer, ids, make, shard_size=SHARD_SIZE, progress=bar.update, log=log
+            d,
+            kind,
+            producer,
+            ids,
+            make,
+            shard_size=SHARD_SIZE,
+            progress=bar.update,
+            log=log,
+            fresh=fresh,
         )
     dt = time.perf_counter() - t0
     done = sum(min(SHARD_SIZE, len(ids) - k * SHARD_SIZE) for k in rep.written)
@@ -164,7 +250,7 @@ def _models_error(stage: str, e: Exception) -> StageError:
 def _run_segment(refer: Refer, cfg: Any, run_dir: Path) -> dict:
     from .data.simulate import SimulatedSegmenter
 
-    d, log = _prepare("segment", cfg, run_dir)
+    d, log, fresh = _prepare("segment", cfg, run_dir)
     splits, ids = _stage_images(refer, cfg)
     if cfg.segment.backend == "models":
         from .segment.nouns import NounError
@@ -172,7 +258,12 @@ def _run_segment(refer: Refer, cfg: Any, run_dir: Path) -> dict:
 
         try:
             seg = ModelsSegmenter(
-                refer, cfg.segment.models, cfg.data.class_names, splits, _data_desc(cfg), cfg.device
+                refer,
+                cfg.segment.models,
+                cfg.data.class_names,
+                splits,
+                _data_desc(cfg),
+                resolve_device(cfg.device),
             )
         except (NounError, ImportError, OSError, ValueError) as e:
             raise _models_error("segment", e) from e
@@ -182,7 +273,7 @@ def _run_segment(refer: Refer, cfg: Any, run_dir: Path) -> dict:
         f"segment: {seg.producer['name']} Stage 1 on {cfg.data.dataset} {'+'.join(splits)}: "
         f"{len(ids)} images -> {d}"
     )
-    _write("segment", d, log, "S1", seg.producer, ids, seg)
+    _write("segment", d, log, "S1", seg.producer, ids, seg, fresh)
     if seg.counts:
         # With real models these are failures to look at (images without detection, ...).
         log(
@@ -196,13 +287,15 @@ def _run_select(refer: Refer, cfg: Any, run_dir: Path) -> dict:
     from .data.simulate import SimulatedSelector
 
     s1 = Store(run_dir / "segment", kind="S1")
-    d, log = _prepare("select", cfg, run_dir)
+    d, log, fresh = _prepare("select", cfg, run_dir)
     if cfg.select.backend == "models":
         from .select.runner import ModelsSelector
 
         splits, _ = _stage_images(refer, cfg)
         try:
-            sel = ModelsSelector(refer, cfg.select.models, s1, splits, SHARD_SIZE, cfg.device)
+            sel = ModelsSelector(
+                refer, cfg.select.models, s1, splits, SHARD_SIZE, resolve_device(cfg.device)
+            )
         except (ImportError, OSError, ValueError) as e:
             raise _models_error("select", e) from e
         make = sel
@@ -211,7 +304,7 @@ def _run_select(refer: Refer, cfg: Any, run_dir: Path) -> dict:
         make = lambda i: sel(s1.get(i))  # noqa: E731
     name = sel.producer["name"]
     log(f"select: {name} Stage 2 on {len(s1)} images of {run_dir / 'segment'} -> {d}")
-    _write("select", d, log, "S2", sel.producer, s1.image_ids(), make)
+    _write("select", d, log, "S2", sel.producer, s1.image_ids(), make, fresh)
     if sel.counts:
         log(f"select: this session's counts: {dict(sel.counts)}", echo=name != "simulated")
     return _finish("select", refer, cfg, run_dir, log)
@@ -220,13 +313,15 @@ def _run_select(refer: Refer, cfg: Any, run_dir: Path) -> dict:
 def _finish(stage: str, refer: Refer, cfg: Any, run_dir: Path, log: _Log) -> dict:
     m = evaluate_stage(stage, cfg, run_dir, refer=refer)
     path = run_dir / stage / "metrics.json"
-    path.write_text(json.dumps(m, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(m, indent=1) + "\n")
     rows = {}
     seg_metrics = run_dir / "segment" / "metrics.json"
     if stage == "select" and seg_metrics.exists():
-        rows["S1 oracle"] = json.loads(seg_metrics.read_text())
+        rows["S1 oracle"] = read_json(seg_metrics, "metrics")
     rows["S1 oracle" if stage == "segment" else "S+S"] = m
     name = m["producer"]["name"]
+    if name == "simulated" and cfg.data.dataset != "synthetic":
+        name = "simulated, oracle-derived"
     rows = {f"{k} ({name})": v for k, v in rows.items()}
     log(
         f"{stage}: {cfg.data.dataset} {m['split']} at resolution {m['resolution']}, "
@@ -340,15 +435,8 @@ def _run_stage3(stage: str, cfg: Any, run_dir: Path) -> dict:
     # Under torchrun, rank 0 alone makes the missing dataset and Stage 1-2 outputs (the simulated
     # producers are fast); the other ranks wait for them.
     rank, world, own_pg = setup_dist()
-    sel = run_dir / "select"
-    if rank == 0 and (
-        not store_complete(sel) or not (sel / "metrics.json").exists() or Store(sel).verify()
-    ):
-        print(
-            f"sssc-train: the select output in {sel} is missing or incomplete; running "
-            "--stage select first"
-        )
-        run_stage("select", cfg, run_dir)
+    if rank == 0:
+        _run_stages12("select", cfg, run_dir, target=False)
     if world > 1:
         import torch.distributed as dist
 
@@ -368,33 +456,57 @@ def _run_stage3(stage: str, cfg: Any, run_dir: Path) -> dict:
     finally:
         cleanup_dist(own_pg)
     if rank == 0:
-        print(stage3_table(run_dir))
+        print(stage3_table(run_dir, cfg))
     return out["bootstrap" if stage == "bootstrap" else "correct"]
 
 
-def stage3_table(run_dir: str | Path) -> str:
-    """S+S, ZSBootstrap, +epochs and S+S+C of a run (those present) on the eval split vs GT."""
-    rows = []
+def _oracle_derived(producer: dict) -> bool:
+    """Simulated labels on a real dataset: derived from its GT masks."""
+    data = producer.get("data") or producer.get("segment", {}).get("data") or {}
+    return producer.get("name") == "simulated" and data.get("dataset", "synthetic") != "synthetic"
+
+
+def stage3_table(run_dir: str | Path, cfg: Any = None) -> str:
+    """S+S, ZSBootstrap, +epochs and S+S+C of a run (those present) on the eval split vs GT.
+
+    With ``cfg``, a row whose folder was made with other settings than ``cfg``'s is left out and
+    named below the table, so an old result is never shown as this run's.
+    """
+    from .config import config_to_dict
+
+    rows, stale = [], []
     for d, name in _ROWS:
         path = Path(run_dir) / d / "metrics.json"
-        if path.exists():
-            rows.append((name, json.loads(path.read_text())))
+        if not path.exists():
+            continue
+        if cfg is not None:
+            try:
+                check_stage_config(path.parent, config_to_dict(cfg), d)
+            except RunDirError:
+                stale.append(name)
+                continue
+        rows.append((name, read_json(path, "metrics")))
     if not rows:
         return "(no metrics yet)"
     m0 = rows[0][1]
     prod = m0["producer"]
     sim = ", ".join(f"{k}={v}" for k, v in prod.items() if k != "name" and not isinstance(v, dict))
     head = f"{'':14} {'mIoU':>7} {'oIoU':>7} {'prec@0.5':>9}"
+    oracle = " -- ORACLE-DERIVED: simulated from this dataset's GT masks" * _oracle_derived(prod)
     lines = [
-        f"{m0['split']} split vs GT, labels by producer {prod['name']!r} ({sim})",
+        f"{m0['split']} split vs GT, labels by producer {prod['name']!r} ({sim}){oracle}",
         head,
         "-" * len(head),
     ]
     for name, m in rows:
-        label = f"{name} (sim.)" if name == "S+S" and prod["name"] == "simulated" else name
+        label = name
+        if name == "S+S" and prod["name"] == "simulated":
+            label = f"{name} (sim.)" if not _oracle_derived(prod) else f"{name} (oracle-derived)"
         if str(m.get("selection", "")).startswith("selected on GT"):
             label += " *"
         lines.append(f"{label:14} {m['mIoU']:7.2f} {m['oIoU']:7.2f} {m['prec@0.5']:9.2f}")
     if any(str(m.get("selection", "")).startswith("selected on GT") for _, m in rows):
         lines.append("* selected on GT: the epoch with the best val oIoU (train.selection=best_gt)")
+    if stale:
+        lines.append(f"(not shown: {', '.join(stale)}, made with other settings in {run_dir})")
     return "\n".join(lines)

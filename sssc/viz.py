@@ -133,7 +133,7 @@ def viz_main(args: argparse.Namespace) -> int:
         config = str(snapshot)
     try:
         cfg = load_config(config, args.set)
-        refer = Refer.from_config(cfg.data)
+        refer = Refer.from_config(cfg.data, generate=False)
         s1 = Store(run / "segment", kind="S1")
         s2 = Store(run / "select", kind="S2") if (run / "select" / "store.json").exists() else None
         ids = list(args.image_id) + s1.image_ids()[: max(0, args.first)]

@@ -331,8 +331,31 @@ def test_truncated_checkpoint_is_named(tmp_path):
     path = tmp_path / "cut.pth"
     torch.save({"model": {"w": torch.zeros(1000)}}, path)
     path.write_bytes(path.read_bytes()[:300])
-    with pytest.raises(CheckpointError, match="cut.pth: not a readable torch checkpoint"):
+    with pytest.raises(CheckpointError, match=r"cut.pth: damaged checkpoint.*truncated") as e:
         read_checkpoint(path)
+    assert "weights_only" not in str(e.value)
+
+
+def test_a_flipped_byte_in_a_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "flip.pt"
+    w = torch.arange(4096, dtype=torch.float32)
+    torch.save({"model": {"w": w}}, path)
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(w[1000:1004].numpy().tobytes())
+    assert at > 0
+    data[at + 1] ^= 0x10  # one bit of one weight: torch alone loads it without a word
+    path.write_bytes(bytes(data))
+    assert not torch.equal(torch.load(path, weights_only=True)["model"]["w"], w)
+    with pytest.raises(CheckpointError, match=r"flip.pt: damaged checkpoint: record .* CRC-32"):
+        read_checkpoint(path)
+
+
+def test_text_that_is_not_a_checkpoint_is_named(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("hello")
+    with pytest.raises(CheckpointError, match="notes.pt: not a readable torch checkpoint") as e:
+        read_checkpoint(path)
+    assert "weights_only" not in str(e.value)
 
 
 def test_predict_and_eval_take_a_published_checkpoint(official, tiny_bert_cfg, tmp_path, capsys):

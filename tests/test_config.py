@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 import yaml
@@ -50,8 +51,12 @@ def test_embedded_default_lists_every_key_with_its_default():
     cpu_keys = ("model", "image_size", "bootstrap_epochs", "correct_epochs", "plus_epochs", "lr")
     for key in (*cpu_keys, "grad_clip", "cache_data", "sentences_per_object", "class_weights"):
         expected["train"][key] = got["train"][key]
-    for key in ("threads", "eval_every", "bert_train_layers", "loss_norm"):
+    for key in ("threads", "eval_every", "bert_train_layers", "loss_norm", "random_init"):
         expected["train"][key] = got["train"][key]
+    # A random tiny model on the CPU, on purpose; the schema's defaults are the safe ones.
+    assert (got["device"], got["train"]["random_init"]) == ("cpu", True)
+    assert (RunConfig().device, RunConfig().train.random_init) == ("auto", False)
+    expected["device"] = "cpu"
     expected["data"]["batch_expressions"] = got["data"]["batch_expressions"]
     assert got["train"]["model"] == "lavt-tiny" and got["train"]["image_size"] == 64
     assert config_to_dict(RunConfig())["train"]["model"] == "lavt-base"
@@ -249,3 +254,74 @@ def test_recipe_official_sets_every_official_behaviour_and_explicit_keys_win(tmp
     assert official.train.selection == "last"
     with pytest.raises(ConfigError, match="'recipe' must be one of"):
         load_config(None, ["recipe=paper"])
+
+
+# ---------------------------------------------------------------------- values the schema checks
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("device=banana", "'device'"),
+        ("device=gpu", "'device'"),
+        ("segment.simulate.jitter_px=-1", "jitter_px"),
+        ("segment.simulate.jitter_px=.nan", "jitter_px"),
+        ("data.synth.image_size=8", "data.synth.image_size"),
+        ("train.lr=.inf", "train.lr"),
+        ("train.weight_decay=.nan", "train.weight_decay"),
+        ("select.models.sigma=0", "sigma"),
+        ("segment.models.box_threshold=1.5", "box_threshold"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_config(None, [override])
+
+
+def test_float_written_without_a_dot_is_a_number():
+    # YAML 1.1 (PyYAML) reads 1e-3 as the string "1e-3"; a float setting takes it as a number.
+    assert load_config(None, ["train.lr=1e-3"]).train.lr == 1e-3
+    assert load_config(None, ["train.class_weights=[1e-1, 2E+0]"]).train.class_weights == [0.1, 2.0]
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_config(None, ["train.lr=fast"])
+
+
+@pytest.mark.parametrize("dev", ["auto", "cpu", "cuda", "cuda:1"])
+def test_device_values_accepted(dev):
+    assert load_config(None, [f"device={dev}"]).device == dev
+
+
+def test_auto_device_is_the_cpu_without_cuda(monkeypatch):
+    import torch
+
+    from sssc.config import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match="CUDA device"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(ConfigError):
+        resolve_device("cuda:2")
+
+
+@pytest.mark.parametrize("name", ["refcoco", "refcoco+", "refcocog-umd", "refcocog-google"])
+def test_real_data_configs_are_safe(name):
+    cfg = load_config(name, [])
+    assert cfg.device == "auto"
+    assert not cfg.train.random_init
+    assert (cfg.segment.backend, cfg.select.backend) == ("models", "models")
+
+
+def test_simulated_backend_on_real_data_needs_an_explicit_allow(tmp_path):
+    text = "data:\n  dataset: refcoco\n  split_by: unc\n"
+    with pytest.raises(ConfigError, match=r"segment.backend.*allow_real_data"):
+        load_config(_write(tmp_path, text), [])
+    sets = ["segment.simulate.allow_real_data=true"]
+    with pytest.raises(ConfigError, match=r"select.backend.*allow_real_data"):
+        load_config(_write(tmp_path, text), sets)
+    cfg = load_config(_write(tmp_path, text), [*sets, "select.simulate.allow_real_data=true"])
+    assert cfg.segment.backend == "simulated"

@@ -125,7 +125,14 @@ def test_changed_settings_do_not_reuse_a_store(tmp_path, sets, capsys):
         ["--stage", "segment", "--run", str(run), *sets, "--set", "segment.simulate.p_drop=0.5"]
     )
     assert rc == 2
-    assert "belongs to another run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "was made with other settings: segment.simulate.p_drop: 0.1 there, 0.5 now" in err
+    assert "--no-resume" in err
+    before = (run / "segment" / "store.json").read_bytes()
+    args = ["--stage", "segment", "--run", str(run), *sets, "--set", "segment.simulate.p_drop=0.5"]
+    assert train_main([*args, "--no-resume"]) == 0
+    assert (run / "segment" / "store.json").read_bytes() != before  # the new producer
+    assert train_main(args) == 0  # now made with these settings: reused
 
 
 def test_stage3_with_an_unknown_model_is_a_clear_error(tmp_path, sets, capsys):

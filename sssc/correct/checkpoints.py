@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ __all__ = [
     "published_args",
     "read_checkpoint",
     "state_dict_for_sssc",
+    "verify_checksums",
 ]
 
 # The only class besides tensors and containers that a checkpoint may hold.
@@ -66,6 +68,7 @@ def read_checkpoint(path: str | Path) -> Any:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: checkpoint not found")
+    verify_checksums(p)
     try:
         with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
             return torch.load(p, map_location="cpu", weights_only=True)
@@ -77,11 +80,45 @@ def read_checkpoint(path: str | Path) -> Any:
                 "tensors, containers and argparse.Namespace are allowed (loading it would run "
                 "code from the file). Re-save its state dicts alone from a trusted copy."
             ) from None
-        raise CheckpointError(f"{p}: not a readable torch checkpoint ({_first_line(e)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(
-            f"{p}: not a readable torch checkpoint (truncated or another format: {_first_line(e)})"
+            f"{p}: not a readable torch checkpoint ({_first_line(e)}); it is damaged or not a "
+            "checkpoint. Use another copy, or rerun with --no-resume to start the phase again"
         ) from None
+    except Exception as e:  # torch's loaders raise many kinds on a foreign or damaged file
+        raise CheckpointError(
+            f"{p}: not a readable torch checkpoint (truncated or another format: "
+            f"{_first_line(e)}). Use another copy, or rerun with --no-resume to start the phase "
+            "again"
+        ) from None
+
+
+def verify_checksums(path: str | Path) -> None:
+    """Check every record of a checkpoint against its CRC-32 (torch's zip format stores one).
+
+    A file in torch's legacy (pre-1.6, non-zip) format carries no checksum and is not checked.
+
+    Raises:
+        CheckpointError: a record's CRC fails, or the zip structure is damaged (truncated).
+    """
+    p = Path(path)
+    with open(p, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"
+    if not zipped:
+        return
+    try:
+        with zipfile.ZipFile(p) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(
+            f"{p}: damaged checkpoint ({_first_line(e)}; truncated?). Use another copy, or rerun "
+            "with --no-resume to start the phase again"
+        ) from None
+    if bad is not None:
+        raise CheckpointError(
+            f"{p}: damaged checkpoint: record {bad!r} fails its CRC-32 check (flipped bytes on "
+            "disk or in transfer). Use another copy, or rerun with --no-resume to start the phase "
+            "again"
+        )
 
 
 def _first_line(e: BaseException) -> str:

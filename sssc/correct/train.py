@@ -42,9 +42,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..config import config_to_dict, resolve_device
 from ..data.refer import Refer, pack_images
 from ..data.store import Store
 from ..eval.metrics import evaluate_masks
+from ..rundir import (
+    RESUMABLE_AFTER_DIVERGENCE,
+    RunDirError,
+    atomic_write_text,
+    check_stage_config,
+    clear_outputs,
+    read_json,
+    write_stage_config,
+)
+from .checkpoints import CheckpointError
 from .data import ImageSet, collate, pack_samples, rank_keys
 from .losses import match_targets, weighted_ce_sums
 from .trainutil import (
@@ -62,7 +73,14 @@ from .trainutil import (
     truncate_log,
 )
 
-__all__ = ["PHASES", "TrainError", "build_optimizer", "evaluate_model", "train_phase"]
+__all__ = [
+    "PHASES",
+    "TrainError",
+    "build_optimizer",
+    "check_init_weights",
+    "evaluate_model",
+    "train_phase",
+]
 
 # phase -> (targets, initial weights from, epochs setting)
 PHASES = {
@@ -98,13 +116,29 @@ def train_phase(
     targets, init, epochs_key = PHASES[phase]
     epochs, out = getattr(t, epochs_key), run_dir / phase
     rank, world, own_pg = setup_dist()
+    dev = resolve_device(cfg.device)
     device = torch.device(
-        cfg.device
-        if world == 1 or not cfg.device.startswith("cuda")
-        else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        dev if world == 1 or dev != "cuda" else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     )
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "checkpoint.pt", out / "log.jsonl"
+    stop_path = out / "stopped.json"  # a NaN stop's record: a resume may lower the lr
+    cfg_dict = config_to_dict(cfg)
+    changed: list = []
+    if rank == 0:
+        try:
+            if not t.resume:
+                clear_outputs(out)
+                stop_path.unlink(missing_ok=True)
+            else:
+                allow = RESUMABLE_AFTER_DIVERGENCE if stop_path.exists() else ()
+                changed = check_stage_config(out, cfg_dict, phase, allow)
+        except RunDirError as e:
+            cleanup_dist(own_pg)
+            raise TrainError(str(e)) from None
+        write_stage_config(out, cfg_dict)
+    if world > 1:
+        dist.barrier()
     refer = refer or Refer.from_config(cfg.data)
     s1 = Store(run_dir / "segment", kind="S1")
     s2 = Store(run_dir / "select", kind="S2") if targets == "s2" else None
@@ -113,19 +147,25 @@ def train_phase(
     if t.threads > 0:
         torch.set_num_threads(t.threads)
     torch.manual_seed(cfg.seed), np.random.seed(cfg.seed), random.seed(cfg.seed)
+    if not init:
+        try:
+            check_init_weights(t)
+        except TrainError:
+            cleanup_dist(own_pg)
+            raise
     model = create_model(
         t.model, swin_weights=t.swin_weights or None, bert_weights=t.bert_weights or None
     )
     set_drop_path(model, t.drop_path)
     if init:
         init_ckpt = run_dir / init / "checkpoint.pt"
-        state = load_checkpoint(init_ckpt)
+        state = _load(init_ckpt)
         if state is None or not state["done"]:
             raise TrainError(
                 f"{init_ckpt}: no finished {init} model; run `sssc-train --stage {init}` first"
             )
         if t.selection == "best_gt":  # the official code continues from the best epoch on GT
-            state = load_checkpoint(run_dir / init / "best.pt") or state
+            state = _load(run_dir / init / "best.pt") or state
         model.load_state_dict(state["model"])
     words = sorted({w for r in refer.refs.values() for s in r.sentences for w in s.tokens})
     tokenize = build_tokenizer(model.config, vocab_words=words, bert_path=t.bert_weights or None)
@@ -168,20 +208,30 @@ def train_phase(
     )
     gen = torch.Generator().manual_seed(cfg.seed)  # the matching's random draws
     epoch, step, gstep, counts_resumed = 0, 0, 0, None
-    state = load_checkpoint(ckpt_path) if t.resume else None
+    state = _load(ckpt_path) if t.resume else None
     if state is not None and state["phase"] == phase:
-        if state["done"] and (out / "metrics.json").exists():
+        if state["done"] and _readable(out / "metrics.json"):
             cleanup_dist(own_pg)
-            return json.loads((out / "metrics.json").read_text())
+            return read_json(out / "metrics.json", "metrics")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"]), sched.load_state_dict(state["scheduler"])
+        if changed:  # after a NaN stop: the new lr (and clipping) from here on
+            _set_base_lr(opt, sched, t.lr)
+            print(f"{phase}: resuming after the NaN stop with {changed}")
         epoch, step, gstep = state["epoch"], state["step"], state["global_step"]
         set_rng(state["rng"], gen)
         counts_resumed = state.get("counts")
-        truncate_log(log_path, gstep)
+        if rank == 0:
+            try:
+                truncate_log(log_path, gstep)
+            except ValueError as e:
+                cleanup_dist(own_pg)
+                raise TrainError(str(e)) from None
         print(f"{phase}: resuming from {ckpt_path} at epoch {epoch + 1}, step {step}")
     elif rank == 0 and log_path.exists():
         log_path.unlink()
+    if rank == 0:
+        stop_path.unlink(missing_ok=True)
 
     dataset = ImageSet(
         refer,
@@ -228,6 +278,7 @@ def train_phase(
             save_checkpoint(
                 ckpt_path,
                 {
+                    "config": cfg_dict,
                     "phase": phase,
                     "done": done,
                     "epoch": epoch,
@@ -245,6 +296,7 @@ def train_phase(
                     "vocab": list(getattr(tokenize, "vocab", [])),
                     "bert_path": t.bert_weights,
                 },
+                keep_previous=True,
             )
 
     while epoch < epochs:
@@ -259,6 +311,9 @@ def train_phase(
             batch_sampler=mine,
             num_workers=t.num_workers,
             collate_fn=partial(collate, tokenize=tokenize),
+            # Its own seed, not a draw from the global RNG (which dropout uses): a resume
+            # mid-epoch makes a new iterator, and must leave that RNG where the checkpoint has it.
+            generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch),
         )
         net.train()
         if not t.bert_dropout:  # LAVT's BERT stays in eval mode: no dropout in the text encoder
@@ -295,10 +350,33 @@ def train_phase(
             loss = num / sums[1].clamp_min(1e-12) * world  # DDP averages gradients over ranks
             value = float(sums[0] / sums[1].clamp_min(1e-12))  # host sync: NaN check and log
             if not math.isfinite(value):
+                kept = None
+                if rank == 0:
+                    kept = _keep_good_checkpoint(model, net, batch, ckpt_path, amp, device)
+                    atomic_write_text(
+                        stop_path,
+                        json.dumps(
+                            {
+                                "reason": "non-finite loss",
+                                "loss": str(value),
+                                "epoch": epoch + 1,
+                                "step": step,
+                                "kept": kept,
+                            }
+                        )
+                        + "\n",
+                    )
                 cleanup_dist(own_pg)
+                where = f"{phase}: loss is {value} at epoch {epoch + 1}, step {step}; stopped. "
+                if kept is None and rank == 0:
+                    raise TrainError(
+                        where + "No checkpoint from before the divergence exists; rerun with "
+                        "--no-resume and a lower train.lr (or train.grad_clip)"
+                    )
                 raise TrainError(
-                    f"{phase}: loss is {value} at epoch {epoch + 1}, step {step}; stopped. The "
-                    f"last good checkpoint is kept in {ckpt_path} (try a lower train.lr)"
+                    where + f"The last good checkpoint, {kept}, is kept in {ckpt_path}; resume "
+                    "from it with a lower train.lr (or a train.grad_clip), e.g. --set "
+                    f"train.lr={t.lr / 10:g}"
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -369,13 +447,80 @@ def train_phase(
             if targets == "s1"
             else None,
         }
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
         plot_curves(log_path, out / "curves.png")
         save(done=True)
     if world > 1:
         dist.barrier()
     cleanup_dist(own_pg)
-    return json.loads((out / "metrics.json").read_text())
+    return read_json(out / "metrics.json", "metrics")
+
+
+def check_init_weights(t: Any) -> None:
+    """Empty ``train.swin_weights``/``bert_weights`` are an error unless ``train.random_init``."""
+    missing = [k for k in ("swin_weights", "bert_weights") if not getattr(t, k)]
+    if missing and not t.random_init:
+        raise TrainError(
+            f"train.{' and train.'.join(missing)} empty: {t.model} would start from random "
+            "weights. Give the pretrained files (README, 'Reproduce Table 1': Swin-B ImageNet-22k "
+            "swin_base_patch4_window12_384_22k.pth, an HF bert-base-uncased folder), or set "
+            "train.random_init: true to train from random weights on purpose"
+        )
+
+
+def _load(path: Path) -> dict | None:
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as e:
+        raise TrainError(str(e)) from None
+
+
+def _readable(path: Path) -> bool:
+    try:
+        read_json(path)
+    except RunDirError:
+        return False
+    return True
+
+
+def _set_base_lr(opt, sched, lr: float) -> None:
+    """Make ``lr`` the schedule's base (after a resume with a new train.lr), at its step."""
+    factor = sched.lr_lambdas[0](sched.last_epoch)
+    for g in opt.param_groups:
+        g["initial_lr"], g["lr"] = lr, lr * factor
+    sched.base_lrs = [lr] * len(opt.param_groups)
+    sched._last_lr = [g["lr"] for g in opt.param_groups]
+
+
+@torch.no_grad()
+def _finite_on(model, net, batch, amp: bool, device) -> bool:
+    """Whether ``model``'s weights are finite and give finite logits on ``batch``."""
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        return False
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = net(batch["images"], batch["input_ids"], batch["attention_mask"])
+    return bool(torch.isfinite(logits).all())
+
+
+def _keep_good_checkpoint(model, net, batch, ckpt_path: Path, amp: bool, device) -> str | None:
+    """After a non-finite loss: keep as ``checkpoint.pt`` the newest checkpoint whose weights are
+    finite on the batch that diverged (the latest, else the one before it); a diverged one is
+    moved to ``checkpoint.diverged.pt``. Returns what was kept, or ``None``."""
+    prev = ckpt_path.with_name("checkpoint.prev.pt")
+    bad = ckpt_path.with_name("checkpoint.diverged.pt")
+    for path in (ckpt_path, prev):
+        if not path.exists():
+            continue
+        state = load_checkpoint(path)
+        model.load_state_dict(state["model"])
+        if _finite_on(model, net, batch, amp, device):
+            if path == prev:
+                os.replace(ckpt_path, bad)
+                os.replace(prev, ckpt_path)
+            return f"epoch {state['epoch'] + 1}, step {state['step']}"
+        if path == ckpt_path:
+            os.replace(ckpt_path, bad)
+    return None
 
 
 def build_optimizer(model, t: Any) -> torch.optim.AdamW:

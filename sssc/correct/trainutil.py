@@ -4,6 +4,7 @@ norm, atomic checkpoints with RNG states, the JSON Lines log, progress bar, Tens
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -13,6 +14,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..rundir import atomic_write_text
+
 __all__ = [
     "GlobalBN2d",
     "append_log",
@@ -21,6 +24,7 @@ __all__ = [
     "load_checkpoint",
     "plot_curves",
     "progress_bar",
+    "read_log",
     "save_checkpoint",
     "set_rng",
     "setup_dist",
@@ -78,14 +82,47 @@ class GlobalBN2d(torch.nn.BatchNorm2d):
         return y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a kill leaves the previous checkpoint intact
+def save_checkpoint(path: Path, state: dict, keep_previous: bool = False) -> None:
+    """Write a checkpoint atomically (a temporary file, then ``os.replace``).
+
+    With ``keep_previous`` the file it replaces stays as ``<stem>.prev.pt`` (a hard link made
+    before the swap), the fallback of the NaN stop. Every step leaves a whole checkpoint at
+    ``path`` or at the previous one: a kill never leaves half a file in either place.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(state, tmp)
+        if keep_previous and path.exists():
+            prev = path.with_name(path.stem + ".prev" + path.suffix)
+            link = prev.with_name(f".{prev.name}.tmp-{os.getpid()}")
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            os.link(path, link)
+            os.replace(link, prev)
+        os.replace(tmp, path)  # atomic: a kill leaves the previous checkpoint intact
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 def load_checkpoint(path: Path) -> dict | None:
-    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+    """A checkpoint sssc wrote, its zip CRCs checked; ``None`` when there is no file.
+
+    Raises:
+        CheckpointError: the file is corrupt (a CRC fails), truncated, or not an sssc training
+            checkpoint; the message names it and what to do.
+    """
+    from .checkpoints import CheckpointError, read_checkpoint
+
+    if not path.exists():
+        return None
+    state = read_checkpoint(path)
+    if not isinstance(state, dict) or "phase" not in state or "model" not in state:
+        raise CheckpointError(
+            f"{path}: not an sssc training checkpoint (no phase/model); move it away, or rerun "
+            "with --no-resume to start the phase again"
+        )
+    return state
 
 
 def get_rng(gen: torch.Generator) -> dict:
@@ -113,15 +150,39 @@ def append_log(path: Path, rec: dict) -> None:
         f.write(json.dumps(rec) + "\n")
 
 
+def read_log(path: Path) -> list[dict]:
+    """The records of a ``log.jsonl``. A torn last line (a kill mid-write) is dropped.
+
+    Raises:
+        ValueError: a line before the last one is not a JSON record (named with its number).
+    """
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    out = []
+    for n, ln in enumerate(lines, 1):
+        if not ln.strip():
+            continue
+        try:
+            rec = json.loads(ln)
+            if not isinstance(rec, dict) or "global_step" not in rec:
+                raise ValueError("not a log record")
+        except ValueError as e:
+            if n == len(lines):
+                break  # the line a killed run was writing
+            raise ValueError(
+                f"{path}, line {n}: not a log record ({e}); the log is damaged. Move it away "
+                "to resume without it, or rerun with --no-resume"
+            ) from None
+        out.append(rec)
+    return out
+
+
 def truncate_log(path: Path, gstep: int) -> None:
     """Drop the lines a killed run wrote after the checkpoint it resumes from."""
     if path.exists():
-        keep = [
-            ln
-            for ln in path.read_text().splitlines()
-            if ln and json.loads(ln)["global_step"] <= gstep
-        ]
-        path.write_text("".join(k + "\n" for k in keep))
+        keep = [r for r in read_log(path) if r["global_step"] <= gstep]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 def progress_bar(total: int, start: int, desc: str, rank: int):
@@ -150,7 +211,7 @@ def plot_curves(log_path: Path, png: Path) -> None:
     except ImportError:
         print("matplotlib is not installed: no curves.png (log.jsonl has the curves)")
         return
-    recs = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln]
+    recs = read_log(log_path)
     steps = [(r["global_step"], r["loss"]) for r in recs if "loss" in r]
     evals = [(r["epoch"], r["eval"]["mIoU"], r["eval"]["oIoU"]) for r in recs if "eval" in r]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))

@@ -16,7 +16,10 @@ Bad input is handled deliberately, never by a traceback from deep inside:
   naming the file or item. Missing images are an error rather than a skip because with the
   RefCOCO family they always mean a wrong ``image_dir`` or an incomplete download, and training
   on a silent subset would make results incomparable.
-* A ref without sentences: skipped, counted in ``warnings["ref_without_sentences"]``.
+* A sentence without text (``sent`` empty or ``None``): skipped, counted in
+  ``warnings["empty_sentence"]``; a ref left without sentences: skipped, counted in
+  ``warnings["ref_without_sentences"]``. A ``sent_id`` used twice, or an id that is not an
+  integer: :class:`DatasetError`.
 * A referred annotation whose mask is empty (no polygon with 3 or more points, a polygon entirely
   outside the image, or an RLE with zero area): its refs are skipped, counted in
   ``warnings["empty_mask"]``. A polygon that is partly outside the image is clipped to it
@@ -195,22 +198,29 @@ class Refer:
         self._index()
 
     @classmethod
-    def from_config(cls, data_cfg: Any) -> Refer:
+    def from_config(cls, data_cfg: Any, generate: bool = True) -> Refer:
         """Open the dataset a :class:`sssc.config.DataConfig` names.
 
-        For ``dataset: synthetic`` the dataset is generated first when it is missing or was made
-        with other ``data.synth`` settings.
+        For ``dataset: synthetic`` the dataset is generated first when it is missing (see
+        :func:`sssc.data.synthetic.ensure_generated`), unless ``generate`` is false (readers
+        such as ``sssc viz``, which never write data). An empty ``data.image_dir`` means
+        ``<root>/<dataset>/images``.
         """
-        if data_cfg.dataset == "synthetic":
+        if data_cfg.dataset == "synthetic" and generate:
             from .synthetic import ensure_generated
 
             ensure_generated(data_cfg)
+        elif data_cfg.dataset == "synthetic" and not (Path(data_cfg.root) / "synthetic").exists():
+            raise DatasetError(
+                f"{Path(data_cfg.root) / 'synthetic'}: synthetic dataset not found (this command "
+                "reads data and never generates it); run it where sssc-train ran, or pass "
+                "--set data.root=<the folder holding synthetic/>"
+            )
+        from .cli import default_image_dir
+
+        image_dir = data_cfg.image_dir or default_image_dir(data_cfg.root, data_cfg.dataset)
         return cls(
-            data_cfg.root,
-            data_cfg.dataset,
-            data_cfg.split_by,
-            data_cfg.image_dir,
-            data_cfg.polygon_overlap,
+            data_cfg.root, data_cfg.dataset, data_cfg.split_by, image_dir, data_cfg.polygon_overlap
         )
 
     # -- loading ---------------------------------------------------------------------------------
@@ -238,7 +248,7 @@ class Refer:
         for i, im in enumerate(coco["images"]):
             try:
                 info = ImageInfo(
-                    int(im["id"]), str(im["file_name"]), int(im["height"]), int(im["width"])
+                    _int(im["id"]), str(im["file_name"]), _int(im["height"]), _int(im["width"])
                 )
             except (KeyError, TypeError, ValueError) as e:
                 raise DatasetError(f"{path}: images[{i}] is malformed ({e!r})") from None
@@ -262,18 +272,26 @@ class Refer:
                 raise DatasetError(
                     f"{path}: annotations[{i}] lacks one of id, image_id, category_id, segmentation"
                 )
-            self._anns[int(a["id"])] = a
-            self._image_anns.setdefault(int(a["image_id"]), []).append(int(a["id"]))
+            try:
+                ann_id, image_id = _int(a["id"]), _int(a["image_id"])
+                _int(a["category_id"])
+            except (TypeError, ValueError) as e:
+                raise DatasetError(f"{path}: annotations[{i}]: {e}") from None
+            if ann_id in self._anns:
+                raise DatasetError(f"{path}: annotations[{i}]: id {ann_id} appears twice")
+            self._anns[ann_id] = a
+            self._image_anns.setdefault(image_id, []).append(ann_id)
 
     def _load_refs(self, raw_refs: list[dict]) -> None:
         path = self.refs_path
         self.refs: dict[int, Ref] = {}
+        seen_sent: dict[int, int] = {}
         for i, r in enumerate(raw_refs):
             rid = r.get("ref_id", f"#{i}")
             item = f"{path}: ref {rid}"
             try:
-                ref_id, ann_id, image_id = int(r["ref_id"]), int(r["ann_id"]), int(r["image_id"])
-                split, category_id = str(r["split"]), int(r["category_id"])
+                ref_id, ann_id, image_id = _int(r["ref_id"]), _int(r["ann_id"]), _int(r["image_id"])
+                split, category_id = str(r["split"]), _int(r["category_id"])
                 raw_sents = r.get("sentences") or []
             except (KeyError, TypeError, ValueError) as e:
                 raise DatasetError(
@@ -299,9 +317,23 @@ class Refer:
             if not raw_sents:
                 self._warn("ref_without_sentences", f"ref {ref_id}")
                 continue
-            sentences = tuple(
-                _sentence(s, f"{item}, sentences[{j}]") for j, s in enumerate(raw_sents)
-            )
+            sentences = []
+            for j, raw in enumerate(raw_sents):
+                sent = _sentence(raw, f"{item}, sentences[{j}]")
+                if sent is None:
+                    self._warn("empty_sentence", f"ref {ref_id}, sentences[{j}]")
+                    continue
+                if sent.sent_id in seen_sent:
+                    raise DatasetError(
+                        f"{item}: sent_id {sent.sent_id} is also in ref {seen_sent[sent.sent_id]}; "
+                        "every expression needs its own sent_id (results are keyed by it)"
+                    )
+                seen_sent[sent.sent_id] = ref_id
+                sentences.append(sent)
+            if not sentences:
+                self._warn("ref_without_sentences", f"ref {ref_id}")
+                continue
+            sentences = tuple(sentences)
             if not self._mask_ok(ann_id):
                 continue
             self.refs[ref_id] = Ref(ref_id, ann_id, image_id, split, category_id, sentences)
@@ -396,15 +428,15 @@ class Refer:
         return self.image_dir / self.images[image_id].file_name
 
     def load_image(self, image_id: int) -> np.ndarray:
-        """The image as uint8 RGB ``[H, W, 3]``."""
-        from PIL import Image
+        """The image as uint8 RGB ``[H, W, 3]``, fully decoded and checked
+        (:func:`sssc.data.images.read_rgb`)."""
+        from .images import ImageReadError, read_rgb
 
         path = self.image_path(image_id)
         try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"))
-        except (OSError, ValueError) as e:
-            raise DatasetError(f"{path}: cannot read image ({e})") from None
+            arr = read_rgb(path)
+        except ImageReadError as e:
+            raise DatasetError(str(e)) from None
         info = self.images[image_id]
         if arr.shape[:2] != (info.height, info.width):
             raise DatasetError(
@@ -455,20 +487,37 @@ class Refer:
             )
 
 
-def _sentence(s: Any, item: str) -> Sentence:
+def _sentence(s: Any, item: str) -> Sentence | None:
+    """A sentence record; ``None`` for one without text (an empty or missing ``sent``)."""
     try:
-        sent = str(s["sent"])
+        sent_id = _int(s["sent_id"])
+        sent = s["sent"]
+        if sent is None or (isinstance(sent, str) and not sent.strip()):
+            return None
+        if not isinstance(sent, str):
+            raise TypeError(f"sent is a {type(sent).__name__}, not text")
+        raw = s.get("raw")
+        raw = raw if isinstance(raw, str) and raw.strip() else sent
         tokens = s.get("tokens")
         return Sentence(
-            sent_id=int(s["sent_id"]),
+            sent_id=sent_id,
             sent=sent,
-            raw=str(s.get("raw", sent)),
-            tokens=tuple(str(t) for t in tokens) if tokens is not None else tuple(sent.split()),
+            raw=raw,
+            tokens=tuple(str(t) for t in tokens) if tokens else tuple(sent.split()),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DatasetError(
             f"{item} is malformed ({e!r}); a sentence needs sent_id and sent"
         ) from None
+
+
+def _int(v: Any) -> int:
+    """An id: an int (or an integral float/numpy scalar); text such as ``"7"`` or ``"x"`` is not."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer, float, np.floating)):
+        raise TypeError(f"id {v!r} is not an integer")
+    if float(v) != int(v):
+        raise ValueError(f"id {v!r} is not an integer")
+    return int(v)
 
 
 def _polygons(segm: list, where: str) -> list[np.ndarray]:

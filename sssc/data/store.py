@@ -359,6 +359,7 @@ def write_store(
     world_size: int = 1,
     progress: Callable[[int], None] | None = None,
     log: Callable[[str], None] = print,
+    fresh: bool = False,
 ) -> WriteReport:
     """Write (or resume) a store: one record per image id, in shards of ``shard_size`` images.
 
@@ -376,6 +377,7 @@ def write_store(
         rank, world_size: shard ``k`` is written by rank ``k % world_size`` (split by image).
         progress: called with the number of images finished or skipped, for a progress bar.
         log: where messages about skipped and redone shards go.
+        fresh: start over: the manifest and every shard are written anew, whatever is there.
 
     Returns:
         A :class:`WriteReport`.
@@ -399,7 +401,10 @@ def write_store(
         "image_ids": ids,
     }
     mpath = stage_dir / "store.json"
-    if mpath.exists():
+    if fresh:
+        if rank == 0:
+            _atomic_write_text(mpath, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    elif mpath.exists():
         old = _read_manifest(mpath)
         diff = [k for k in manifest if old.get(k) != manifest[k]]
         if diff:
@@ -427,7 +432,7 @@ def write_store(
             "producer": manifest["producer"],
             "shard": k,
         }
-        if path.exists():
+        if path.exists() and not fresh:
             shard, why = _check_shard(path, expect)
             if shard is not None and shard.image_ids() == chunk:
                 report.skipped.append(k)
@@ -465,10 +470,19 @@ def _read_manifest(mpath: Path) -> dict:
             f"{mpath}: unreadable store manifest ({e}); delete the stage directory "
             "and rerun the stage"
         ) from e
+    if not isinstance(m, dict):
+        raise StoreError(f"{mpath}: not a store manifest (a JSON object); rerun the stage")
     if m.get("schema") != SCHEMA_VERSION:
         raise StoreError(
             f"{mpath}: store schema {m.get('schema')!r}, this sssc reads schema "
             f"{SCHEMA_VERSION}; rerun the stage into a new --run directory"
+        )
+    keys = ("kind", "producer", "shard_size", "num_images", "num_shards", "image_ids")
+    missing = [k for k in keys if k not in m]
+    if missing:
+        raise StoreError(
+            f"{mpath}: store manifest without {', '.join(missing)}; rerun the stage with "
+            "--no-resume to write it again"
         )
     return m
 

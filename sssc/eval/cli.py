@@ -70,7 +70,7 @@ def eval_main(args: argparse.Namespace) -> int:
     if not (args.run and args.stage):
         return _usage("give --run and --stage (a store), or --checkpoint (a model)")
     from ..config import ConfigError, load_config
-    from ..data.refer import DatasetError
+    from ..data.refer import DatasetError, Refer
     from ..data.store import StoreError
     from ..stages import evaluate_stage
 
@@ -82,7 +82,8 @@ def eval_main(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(config, args.set)
         splits = args.split or [cfg.data.eval_split]
-        results = [evaluate_stage(args.stage, cfg, run, split=s) for s in splits]
+        refer = Refer.from_config(cfg.data, generate=False)
+        results = [evaluate_stage(args.stage, cfg, run, split=s, refer=refer) for s in splits]
     except (ConfigError, DatasetError, StoreError) as e:
         print(f"sssc eval: {e}", file=sys.stderr)
         return 2
@@ -114,7 +115,7 @@ def _eval_checkpoint(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..config import ConfigError, load_config
+    from ..config import ConfigError, load_config, resolve_device
     from ..correct.train import evaluate_model
     from ..data.refer import DatasetError, Refer
     from ..predict import load_predictor
@@ -123,13 +124,13 @@ def _eval_checkpoint(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.set)
         p = load_predictor(ckpt, "cpu", bert_path=cfg.train.bert_weights or None, model=args.model)
-        device = torch.device(cfg.device)
+        device = torch.device(resolve_device(cfg.device))
         p.model.to(device)
         # The checkpoint's own input size, whatever the config's training size says.
         cfg = dataclasses.replace(
             cfg, train=dataclasses.replace(cfg.train, image_size=p.image_size)
         )
-        refer = Refer.from_config(cfg.data)
+        refer = Refer.from_config(cfg.data, generate=False)
         splits = args.split or [cfg.data.eval_split]
         for s in splits:
             if not refer.split_refs(s):

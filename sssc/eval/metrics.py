@@ -288,6 +288,16 @@ def evaluate_masks(
             if pred is None:
                 warnings["missing_prediction"] += 1
                 pred = np.zeros((h, w), dtype=bool)
+            elif not isinstance(pred, np.ndarray) or pred.dtype != bool:
+                pred = np.asarray(pred)
+                if pred.dtype.kind not in "biuf":
+                    raise ValueError(f"prediction of sent_id {s.sent_id}: dtype {pred.dtype}")
+                if pred.dtype.kind == "f" and not np.isfinite(pred).all():
+                    raise ValueError(
+                        f"prediction of sent_id {s.sent_id} (ref {ref.ref_id}) holds "
+                        f"{int((~np.isfinite(pred)).sum())} non-finite value(s) (NaN/inf); a "
+                        "score would be meaningless (its argmax and threshold are undefined)"
+                    )
             acc.add(pred, gt, box, resolution, gt_eval=g)
     out = {"split": split, "resolution": resolution, "upsample": upsample, "point_rule": point_rule}
     out |= acc.result()

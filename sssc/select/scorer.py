@@ -85,16 +85,14 @@ class S1Images(torch.utils.data.Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int) -> ImageItem:
-        from PIL import Image
-
+        from ..data.images import read_rgb
         from ..data.store import Store
 
         if self._store is None:
             self._store = Store(self.s1_dir, kind="S1")
         image_id = self.ids[i]
         rec = self._store.get(image_id)
-        with Image.open(self.paths[image_id]) as im:
-            img = np.asarray(im.convert("RGB"))
+        img = read_rgb(self.paths[image_id])
         needed = sorted({c for o in rec.objects for c in o.eligible})
         h, w = img.shape[:2]
         masks = np.zeros((len(needed), h, w), dtype=bool)
