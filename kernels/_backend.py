@@ -11,6 +11,7 @@ the Triton kernels are tested on machines without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -70,3 +71,20 @@ def resolve_backend(
                 "CPU in its interpreter (set TRITON_INTERPRET=1 before importing sssc.kernels)"
             )
     return name
+
+
+@contextlib.contextmanager
+def keep_torch_threads():
+    """Keep torch's intra-op thread count across a Numba ``parallel=True`` call.
+
+    Numba's OpenMP threading layer sets OpenMP's thread count when it starts a parallel region,
+    and torch's CPU ops read that same setting: without this guard a caller's
+    ``torch.set_num_threads(1)`` silently becomes Numba's count (2 on this machine) after the
+    first kernel call, which changes torch's summation order and the speed of every later op.
+    """
+    n = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from ._backend import HAS_TRITON, resolve_backend
+from ._backend import HAS_TRITON, keep_torch_threads, resolve_backend
 
 if HAS_TRITON:
     import triton
@@ -392,8 +392,11 @@ def _run_blocks_parallel(scores, obj_rank, bounds, rows, cands, out):
 def _greedy_match_numba(scores, ref_object, ref_group, cand_group, by_obj, rows, cands, out):
     """Fill ``out [R]`` (pre-set to -1) with Algorithm 1, one image block at a time."""
     obj_rank, bounds = _blocks(ref_object, ref_group, cand_group, by_obj, rows, cands)
-    run = _run_blocks_parallel if bounds.shape[0] >= _PARALLEL_MIN_BLOCKS else _run_blocks
-    run(scores, obj_rank, bounds, rows, cands, out)
+    if bounds.shape[0] >= _PARALLEL_MIN_BLOCKS:
+        with keep_torch_threads():
+            _run_blocks_parallel(scores, obj_rank, bounds, rows, cands, out)
+    else:
+        _run_blocks(scores, obj_rank, bounds, rows, cands, out)
 
 
 # --------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._backend import HAS_TRITON, resolve_backend
+from ._backend import HAS_TRITON, keep_torch_threads, resolve_backend
 
 if HAS_TRITON:
     import triton
@@ -579,7 +579,7 @@ def _numba_forward(p, m, blocks, band=_BAND, cap=_CAP):
         if pad:
             pf = torch.nn.functional.pad(pf, (0, pad))
         mb, mw = _numba_masks(m)
-        with numba.parallel_chunksize(1):
+        with keep_torch_threads(), numba.parallel_chunksize(1):
             _numba_fwd_kernel(
                 pf.contiguous().numpy(),
                 mb,
@@ -617,7 +617,7 @@ def _numba_backward(m, w, r, blocks, band=_BAND):
     for s, e in tasks[:, :2]:
         seen[s:e] = True
     grad[blocks.pidx[~seen]] = 0.0
-    with numba.parallel_chunksize(1):
+    with keep_torch_threads(), numba.parallel_chunksize(1):
         _numba_bwd_kernel(
             mb,
             mw,

@@ -390,3 +390,27 @@ def test_triton_kernels_compile_for_sm90():
     """The real compiler (not the interpreter) lowers both kernels for Hopper with the wrapper's
     launch settings, for every pred dtype, in a fresh process with a cold Triton cache."""
     run_compile_script(_COMPILE_SM90)
+
+
+def test_numba_kernels_leave_torchs_thread_count_alone():
+    """Numba's OpenMP layer resets OpenMP's thread count on its first parallel launch; torch reads
+    it too, so without a guard a caller's torch.set_num_threads(1) silently became 2 (and a
+    resumed training run differed from an uninterrupted one in the 6th digit)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, numpy as np; torch.set_num_threads(1)\n"
+        "from sssc.kernels import greedy_match, pairwise_soft_iou\n"
+        "p = torch.rand(40, 64, 64); c = torch.rand(30, 64, 64) > 0.5\n"
+        "pairwise_soft_iou(p, c, backend='numba')\n"
+        "pairwise_soft_iou(p.requires_grad_(), c, backend='numba').sum().backward()\n"
+        "s = np.random.rand(400, 300).astype(np.float32)\n"
+        "obj = np.repeat(np.arange(200), 2); g = np.repeat(np.arange(100), 4)\n"
+        "greedy_match(s, obj, g, np.repeat(np.arange(100), 3), backend='numba')\n"
+        "print(torch.get_num_threads())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "1", out.stderr[-2000:]

@@ -73,16 +73,17 @@ def read_checkpoint(path: str | Path) -> Any:
         with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        hit = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        hit = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(e))
         if hit:
             raise CheckpointError(
                 f"{p}: refused to load: it holds the Python object {hit.group(1)!r}, and only "
                 "tensors, containers and argparse.Namespace are allowed (loading it would run "
                 "code from the file). Re-save its state dicts alone from a trusted copy."
             ) from None
-        raise CheckpointError(
-            f"{p}: not a readable torch checkpoint ({_first_line(e)}); it is damaged or not a "
-            "checkpoint. Use another copy, or rerun with --no-resume to start the phase again"
+        raise CheckpointError(  # torch's own text suggests weights_only=False: not repeated
+            f"{p}: not a readable torch checkpoint (its pickle holds something other than "
+            "tensors and containers, or is damaged). Use another copy, or rerun with --no-resume "
+            "to start the phase again"
         ) from None
     except Exception as e:  # torch's loaders raise many kinds on a foreign or damaged file
         raise CheckpointError(

@@ -65,6 +65,7 @@ from .trainutil import (
     load_checkpoint,
     plot_curves,
     progress_bar,
+    read_log,
     save_checkpoint,
     set_rng,
     setup_dist,
@@ -420,7 +421,9 @@ def train_phase(
                 best = {"epoch": epoch, **last}
                 save_checkpoint(best_path, {"model": model.state_dict(), "metrics": best})
         save()
-    if last is None:  # e.g. resumed after the last epoch's checkpoint: every rank takes part
+    if last is None and world == 1:  # resumed after the last epoch's checkpoint
+        last = _logged_eval(log_path, epoch, gstep)  # its evaluation, when the log has it
+    if last is None:  # every rank takes part
         last = evaluate()
     total_counts = _global(counts, world)
     if rank == 0:
@@ -466,6 +469,18 @@ def check_init_weights(t: Any) -> None:
             "swin_base_patch4_window12_384_22k.pth, an HF bert-base-uncased folder), or set "
             "train.random_init: true to train from random weights on purpose"
         )
+
+
+def _logged_eval(log_path: Path, epoch: int, gstep: int) -> dict | None:
+    """The evaluation the log holds for ``epoch`` at ``gstep`` (a run killed after it)."""
+    try:
+        recs = read_log(log_path)
+    except ValueError:
+        return None
+    hits = [
+        r["eval"] for r in recs if "eval" in r and (r["epoch"], r["global_step"]) == (epoch, gstep)
+    ]
+    return hits[-1] if hits else None
 
 
 def _load(path: Path) -> dict | None:
@@ -514,8 +529,7 @@ def _keep_good_checkpoint(model, net, batch, ckpt_path: Path, amp: bool, device)
         state = load_checkpoint(path)
         model.load_state_dict(state["model"])
         if _finite_on(model, net, batch, amp, device):
-            if path == prev:
-                os.replace(ckpt_path, bad)
+            if path == prev:  # the latest was moved to checkpoint.diverged.pt below
                 os.replace(prev, ckpt_path)
             return f"epoch {state['epoch'] + 1}, step {state['step']}"
         if path == ckpt_path:

@@ -130,7 +130,7 @@ def _eval_checkpoint(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(
             cfg, train=dataclasses.replace(cfg.train, image_size=p.image_size)
         )
-        refer = Refer.from_config(cfg.data, generate=False)
+        refer = Refer.from_config(cfg.data)
         splits = args.split or [cfg.data.eval_split]
         for s in splits:
             if not refer.split_refs(s):

@@ -1,0 +1,570 @@
+"""Runs a researcher can trust: kill -9 anywhere, reruns with changed settings, one writer per run
+folder, the NaN stop, and every bad input named (the README's catalogue, "When things go wrong")."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sssc.cli import main, train_main
+from sssc.config import load_config
+from sssc.correct import train as train_mod
+from sssc.correct.train import TrainError, train_phase
+from sssc.data.refer import DatasetError, Refer
+from sssc.rundir import RunDirError, RunLock
+
+KILLER = Path(__file__).with_name("killer.py")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _sets(data: Path, **extra) -> list[str]:
+    """A tiny run: 24 images, lavt-tiny at 32 px with its dropout and drop path ON."""
+    sets = {
+        "data.root": str(data),
+        "data.synth.num_images": 24,
+        "data.batch_expressions": 12,
+        "train.image_size": 32,
+        "train.bootstrap_epochs": 2,
+        "train.correct_epochs": 2,
+        "train.plus_epochs": "false",
+        "train.sentences_per_object": 0,
+        "train.checkpoint_every": 2,
+        "train.eval_every": 1,
+        "train.threads": 1,
+        "train.lr": "1e-3",
+        "train.bert_dropout": "true",
+    } | extra
+    out = []
+    for k, v in sets.items():
+        out += ["--set", f"{k}={v}"]
+    return out
+
+
+# ------------------------------------------------------------------------ kill -9 at any moment
+
+
+def _killer(spec: str, args: list[str], cwd: Path) -> int:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    p = subprocess.run(
+        [sys.executable, str(KILLER), spec, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if spec == "none" or p.returncode not in (-9, 0):
+        assert p.returncode == 0, p.stderr[-3000:]
+    return p.returncode
+
+
+def _tensors_equal(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            _tensors_equal(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _tensors_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+# Each step of the chain is one process killed at that point; the next resumes from what the
+# previous left. Together: the dataset generator, Stage 1 between shards and in its evaluation,
+# Stage 2 between shards and in its evaluation, bootstrap after a mid-epoch checkpoint, inside a
+# checkpoint write (the temporary file written, not yet renamed), in an epoch's evaluation,
+# correct in its matching, and between correct's metrics.json and its last checkpoint.
+KILLS = [
+    "sssc.data.synthetic:_draw_image:7",
+    "sssc.data.store:_write_shard:2",
+    "sssc.stages:evaluate_stage:1:before",
+    "sssc.data.store:_write_shard:1",
+    "sssc.stages:evaluate_stage:1:before",
+    "sssc.correct.train:append_log:3",
+    "torch:save:2",
+    "sssc.correct.train:evaluate_model:2:before",
+    "sssc.correct.train:match_targets:3",
+    "sssc.correct.train:atomic_write_text:1",
+]
+
+
+def test_kill_9_anywhere_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    ref, chain = tmp_path / "ref", tmp_path / "chain"
+    ref.mkdir(), chain.mkdir()
+    args = ["--stage", "correct", "--run", "run", *_sets(Path("data"))]
+    _killer("none", args, ref)
+    codes = [_killer(spec, args, chain) for spec in KILLS]
+    assert codes == [-9] * len(KILLS)  # every point was reached, and killed there
+    _killer("none", args, chain)  # the last rerun finishes
+
+    a, b = ref / "run", chain / "run"
+    for stage in ("segment", "select"):  # the stores, byte for byte
+        for f in sorted((a / stage).rglob("*")):
+            if f.is_file() and f.name not in ("log.txt", "config.yaml"):
+                assert f.read_bytes() == (b / stage / f.relative_to(a / stage)).read_bytes(), f
+        assert json.loads((b / stage / "metrics.json").read_text())  # S1 oracle kept (kill 3)
+    for phase in ("bootstrap", "correct"):
+        ma = json.loads((a / phase / "metrics.json").read_text())
+        mb = json.loads((b / phase / "metrics.json").read_text())
+        assert ma == mb
+        ca = torch.load(a / phase / "checkpoint.pt", weights_only=True)
+        cb = torch.load(b / phase / "checkpoint.pt", weights_only=True)
+        for key in ("model", "optimizer", "scheduler", "epoch", "step", "global_step", "counts"):
+            _tensors_equal(ca[key], cb[key], f"{phase}.{key}")
+        la = [json.loads(x) for x in (a / phase / "log.jsonl").read_text().splitlines()]
+        lb = [json.loads(x) for x in (b / phase / "log.jsonl").read_text().splitlines()]
+        assert [r.get("loss", r.get("eval")) for r in la] == [
+            r.get("loss", r.get("eval")) for r in lb
+        ]
+    assert (b / "data").exists() is False and sorted(
+        p.name for p in (chain / "data").iterdir()
+    ) == ["synthetic"]  # the killed generator's temporary folder was swept
+
+
+# ----------------------------------------------------------------- reruns with other settings
+
+
+@pytest.fixture(scope="module")
+def done_run(tmp_path_factory):
+    """A finished tiny bootstrap run (Stages 1-2 and ZSBootstrap), copied by each test."""
+    d = tmp_path_factory.mktemp("trust")
+    sets = _sets(d / "data")
+    assert train_main(["--stage", "bootstrap", "--run", str(d / "run"), *sets]) == 0
+    return d, sets
+
+
+def _copy(done_run, tmp_path):
+    import shutil
+
+    d, sets = done_run
+    shutil.copytree(d / "run", tmp_path / "run")
+    return tmp_path / "run", sets
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (["train.bootstrap_epochs=5"], ["train.bootstrap_epochs: 2 there, 5 now"]),
+        (
+            ["train.lr=0.01", "train.class_weights=[1,1]"],
+            [
+                "train.lr: 0.001 there, 0.01 now",
+                "train.class_weights: [0.3, 3.0] there, [1.0, 1.0] now",
+            ],
+        ),
+        (["select.simulate.p_correct=0.9"], ["select.simulate.p_correct: 0.6 there, 0.9 now"]),
+    ],
+)
+def test_a_rerun_with_other_settings_is_refused_naming_the_keys(
+    done_run, tmp_path, capsys, change, named
+):
+    run, sets = _copy(done_run, tmp_path)
+    before = (run / "bootstrap" / "metrics.json").read_bytes()
+    capsys.readouterr()
+    extra = [x for c in change for x in ("--set", c)]
+    assert train_main(["--stage", "bootstrap", "--run", str(run), *sets, *extra]) == 2
+    cap = capsys.readouterr()
+    for n in named:
+        assert n in cap.err
+    assert "--no-resume" in cap.err and "mIoU" not in cap.out  # no old table printed as new
+    assert (run / "bootstrap" / "metrics.json").read_bytes() == before
+
+
+def test_no_resume_redoes_the_stage_and_equals_a_fresh_run(done_run, tmp_path):
+    run, sets = _copy(done_run, tmp_path)
+    new = ["--set", "train.bootstrap_epochs=1"]
+    assert train_main(["--stage", "bootstrap", "--run", str(run), *sets, *new, "--no-resume"]) == 0
+    fresh = tmp_path / "fresh"
+    assert train_main(["--stage", "bootstrap", "--run", str(fresh), *sets, *new]) == 0
+    a = json.loads((run / "bootstrap" / "metrics.json").read_text())
+    b = json.loads((fresh / "bootstrap" / "metrics.json").read_text())
+    assert a == b and a["epochs"] == 1
+    ckpt = torch.load(run / "bootstrap" / "checkpoint.pt", weights_only=True)
+    assert ckpt["config"]["train"]["bootstrap_epochs"] == 1
+    stored = load_config(run / "bootstrap" / "config.yaml", [])
+    assert stored.train.bootstrap_epochs == 1
+    # The same settings again: reused, not redone.
+    stamp = (run / "bootstrap" / "checkpoint.pt").stat().st_mtime_ns
+    assert train_main(["--stage", "bootstrap", "--run", str(run), *sets, *new]) == 0
+    assert (run / "bootstrap" / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+
+def test_operational_settings_do_not_count(done_run, tmp_path):
+    run, sets = _copy(done_run, tmp_path)
+    ops = ["--set", "train.threads=2", "--set", "train.log_every=3", "--set", "device=cpu"]
+    assert train_main(["--stage", "bootstrap", "--run", str(run), *sets, *ops]) == 0
+
+
+def test_every_stage_writes_its_config(done_run):
+    d, _ = done_run
+    for stage in ("segment", "select", "bootstrap"):
+        cfg = load_config(d / "run" / stage / "config.yaml", [])
+        assert cfg.data.synth.num_images == 24 and Path(cfg.data.root).is_absolute()
+
+
+def test_stage1_metrics_lost_to_a_kill_are_evaluated_again(done_run, tmp_path, capsys):
+    run, sets = _copy(done_run, tmp_path)
+    (run / "segment" / "metrics.json").unlink()
+    capsys.readouterr()
+    assert train_main(["--stage", "select", "--run", str(run), *sets]) == 0
+    out = capsys.readouterr().out
+    assert (run / "segment" / "metrics.json").exists() and "S1 oracle (simulated)" in out
+
+
+def test_an_empty_metrics_json_is_evaluated_again(done_run, tmp_path):
+    run, sets = _copy(done_run, tmp_path)
+    want = json.loads((run / "bootstrap" / "metrics.json").read_text())
+    (run / "bootstrap" / "metrics.json").write_text("")
+    assert train_main(["--stage", "bootstrap", "--run", str(run), *sets]) == 0
+    assert json.loads((run / "bootstrap" / "metrics.json").read_text()) == want
+
+
+# -------------------------------------------------------------------------------- one writer
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(done_run, tmp_path, capsys):
+    run, sets = _copy(done_run, tmp_path)
+    with RunLock(run):
+        assert train_main(["--stage", "bootstrap", "--run", str(run), *sets]) == 2
+        err = capsys.readouterr().err
+        assert f"pid {os.getpid()}" in err and "in use by another sssc run" in err
+    assert train_main(["--stage", "bootstrap", "--run", str(run), *sets]) == 0
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, capsys):
+    code = (
+        "import os, signal, sys; from sssc.rundir import RunLock; "
+        f"l = RunLock({str(tmp_path)!r}).__enter__(); os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT)
+    assert p.returncode == -9
+    held = json.loads((tmp_path / ".sssc.lock").read_text())
+    msgs = []
+    with RunLock(tmp_path, log=msgs.append):
+        pass
+    assert msgs and f"left by pid {held['pid']} (no longer running)" in msgs[0]
+
+
+def test_run_pointing_at_a_file_is_named(tmp_path, capsys):
+    f = tmp_path / "run.txt"
+    f.write_text("x")
+    assert train_main(["--stage", "segment", "--run", str(f), *_sets(tmp_path / "data")]) == 2
+    assert "is a file, not a run folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ the NaN stop
+
+
+def _diverging_optimizer(at_step: int):
+    """build_optimizer whose ``at_step``-th step makes the weights huge (a diverging update)."""
+    real = train_mod.build_optimizer
+
+    def build(model, t):
+        opt = real(model, t)
+        n = [0]
+
+        def diverge(optimizer, args, kwargs):
+            n[0] += 1
+            if n[0] == at_step:
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.mul_(1e30)
+
+        opt.register_step_post_hook(diverge)
+        return opt
+
+    return build
+
+
+def test_nan_stop_keeps_the_checkpoint_from_before_the_divergence(done_run, tmp_path, monkeypatch):
+    run, sets = _copy(done_run, tmp_path)
+    cfg = load_config(None, [s for s in sets if s != "--set"] + ["train.checkpoint_every=1"])
+    import shutil
+
+    shutil.rmtree(run / "bootstrap")
+    monkeypatch.setattr(train_mod, "build_optimizer", _diverging_optimizer(3))
+    with pytest.raises(TrainError, match="loss is nan at epoch 1, step 3") as e:
+        train_phase("bootstrap", cfg, run)
+    # Step 3's update diverged and step 3's checkpoint holds it; the one of step 2 is kept.
+    assert "epoch 1, step 2" in str(e.value) and "train.lr=0.0001" in str(e.value)
+    ckpt = torch.load(run / "bootstrap" / "checkpoint.pt", weights_only=True)
+    assert ckpt["global_step"] == 2
+    assert all(v.abs().max() < 1e6 for v in ckpt["model"].values() if v.is_floating_point())
+    assert (run / "bootstrap" / "checkpoint.diverged.pt").exists()
+    monkeypatch.undo()
+    # Resume with a lower lr: allowed after the stop, and it runs to the end.
+    lower = load_config(None, [s for s in sets if s != "--set"] + ["train.lr=1e-4"])
+    m = train_phase("bootstrap", lower, run)
+    assert np.isfinite(m["mIoU"])
+    log = [json.loads(x) for x in (run / "bootstrap" / "log.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in log if "lr" in r]
+    assert lrs[1] > 5e-4 and lrs[2] < 1.1e-4  # step 3 on is at the new lr
+    assert not (run / "bootstrap" / "stopped.json").exists()
+    # A later rerun with yet another lr is refused again: the stop was resumed from.
+    again = load_config(None, [s for s in sets if s != "--set"] + ["train.lr=1e-5"])
+    with pytest.raises(TrainError, match="train.lr"):
+        train_phase("bootstrap", again, run)
+
+
+def test_nan_stop_before_any_checkpoint_says_so(done_run, tmp_path, monkeypatch):
+    run, sets = _copy(done_run, tmp_path)
+    import shutil
+
+    shutil.rmtree(run / "bootstrap")
+    cfg = load_config(None, [s for s in sets if s != "--set"] + ["train.checkpoint_every=0"])
+    monkeypatch.setattr(train_mod, "build_optimizer", _diverging_optimizer(1))
+    with pytest.raises(TrainError, match="No checkpoint from before the divergence"):
+        train_phase("bootstrap", cfg, run)
+    assert not (run / "bootstrap" / "checkpoint.pt").exists()
+
+
+# ---------------------------------------------------------------------------- files damaged
+
+
+def test_a_damaged_checkpoint_is_named_on_resume_and_on_predict(done_run, tmp_path, capsys):
+    run, sets = _copy(done_run, tmp_path)
+    path = run / "bootstrap" / "checkpoint.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    img = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
+    capsys.readouterr()
+    argv = ["predict", "--checkpoint", str(path), "--image", str(img), "--text", "the red circle"]
+    assert main([*argv, "--out", str(tmp_path / "o.png")]) == 2
+    assert "checkpoint.pt: damaged checkpoint" in capsys.readouterr().err
+    (run / "bootstrap" / "metrics.json").unlink()  # so that the rerun must read the checkpoint
+    assert train_main(["--stage", "bootstrap", "--run", str(run), *sets]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.pt: damaged checkpoint" in err and "--no-resume" in err
+
+
+def test_a_corrupt_log_line_is_named_and_a_torn_last_line_dropped(done_run, tmp_path, capsys):
+    from sssc.correct.trainutil import read_log
+
+    run, _ = _copy(done_run, tmp_path)
+    log = run / "bootstrap" / "log.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines) + '\n{"phase": "boot')  # a kill mid-write
+    assert len(read_log(log)) == len(lines)
+    log.write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
+    with pytest.raises(ValueError, match=r"log.jsonl, line 2: not a log record"):
+        read_log(log)
+
+
+def test_store_manifest_without_a_key_is_named(done_run, tmp_path, capsys):
+    run, sets = _copy(done_run, tmp_path)
+    m = json.loads((run / "select" / "store.json").read_text())
+    del m["producer"]
+    (run / "select" / "store.json").write_text(json.dumps(m))
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--stage", "select"]) == 2
+    assert "store.json: store manifest without producer" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- bad data
+
+
+def _tiny_dataset(tmp_path, edit=None):
+    from sssc.data.synthetic import generate
+
+    folder = generate(tmp_path, num_images=6)
+    if edit is not None:
+        refs = pickle.loads((folder / "refs(synthetic).p").read_bytes())
+        coco = json.loads((folder / "instances.json").read_text())
+        edit(refs, coco)
+        (folder / "refs(synthetic).p").write_bytes(pickle.dumps(refs, protocol=2))
+        (folder / "instances.json").write_text(json.dumps(coco))
+    return folder
+
+
+def _open(tmp_path):
+    return Refer(tmp_path, "synthetic", "synthetic", tmp_path / "synthetic" / "images")
+
+
+def test_empty_and_none_sentences_are_skipped_and_counted(tmp_path):
+    def edit(refs, coco):
+        refs[0]["sentences"][0]["sent"] = refs[0]["sentences"][0]["raw"] = ""
+        refs[1]["sentences"][0]["sent"] = None
+        refs[1]["sentences"][0]["raw"] = None
+
+    _tiny_dataset(tmp_path, edit)
+    refer = _open(tmp_path)
+    assert refer.warnings["empty_sentence"] == 2
+    texts = [s.raw for r in refer.refs.values() for s in r.sentences]
+    assert "" not in texts and "None" not in texts
+
+
+def test_a_duplicate_sent_id_is_an_error(tmp_path):
+    def edit(refs, coco):
+        refs[1]["sentences"][0]["sent_id"] = refs[0]["sentences"][0]["sent_id"]
+
+    _tiny_dataset(tmp_path, edit)
+    with pytest.raises(DatasetError, match=r"sent_id \d+ is also in ref 0"):
+        _open(tmp_path)
+
+
+@pytest.mark.parametrize("bad", ["seven", "7", 7.5, None])
+def test_a_non_integer_annotation_id_is_named(tmp_path, bad):
+    def edit(refs, coco):
+        coco["annotations"][0]["id"] = bad
+
+    _tiny_dataset(tmp_path, edit)
+    with pytest.raises(DatasetError, match=r"annotations\[0\]: id .* is not an integer"):
+        _open(tmp_path)
+
+
+def test_a_16_bit_png_is_refused_not_read_as_white(tmp_path):
+    from PIL import Image
+
+    folder = _tiny_dataset(tmp_path)
+    path = sorted((folder / "images").glob("*.png"))[0]
+    gray = np.asarray(Image.open(path).convert("L")).astype(np.uint16) * 257
+    Image.fromarray(gray).save(path)
+    assert Image.open(path).mode == "I;16"
+    assert np.asarray(Image.open(path).convert("RGB")).min() == 255  # what PIL alone gives
+    with pytest.raises(DatasetError, match=r"I;16 image \(16-bit\)"):
+        _open(tmp_path).load_image(1)
+
+
+def test_data_check_decodes_every_image_and_checks_png_crcs(tmp_path, capsys):
+    from PIL import Image
+
+    folder = _tiny_dataset(tmp_path)
+    path = sorted((folder / "images").glob("*.png"))[0]
+    data = bytearray(path.read_bytes())
+    good = bytes(data)
+    # Find a flip inside the compressed data that PIL decodes without an error (into garbage).
+    idat = bytes(data).find(b"IDAT")
+    import io
+
+    silent = None
+    for off in range(idat + 4, len(data) - 16):
+        c = bytearray(good)
+        c[off] ^= 0x01
+        try:
+            with Image.open(io.BytesIO(bytes(c))) as im:
+                im.load()
+            silent = c
+            break
+        except Exception:
+            continue
+    assert silent is not None
+    path.write_bytes(bytes(silent))
+    args = ["data", "check", "--root", str(tmp_path), "--dataset", "synthetic"]
+    args += ["--split-by", "synthetic"]
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "fails its CRC-32 check" in capsys.readouterr().err
+    assert main([*args, "--headers-only"]) == 0  # the header alone cannot see it
+    path.write_bytes(good[: len(good) // 2])  # truncated
+    assert main(args) == 2
+    assert "truncated PNG" in capsys.readouterr().err
+
+
+def test_a_nan_in_a_prediction_is_an_error_not_a_zero(tmp_path):
+    from sssc.eval.metrics import evaluate_masks
+
+    _tiny_dataset(tmp_path)
+    refer = _open(tmp_path)
+
+    def predict(sent_id):
+        ref = next(r for r in refer.refs.values() for s in r.sentences if s.sent_id == sent_id)
+        p = refer.gt_mask(ref.ann_id).astype(np.float32)
+        p[0, 0] = np.nan
+        return p
+
+    split = refer.splits()[0]
+    with pytest.raises(ValueError, match=r"sent_id \d+ .* non-finite"):
+        evaluate_masks(refer, split, predict)
+
+
+# -------------------------------------------------------------------------- launch and paths
+
+
+def test_torchrun_passes_run_dir_through(tmp_path):
+    from torch.distributed.run import get_args_parser
+
+    from sssc.cli import _train_parser
+
+    script = ["x.py", "--stage", "correct", "--run-dir", "runs/ddp", "--set", "a=b", "--no-resume"]
+    got = get_args_parser().parse_args(["--nproc-per-node", "2", *script])
+    args = _train_parser().parse_args(got.training_script_args)
+    assert (args.stage, args.run, args.set, args.resume) == ("correct", "runs/ddp", ["a=b"], False)
+    with pytest.raises(SystemExit):  # the bare --run is torchrun's --run-path abbreviation
+        get_args_parser().parse_args(["--nproc-per-node", "2", "x.py", "--run", "r"])
+
+
+def test_data_root_elsewhere_works_and_viz_never_writes_data(tmp_path, monkeypatch, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    run = tmp_path / "run"
+    sets = ["--set", f"data.root={elsewhere}", "--set", "data.synth.num_images=12"]
+    assert train_main(["--stage", "select", "--run", str(run), *sets]) == 0
+    other = tmp_path / "cwd"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    assert main(["viz", "--run", str(run), "--first", "1", "--out", str(tmp_path / "v")]) == 0
+    assert list(other.iterdir()) == []  # no ./data generated
+    assert main(["eval", "--run", str(run), "--stage", "select"]) == 0
+    assert list(other.iterdir()) == []
+
+
+def test_random_init_must_be_asked_for(tmp_path, capsys):
+    args = ["--stage", "bootstrap", "--run", str(tmp_path / "run"), *_sets(tmp_path / "data")]
+    assert train_main([*args, "--set", "train.random_init=false"]) == 2
+    err = capsys.readouterr().err
+    assert "train.swin_weights and train.bert_weights empty" in err and "random_init" in err
+    assert not (tmp_path / "run").exists()  # refused before Stages 1-2 started
+
+
+def test_reading_a_run_does_not_need_its_lock(done_run, tmp_path):
+    run, _ = _copy(done_run, tmp_path)
+    with RunLock(run):
+        assert main(["eval", "--run", str(run), "--stage", "select"]) == 0
+    with pytest.raises(RunDirError):
+        with RunLock(run), RunLock(run):
+            pass
+
+
+def test_a_malicious_checkpoint_is_refused_on_resume(done_run, tmp_path, capsys):
+    import zipfile
+
+    run, sets = _copy(done_run, tmp_path)
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = run / "bootstrap" / "checkpoint.pt"
+    torch.save({"phase": "bootstrap", "model": {}, "x": Evil()}, path)
+    assert zipfile.is_zipfile(path)
+    (run / "bootstrap" / "metrics.json").unlink()
+    capsys.readouterr()
+    assert train_main(["--stage", "bootstrap", "--run", str(run), *sets]) == 2
+    err = capsys.readouterr().err
+    assert "refused to load" in err and "system" in err and "weights_only=False" not in err
+    assert not marker.exists()
