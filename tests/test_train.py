@@ -285,6 +285,22 @@ def test_selection_best_gt_keeps_the_best_val_epoch_and_says_so(base, tmp_path):
     from sssc.stages import stage3_table
 
     assert "ZSBootstrap *" in stage3_table(run) and "selected on GT" in stage3_table(run)
+    # The next phase starts from best.pt, which loads through the checked reader.
+    best_sd = torch.load(run / "bootstrap" / "best.pt", weights_only=True)["model"]
+    seen = {}
+    real = train_mod.match_targets
+
+    def spy(logits, *a, **k):
+        seen.setdefault("n", 0)
+        seen["n"] += 1
+        return real(logits, *a, **k)
+
+    train_mod.match_targets = spy
+    try:
+        train_phase("correct", cfg, run)
+    finally:
+        train_mod.match_targets = real
+    assert seen["n"] > 0 and best_sd
     # The default never looks at GT.
     assert load_config(None, ["recipe=official"]).train.selection == "last"
 

@@ -210,7 +210,7 @@ def train_phase(
     gen = torch.Generator().manual_seed(cfg.seed)  # the matching's random draws
     epoch, step, gstep, counts_resumed = 0, 0, 0, None
     state = _load(ckpt_path) if t.resume else None
-    if state is not None and state["phase"] == phase:
+    if state is not None and state.get("phase") == phase:
         if state["done"] and _readable(out / "metrics.json"):
             cleanup_dist(own_pg)
             return read_json(out / "metrics.json", "metrics")
@@ -255,7 +255,7 @@ def train_phase(
         counts += counts_resumed.to(device)
     last: dict | None = None  # rank 0's latest evaluation ({} on the other ranks)
     best_path = out / "best.pt"
-    best = state.get("best") if state is not None and state["phase"] == phase else None
+    best = state.get("best") if state is not None and state.get("phase") == phase else None
 
     def evaluate() -> dict:  # reads epoch/gstep at call time
         return _eval_and_log(
@@ -419,7 +419,9 @@ def train_phase(
                 and (best is None or last["oIoU"] > best["oIoU"])
             ):
                 best = {"epoch": epoch, **last}
-                save_checkpoint(best_path, {"model": model.state_dict(), "metrics": best})
+                save_checkpoint(
+                    best_path, {"phase": phase, "model": model.state_dict(), "metrics": best}
+                )
         save()
     if last is None and world == 1:  # resumed after the last epoch's checkpoint
         last = _logged_eval(log_path, epoch, gstep)  # its evaluation, when the log has it

@@ -117,9 +117,9 @@ def load_checkpoint(path: Path) -> dict | None:
     if not path.exists():
         return None
     state = read_checkpoint(path)
-    if not isinstance(state, dict) or "phase" not in state or "model" not in state:
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise CheckpointError(
-            f"{path}: not an sssc training checkpoint (no phase/model); move it away, or rerun "
+            f"{path}: not an sssc training checkpoint (no model state); move it away, or rerun "
             "with --no-resume to start the phase again"
         )
     return state
