@@ -26,9 +26,9 @@ import torch
 pytest.importorskip("open_clip", reason="open_clip is in the select extra")
 
 from bench_reverse_blur import opencv_per_mask  # noqa: E402
-from sssc.kernels.testing import blob_masks, random_image  # noqa: E402
 
-from sssc.select.clip import load_clip  # noqa: E402
+from sssc.kernels.testing import blob_masks, random_image  # noqa: E402
+from sssc.pretrained import load_clip  # noqa: E402
 from sssc.select.scorer import StreamingScorer, item_from_arrays  # noqa: E402
 
 IMAGES, CANDS, HEIGHT, WIDTH, BATCH = 8, 20, 480, 640, 64

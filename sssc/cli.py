@@ -14,14 +14,13 @@ STAGES = ("segment", "select", "bootstrap", "correct", "all")
 
 
 def _train_parser() -> argparse.ArgumentParser:
+    from .rundir import add_config_args
+
     p = argparse.ArgumentParser(
         prog="sssc-train", description="Run one stage of Segment, Select, Correct."
     )
     p.add_argument("--stage", choices=STAGES, required=True)
-    p.add_argument("--config", help="YAML config; default: the embedded synthetic dataset on CPU")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
-    )
+    add_config_args(p, "YAML config; default: the embedded synthetic dataset on CPU")
     p.add_argument(
         "--run-dir",
         "--run",
@@ -68,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     """``sssc``: data preparation and checks, evaluation."""
     from .data.cli import add_data_commands
     from .eval.cli import add_eval_command
-    from .predict import add_predict_command
+    from .inference import add_predict_command, eval_checkpoint_main
     from .viz import add_viz_command
 
     p = argparse.ArgumentParser(prog="sssc", description="sssc tools: data, eval, viz.")
     sub = p.add_subparsers(dest="cmd", required=True)
     add_data_commands(sub)
-    add_eval_command(sub)
+    add_eval_command(sub, checkpoint_main=eval_checkpoint_main)
     add_predict_command(sub)
     add_viz_command(sub)
     args = p.parse_args(argv)

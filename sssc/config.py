@@ -43,6 +43,7 @@ __all__ = [
     "SimS2Config",
     "SynthConfig",
     "TrainConfig",
+    "build_section",
     "config_to_dict",
     "embedded_config_path",
     "load_config",
@@ -387,7 +388,7 @@ def _build_run(raw: Any, applied: list[tuple[str, Any, str]], source: str) -> Ru
             raw = _set_dotted(raw, key, value, "recipe: official")
     for key, value, src in applied:
         raw = _set_dotted(raw, key, value, src)
-    cfg = _build(RunConfig, raw, "", source)
+    cfg = build_section(RunConfig, raw, "", source)
     _check_values(cfg, source)
     return cfg
 
@@ -472,8 +473,12 @@ def _unknown_key_message(dotted: str, cls: type, source: str) -> str:
     return f"{source}: unknown key {dotted!r}; the keys of {section} are: {known}"
 
 
-def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
-    """Turn a dict into the dataclass ``cls``, checking every key and type on the way."""
+def build_section(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    """Turn a dict into the dataclass ``cls``, checking every key and type on the way.
+
+    Other config schemas (the LAVT model configs) are read with it, so every config file gets the
+    same messages: the dotted key, the expected type, the ``source`` it came from.
+    """
     where = prefix.rstrip(".") or "the top level"
     if not isinstance(raw, dict):
         raise ConfigError(
@@ -498,7 +503,7 @@ def _type_name(tp: Any) -> str:
 
 def _convert(tp: Any, value: Any, dotted: str, source: str) -> Any:
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value if value is not None else {}, dotted + ".", source)
+        return build_section(tp, value if value is not None else {}, dotted + ".", source)
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (Union, types.UnionType):

@@ -37,9 +37,11 @@ __all__ = [
     "RESUMABLE_AFTER_DIVERGENCE",
     "RunDirError",
     "RunLock",
+    "add_config_args",
     "atomic_write_text",
     "check_stage_config",
     "clear_outputs",
+    "load_run_config",
     "config_diff",
     "open_run_dir",
     "read_json",
@@ -346,3 +348,27 @@ def check_stage_config(
             "rerun with --no-resume (it overwrites sssc's outputs there), or use another --run"
         )
     return [d for d in diff if d[0] in allow]
+
+
+# ----------------------------------------------------------------------- reading a run's config
+
+
+def add_config_args(parser, config_help: str, set_help: str = "override a config key") -> None:
+    """``--config`` and ``--set KEY=VALUE`` (repeatable), as every sssc command takes them."""
+    parser.add_argument("--config", help=config_help)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+
+
+def load_run_config(run_dir: str | Path, stage: str, config: str | None, sets: list[str]) -> Any:
+    """The config a reader of a run uses: ``config`` if given, else the one ``stage`` ran with
+    (``<run>/<stage>/config.yaml``), else the embedded default; then the ``--set`` overrides.
+
+    Raises:
+        ConfigError: as :func:`sssc.config.load_config`.
+    """
+    from .config import load_config
+
+    snapshot = Path(run_dir) / stage / "config.yaml"
+    if config is None and snapshot.is_file():
+        config = str(snapshot)
+    return load_config(config, sets)

@@ -1,19 +1,22 @@
-"""Stage runners behind ``sssc-train --stage ...``: Stage 1 (segment) and Stage 2 (select).
+"""The orchestrator behind ``sssc-train --stage ...``: it runs the stages in order, nothing else.
 
-Each stage writes under ``<run>/<stage>/``: the pseudo-label store (``store.json``, ``shards/``),
-``log.txt`` (appended by every run), ``config.yaml`` (the config it ran with) and ``metrics.json``:
-for ``segment`` the S1 oracle (the best eligible candidate per expression), for ``select`` the S+S
-zero-shot choice, both on ``data.eval_split`` against the GT (see :mod:`sssc.eval.metrics`).
+Stage 1 (``segment``) and Stage 2 (``select``) each run one producer (:class:`sssc.store.Producer`:
+``sssc.segment.simulated``/``sssc.segment.runner``, ``sssc.select.simulated``/
+``sssc.select.runner``, by ``<stage>.backend``) into the pseudo-label store under
+``<run>/<stage>/`` (``store.json``, ``shards/``), with ``log.txt`` (appended by every run),
+``config.yaml`` (the settings it ran with) and ``metrics.json`` (scored by
+:func:`sssc.eval.stores.evaluate_stage`: the S1 oracle for ``segment``, the S+S choice for
+``select``). Stage 3 (``bootstrap``, ``correct``) runs :func:`sssc.correct.train.train_phase` per
+phase and prints :func:`sssc.eval.stores.stage3_table`.
 
 The stores cover the images of ``data.train_split`` (the labels Stage 3 trains on) and of
-``data.eval_split`` (the ones scored). A rerun skips finished shards; ``select`` runs ``segment``
-first when its output is missing or incomplete, as ``--stage correct`` will run every stage before
-it. Only the ``simulated`` backends exist so far (see :mod:`sssc.data.simulate`).
+``data.eval_split`` (the ones scored). A rerun skips finished shards; every stage runs the missing
+ones before it. The run folder's rules (one writer, settings checked, atomic files) are
+:mod:`sssc.rundir`'s.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import os
@@ -22,13 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .config import resolve_device
-from .data import masks as _masks
 from .data.refer import DatasetError, Refer
-from .data.store import Store, StoreError, store_complete, write_store
-from .eval.metrics import eval_size, evaluate_masks, format_table, resize_mask
+from .eval.metrics import format_table
+from .eval.stores import evaluate_stage, stage3_table
 from .rundir import (
     RunDirError,
     RunLock,
@@ -39,14 +39,11 @@ from .rundir import (
     read_json,
     write_stage_config,
 )
+from .store import Store, StoreError, store_complete, write_store
 
-__all__ = ["StageError", "evaluate_stage", "run_stage"]
+__all__ = ["StageError", "run_stage"]
 
 SHARD_SIZE = 256
-_WHAT = {
-    "segment": "S1 oracle (best eligible candidate per expression)",
-    "select": "S+S (the Stage 2 choice)",
-}
 
 
 class StageError(Exception):
@@ -230,7 +227,7 @@ def _write(
 
 def _check_model_weights(cfg: Any, stages: tuple[str, ...]) -> None:
     """The models backends' weight paths, checked before any stage does any work."""
-    from .segment.weights import WeightsError, check_weights
+    from .pretrained import WeightsError, check_weights
 
     try:
         if "segment" in stages and cfg.segment.backend == "models":
@@ -248,7 +245,7 @@ def _models_error(stage: str, e: Exception) -> StageError:
 
 
 def _run_segment(refer: Refer, cfg: Any, run_dir: Path) -> dict:
-    from .data.simulate import SimulatedSegmenter
+    from .segment.simulated import SimulatedSegmenter
 
     d, log, fresh = _prepare("segment", cfg, run_dir)
     splits, ids = _stage_images(refer, cfg)
@@ -284,7 +281,7 @@ def _run_segment(refer: Refer, cfg: Any, run_dir: Path) -> dict:
 
 
 def _run_select(refer: Refer, cfg: Any, run_dir: Path) -> dict:
-    from .data.simulate import SimulatedSelector
+    from .select.simulated import SimulatedSelector
 
     s1 = Store(run_dir / "segment", kind="S1")
     d, log, fresh = _prepare("select", cfg, run_dir)
@@ -300,8 +297,8 @@ def _run_select(refer: Refer, cfg: Any, run_dir: Path) -> dict:
             raise _models_error("select", e) from e
         make = sel
     else:
-        sel = SimulatedSelector(refer, cfg.select.simulate, s1.producer)
-        make = lambda i: sel(s1.get(i))  # noqa: E731
+        sel = SimulatedSelector(refer, cfg.select.simulate, s1)
+        make = sel
     name = sel.producer["name"]
     log(f"select: {name} Stage 2 on {len(s1)} images of {run_dir / 'segment'} -> {d}")
     _write("select", d, log, "S2", sel.producer, s1.image_ids(), make, fresh)
@@ -330,101 +327,7 @@ def _finish(stage: str, refer: Refer, cfg: Any, run_dir: Path, log: _Log) -> dic
     return m
 
 
-# ---------------------------------------------------------------------------------- evaluation
-
-
-def evaluate_stage(
-    stage: str, cfg: Any, run_dir: str | Path, split: str | None = None, refer: Refer | None = None
-) -> dict:
-    """Score a stage's store against the GT: the S1 oracle (``segment``) or S2 (``select``).
-
-    Args:
-        stage: ``segment`` or ``select``.
-        cfg: the run's config (dataset, ``eval.resolution``, ``data.eval_split``).
-        run_dir: the run directory holding ``<stage>/store.json``.
-        split: the split to score (default ``data.eval_split``); its images must be in the store.
-        refer: the dataset, if already open.
-
-    Returns:
-        The ``metrics.json`` object: ``stage``, ``what``, ``split``, ``resolution``, ``mIoU``,
-        ``oIoU``, ``prec@0.5`` ... ``prec@0.9``, ``PointM``, ``PointIt`` (percent),
-        ``num_expressions``, ``num_objects``, ``producer``, ``warnings`` (counts).
-    """
-    run_dir = Path(run_dir)
-    refer = refer or Refer.from_config(cfg.data)
-    split = split or cfg.data.eval_split
-    s1 = Store(run_dir / "segment", kind="S1")
-    s2 = Store(run_dir / "select", kind="S2") if stage == "select" else None
-    store = s2 or s1
-    refs = refer.split_refs(split)
-    missing = sorted({r.image_id for r in refs if r.image_id not in store})
-    if missing:
-        raise StoreError(
-            f"{store.dir}: {len(missing)} image(s) of split {split!r} are not in the store "
-            f"(e.g. image {missing[0]}); the stage labels data.train_split and data.eval_split"
-        )
-    warnings: collections.Counter = collections.Counter(
-        {f"dataset.{k}": v for k, v in refer.warnings.items()}
-    )
-    by_sent = {s.sent_id: r for r in refs for s in r.sentences}
-    res = cfg.eval.resolution
-    cache: dict[int, np.ndarray | None] = {}
-
-    def predict(sent_id: int) -> np.ndarray | None:
-        ref = by_sent[sent_id]
-        if ref.ann_id not in cache:  # sentences of a ref are consecutive: keep one
-            cache.clear()
-            cache[ref.ann_id] = _prediction(ref, s1, s2, refer, res, warnings)
-        m = cache[ref.ann_id]
-        info = refer.images[ref.image_id]
-        return m if m is not None else np.zeros((info.height, info.width), dtype=bool)
-
-    out = {"stage": stage, "what": _WHAT[stage]}
-    m = evaluate_masks(refer, split, predict, resolution=res, point_rule=cfg.eval.point_rule)
-    warnings.update(m.pop("warnings"))
-    out |= m
-    out["producer"] = store.producer
-    out["warnings"] = dict(sorted(warnings.items()))
-    return out
-
-
-def _prediction(ref, s1: Store, s2: Store | None, refer: Refer, res, warnings) -> np.ndarray | None:
-    """The mask scored for one object: the S2 choice, or the S1 oracle. ``None``: no candidate."""
-    rec = s1.get(ref.image_id)
-    if not rec.candidates:
-        warnings["object_in_image_without_candidates"] += 1
-    if s2 is not None:
-        chosen = s2.get(ref.image_id).object(ref.ann_id).chosen
-        if chosen is None:
-            warnings["object_without_choice"] += 1
-            return None
-        return rec.candidate(chosen).decode()
-    eligible = rec.object(ref.ann_id).eligible
-    if not eligible:
-        warnings["object_without_eligible"] += 1
-        return None
-    gt = refer.gt_mask(ref.ann_id)
-    size = eval_size(res, *gt.shape)
-    if size == gt.shape:  # IoU on the RLEs, no decoding
-        ious = _masks.iou([rec.candidate(i).rle for i in eligible], [_masks.encode(gt)])[:, 0]
-    else:  # the oracle maximizes the IoU that is reported, at the evaluation resolution
-        g = resize_mask(gt, size)
-        ious = []
-        for i in eligible:
-            p = resize_mask(rec.candidate(i).decode(), size)
-            u = np.count_nonzero(p | g)
-            ious.append(np.count_nonzero(p & g) / u if u else 0.0)
-    return rec.candidate(eligible[int(np.argmax(ious))]).decode()
-
-
 # ---------------------------------------------------------------------------------- Stage 3
-
-_ROWS = (
-    ("select", "S+S"),
-    ("bootstrap", "ZSBootstrap"),
-    ("plus_epochs", "+epochs"),
-    ("correct", "S+S+C"),
-)
 
 
 def _run_stage3(stage: str, cfg: Any, run_dir: Path) -> dict:
@@ -458,55 +361,3 @@ def _run_stage3(stage: str, cfg: Any, run_dir: Path) -> dict:
     if rank == 0:
         print(stage3_table(run_dir, cfg))
     return out["bootstrap" if stage == "bootstrap" else "correct"]
-
-
-def _oracle_derived(producer: dict) -> bool:
-    """Simulated labels on a real dataset: derived from its GT masks."""
-    data = producer.get("data") or producer.get("segment", {}).get("data") or {}
-    return producer.get("name") == "simulated" and data.get("dataset", "synthetic") != "synthetic"
-
-
-def stage3_table(run_dir: str | Path, cfg: Any = None) -> str:
-    """S+S, ZSBootstrap, +epochs and S+S+C of a run (those present) on the eval split vs GT.
-
-    With ``cfg``, a row whose folder was made with other settings than ``cfg``'s is left out and
-    named below the table, so an old result is never shown as this run's.
-    """
-    from .config import config_to_dict
-
-    rows, stale = [], []
-    for d, name in _ROWS:
-        path = Path(run_dir) / d / "metrics.json"
-        if not path.exists():
-            continue
-        if cfg is not None:
-            try:
-                check_stage_config(path.parent, config_to_dict(cfg), d)
-            except RunDirError:
-                stale.append(name)
-                continue
-        rows.append((name, read_json(path, "metrics")))
-    if not rows:
-        return "(no metrics yet)"
-    m0 = rows[0][1]
-    prod = m0["producer"]
-    sim = ", ".join(f"{k}={v}" for k, v in prod.items() if k != "name" and not isinstance(v, dict))
-    head = f"{'':14} {'mIoU':>7} {'oIoU':>7} {'prec@0.5':>9}"
-    oracle = " -- ORACLE-DERIVED: simulated from this dataset's GT masks" * _oracle_derived(prod)
-    lines = [
-        f"{m0['split']} split vs GT, labels by producer {prod['name']!r} ({sim}){oracle}",
-        head,
-        "-" * len(head),
-    ]
-    for name, m in rows:
-        label = name
-        if name == "S+S" and prod["name"] == "simulated":
-            label = f"{name} (sim.)" if not _oracle_derived(prod) else f"{name} (oracle-derived)"
-        if str(m.get("selection", "")).startswith("selected on GT"):
-            label += " *"
-        lines.append(f"{label:14} {m['mIoU']:7.2f} {m['oIoU']:7.2f} {m['prec@0.5']:9.2f}")
-    if any(str(m.get("selection", "")).startswith("selected on GT") for _, m in rows):
-        lines.append("* selected on GT: the epoch with the best val oIoU (train.selection=best_gt)")
-    if stale:
-        lines.append(f"(not shown: {', '.join(stale)}, made with other settings in {run_dir})")
-    return "\n".join(lines)

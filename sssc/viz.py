@@ -54,7 +54,7 @@ def draw_image(refer, s1, s2, image_id: int):
 
     Args:
         refer: the dataset (image, GT, expressions).
-        s1: the S1 :class:`~sssc.data.store.Store`; ``s2``: the S2 store or ``None``.
+        s1: the S1 :class:`~sssc.store.Store`; ``s2``: the S2 store or ``None``.
         image_id: the image.
     """
     from PIL import Image, ImageDraw
@@ -106,6 +106,8 @@ def draw_image(refer, s1, s2, image_id: int):
 
 def add_viz_command(subparsers) -> None:
     """Register ``sssc viz`` on an ``argparse`` subparsers object."""
+    from .rundir import add_config_args
+
     p = subparsers.add_parser(
         "viz",
         help="draw candidates, choices and expressions of an image as a PNG",
@@ -115,24 +117,20 @@ def add_viz_command(subparsers) -> None:
     p.add_argument("--run", required=True, help="run directory (as given to sssc-train --run)")
     p.add_argument("--image-id", type=int, action="append", default=[], help="image id(s)")
     p.add_argument("--first", type=int, default=0, help="draw the store's first N images")
-    p.add_argument("--config", help="YAML config (default: <run>/segment/config.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_config_args(p, "YAML config (default: <run>/segment/config.yaml)")
     p.add_argument("--out", help="output folder (default: <run>/viz)")
     p.set_defaults(func=viz_main)
 
 
 def viz_main(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load_config
+    from .config import ConfigError
     from .data.refer import DatasetError, Refer
-    from .data.store import Store, StoreError
+    from .rundir import load_run_config
+    from .store import Store, StoreError
 
     run = Path(args.run)
-    config = args.config
-    snapshot = run / "segment" / "config.yaml"
-    if config is None and snapshot.is_file():
-        config = str(snapshot)
     try:
-        cfg = load_config(config, args.set)
+        cfg = load_run_config(run, "segment", args.config, args.set)
         refer = Refer.from_config(cfg.data, generate=False)
         s1 = Store(run / "segment", kind="S1")
         s2 = Store(run / "select", kind="S2") if (run / "select" / "store.json").exists() else None

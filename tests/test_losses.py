@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from sssc.correct.losses import (
     IGNORE,
     match_targets,
-    matching_loss,
     weighted_ce,
     weighted_ce_sums,
 )
@@ -182,7 +181,9 @@ def test_match_at_reduced_resolution_uses_pooled_inputs():
 def test_matching_loss_gradient_is_ce_against_the_matched_masks():
     logits, cand, cgrp, elig, obj, grp = _batch(4)
     a = logits.clone().requires_grad_(True)
-    loss, res = matching_loss(a, cand, cgrp, elig, obj, grp, class_weights=W)
+    res = match_targets(a, cand, cgrp, elig, obj, grp)  # as the training step: match, then CE
+    num, den = weighted_ce_sums(a, res.target, torch.tensor(W), None, "pixels")
+    loss = num / den
     loss.backward()
     b = logits.clone().double().requires_grad_(True)
     # float64 autograd of the CE formula with the targets held fixed: the choice has no gradient.

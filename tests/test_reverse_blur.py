@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from triton_compile import run_compile_script
+
 from sssc.kernels import CLIP_MEAN, CLIP_STD, reverse_blur, reverse_blur_reference
 from sssc.kernels._backend import HAS_TRITON, triton_interpret
 from sssc.kernels.testing import blob_masks, random_image
-from triton_compile import run_compile_script
 
 # ``sssc.kernels.reverse_blur`` is the function (re-exported); the module holds the private paths.
 rb = sys.modules["sssc.kernels.reverse_blur"]
@@ -326,9 +327,9 @@ def _good():
         ("image_channels", r"image must be \[3, H, W\], got shape \(4, 10, 12\)"),
         ("masks_rank", r"masks must be \[C, H, W\], got shape \(10, 12\)"),
         ("mismatch", r"masks H x W must match image H x W; masks shape \(2, 10, 11\)"),
-        ("sigma_negative", r"sigma must be finite and >= 0, got sigma=-1"),
-        ("sigma_nan", r"sigma=nan"),
-        ("sigma_inf", r"sigma=inf"),
+        ("sigma_negative", r"sigma must be a finite number >= 0; got -1"),
+        ("sigma_nan", r"sigma must be a finite number >= 0; got nan"),
+        ("sigma_inf", r"sigma must be a finite number >= 0; got inf"),
         ("size_zero", r"size must be an integer >= 1, got size=0"),
         ("crop", r"crop='left' is unknown"),
         ("image_dtype", r"image must be uint8 or float, got dtype torch.int32"),

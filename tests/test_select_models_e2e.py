@@ -25,7 +25,7 @@ from tiny_models import models_overrides  # noqa: E402
 from sssc import stages  # noqa: E402
 from sssc.config import load_config  # noqa: E402
 from sssc.data.refer import Refer  # noqa: E402
-from sssc.data.store import Store  # noqa: E402
+from sssc.store import Store  # noqa: E402
 
 TESTS = Path(__file__).parent
 

@@ -10,11 +10,13 @@ import torch
 
 pytest.importorskip("open_clip", reason="open_clip is in the select extra")
 
-from sssc.kernels import reverse_blur  # noqa: E402
 from tiny_models import register_tiny_clip  # noqa: E402
 
-from sssc.segment.weights import WeightsError  # noqa: E402
-from sssc.select.clip import load_clip  # noqa: E402
+from sssc.kernels import reverse_blur  # noqa: E402
+from sssc.pretrained import (
+    WeightsError,  # noqa: E402
+    load_clip,  # noqa: E402
+)
 from sssc.select.scorer import (  # noqa: E402
     StreamingScorer,
     item_from_arrays,

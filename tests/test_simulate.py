@@ -8,9 +8,10 @@ from scipy import ndimage
 
 from sssc.data import masks
 from sssc.data.refer import Refer
-from sssc.data.simulate import SimulatedSegmenter, SimulatedSelector, jitter_mask
-from sssc.data.store import ImageRecord
 from sssc.data.synthetic import generate
+from sssc.segment.simulated import SimulatedSegmenter, jitter_mask
+from sssc.select.simulated import SimulatedSelector
+from sssc.store import ImageRecord
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +19,9 @@ def refer(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     generate(root, seed=3, num_images=300, image_size=64)
     return Refer(root, "synthetic", "synthetic", root / "synthetic" / "images")
+
+
+_S1 = types.SimpleNamespace(producer={"name": "x"})  # an S1 store's producer
 
 
 def s1cfg(p_drop=0.0, jitter_px=0.0, p_false_positive=0.0, seed=0):
@@ -114,10 +118,10 @@ def _best(refer, rec, obj):
 @pytest.mark.parametrize("mode", ["largest", "central", "mixed"])
 def test_s2_correct_rate_and_systematic_mistakes(refer, mode):
     recs = _s1_records(refer, s1cfg(p_drop=0.1, jitter_px=1.0, p_false_positive=0.3))
-    sel = SimulatedSelector(refer, s2cfg(0.6, mode), {"name": "x"})
+    sel = SimulatedSelector(refer, s2cfg(0.6, mode), _S1)
     n = correct = 0
     for rec in recs:
-        out = sel(rec)
+        out = sel.select(rec)
         for obj, o in zip(rec.objects, out["objects"], strict=True):
             if not obj.eligible:
                 assert o["chosen"] is None
@@ -150,17 +154,17 @@ def test_s2_correct_rate_and_systematic_mistakes(refer, mode):
 
 def test_s2_wrong_choices_collide_within_an_image(refer):
     recs = _s1_records(refer, s1cfg())
-    sel = SimulatedSelector(refer, s2cfg(p_correct=0.0), {"name": "x"})
+    sel = SimulatedSelector(refer, s2cfg(p_correct=0.0), _S1)
     collisions = 0
     for rec in recs:
-        chosen = [o["chosen"] for o in sel(rec)["objects"] if o["chosen"] is not None]
+        chosen = [o["chosen"] for o in sel.select(rec)["objects"] if o["chosen"] is not None]
         collisions += len(chosen) - len(set(chosen))
-        for obj, o in zip(rec.objects, sel(rec)["objects"], strict=True):
+        for obj, o in zip(rec.objects, sel.select(rec)["objects"], strict=True):
             if len(obj.eligible) >= 2:
                 assert o["chosen"] != _best(refer, rec, obj)
     assert collisions > 0
-    perfect = SimulatedSelector(refer, s2cfg(p_correct=1.0), {"name": "x"})
+    perfect = SimulatedSelector(refer, s2cfg(p_correct=1.0), _S1)
     for rec in recs[:50]:
-        for obj, o in zip(rec.objects, perfect(rec)["objects"], strict=True):
+        for obj, o in zip(rec.objects, perfect.select(rec)["objects"], strict=True):
             if obj.eligible:
                 assert o["chosen"] == _best(refer, rec, obj)

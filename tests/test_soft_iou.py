@@ -7,10 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from triton_compile import run_compile_script
+
 from sssc.kernels import pairwise_soft_iou, pairwise_soft_iou_reference
 from sssc.kernels._backend import HAS_TRITON, triton_interpret
 from sssc.kernels.testing import blob_masks, iou_batch
-from triton_compile import run_compile_script
 
 _CAN_TRITON = HAS_TRITON and (torch.cuda.is_available() or triton_interpret())
 BACKENDS = [
@@ -236,9 +237,9 @@ def test_gradcheck_cpu(backend, grouped):
 @pytest.mark.skipif(not _CAN_TRITON, reason="Triton needs CUDA or TRITON_INTERPRET=1")
 def test_triton_split_k(monkeypatch):
     """Several programs add partial sums of one tile (split over pixels) atomically."""
-    from sssc.kernels import soft_iou
+    from sssc.kernels import _soft_iou_triton
 
-    monkeypatch.setattr(soft_iou, "_sm_count", lambda device: 64)  # ask for many programs
+    monkeypatch.setattr(_soft_iou_triton, "_sm_count", lambda device: 64)  # ask for many programs
     dev = _device("triton")
     pred, cand = _inputs(5, 7, 40, 52, seed=12, device=dev)  # 17 pixel tiles: 3 splits
     pg = torch.tensor([0, 1, 0, 1, 1], device=dev)
@@ -285,9 +286,9 @@ def test_numba_bands_and_flushes(band, cap):
 
 def test_torch_path_many_chunks(monkeypatch):
     """The torch path converts candidates to float one pixel chunk at a time; force 3 chunks."""
-    from sssc.kernels import soft_iou
+    from sssc.kernels import _soft_iou_torch
 
-    monkeypatch.setattr(soft_iou, "_CHUNK_ELEMS", 1 << 10)  # 1024-pixel chunks
+    monkeypatch.setattr(_soft_iou_torch, "_CHUNK_ELEMS", 1 << 10)  # 1024-pixel chunks
     pred, cand, pg, cg = iou_batch(images=2, max_cands=12, height=40, width=70, seed=3)
     _check(pairwise_soft_iou(pred, cand, pg, cg, backend="torch"), _formula64(pred, cand, pg, cg))
     ours, oracle = _grad_pair("torch", pred, cand, pg, cg)
@@ -350,7 +351,7 @@ def test_bad_input_raises(kwargs, match):
 
 
 _COMPILE_SM90 = r"""
-from sssc.kernels import soft_iou as S
+from sssc.kernels import _soft_iou_triton as S
 
 fwd_sig = dict(
     pidx_ptr="*i64", cidx_ptr="*i64", tiles_ptr="*i64", inter_ptr="*fp32", psum_ptr="*fp32",

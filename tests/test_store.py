@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sssc.kernels.testing import blob_masks
 
-from sssc.data import masks, store
-from sssc.data.store import Store, StoreError, s1_record, s2_record, write_store
+from sssc.data import masks
+from sssc.kernels.testing import blob_masks
+from sssc.store import Store, StoreError, s1_record, s2_record, store, write_store
 
 PRODUCER = {"name": "test", "p": 0.5}
 
@@ -134,7 +134,7 @@ _WRITER = textwrap.dedent(
     import os, sys, time
     sys.path.insert(0, {tests!r})
     from test_store import make_s1, PRODUCER
-    from sssc.data.store import write_store
+    from sssc.store import write_store
 
     signal_file, kill_at = {signal!r}, {kill_at!r}
 

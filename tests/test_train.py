@@ -282,7 +282,7 @@ def test_selection_best_gt_keeps_the_best_val_epoch_and_says_so(base, tmp_path):
     assert m["oIoU"] == best["oIoU"] and m["mIoU"] == best["mIoU"]
     assert m["selection"].startswith("selected on GT")
     assert (run / "bootstrap" / "best.pt").is_file()
-    from sssc.stages import stage3_table
+    from sssc.eval.stores import stage3_table
 
     assert "ZSBootstrap *" in stage3_table(run) and "selected on GT" in stage3_table(run)
     # The next phase starts from best.pt, which loads through the checked reader.

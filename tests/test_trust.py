@@ -97,9 +97,9 @@ def _tensors_equal(a, b, where=""):
 # correct in its matching, and between correct's metrics.json and its last checkpoint.
 KILLS = [
     "sssc.data.synthetic:_draw_image:7",
-    "sssc.data.store:_write_shard:2",
+    "sssc.store.store:_write_shard:2",
     "sssc.stages:evaluate_stage:1:before",
-    "sssc.data.store:_write_shard:1",
+    "sssc.store.store:_write_shard:1",
     "sssc.stages:evaluate_stage:1:before",
     "sssc.correct.train:append_log:3",
     "torch:save:2",

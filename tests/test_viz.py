@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
-from sssc import stages
+from sssc import stages, viz
 from sssc.cli import main
 from sssc.config import load_config
 from sssc.data.refer import Refer
-from sssc.data.store import Store
+from sssc.store import Store
 
 
 def test_viz_panels_choice_and_exit_codes(tmp_path, capsys):
@@ -31,23 +32,36 @@ def test_viz_panels_choice_and_exit_codes(tmp_path, capsys):
     )
     png = np.asarray(Image.open(tmp_path / "v" / f"image_{image_id}.png").convert("RGB"))
     refer = Refer.from_config(cfg.data)
-    img = refer.load_image(image_id)
+    img = refer.load_image(image_id).astype(np.float64)
     k = int(np.ceil(256 / min(img.shape[:2])))
     objs = s2.get(image_id).objects
     ph, pw = img.shape[0] * k, img.shape[1] * k
     assert png.shape[1] == (1 + len(objs)) * (pw + 8) and png.shape[0] > ph
-    for n, o in enumerate(objs, start=1):
-        if o.chosen is None:
-            continue
-        m = s1.get(image_id).candidate(o.chosen).decode()
-        gt_edge = refer.gt_mask(o.ann_id)
-        inner = m & ~np.pad(gt_edge, 1)[1:-1, 1:-1]  # away from the GT's white outline
-        inner &= ~(np.roll(gt_edge, 1, 0) | np.roll(gt_edge, -1, 0))
-        y, x = np.argwhere(inner)[0] if inner.any() else np.argwhere(m)[0]
-        panel = png[:ph, n * (pw + 8) : n * (pw + 8) + pw]
-        expect = (0.5 * img[y, x] + 0.5 * np.array([0, 200, 0])).astype(np.uint8)
-        got = panel[y * k + k // 2, x * k + k // 2]
-        assert np.all(np.abs(got.astype(int) - expect) <= 1) or np.all(got == 255)
+
+    def edge(m):  # an independent outline: the mask minus its 4-neighbour erosion
+        return m & ~ndimage.binary_erosion(m, structure=ndimage.generate_binary_structure(2, 1))
+
+    def up(a):
+        return np.kron(a, np.ones((k, k, 1))) if a.ndim == 3 else np.kron(a, np.ones((k, k)))
+
+    rec = s1.get(image_id)
+    for n, o in enumerate(objs, start=1):  # each object's panel, pixel for pixel
+        want = img.copy()
+        if o.chosen is not None:
+            m = rec.candidate(o.chosen).decode()
+            want[m] = 0.5 * want[m] + 0.5 * np.array([0.0, 200.0, 0.0])
+        want[edge(refer.gt_mask(o.ann_id))] = 255.0
+        panel = png[:ph, n * (pw + 8) : n * (pw + 8) + pw].astype(np.float64)
+        assert np.abs(panel - up(want)).max() <= 1.0, f"object panel {n}"
+    # The pool panel: every candidate's outline in its palette colour (labels are drawn in the
+    # palette colours too, so only outline pixels are compared).
+    palette = {tuple(int(v) for v in c) for c in viz._PALETTE}
+    pool = png[:ph, :pw]
+    outline = np.zeros(img.shape[:2], bool)
+    for c in rec.candidates:
+        outline |= edge(c.decode())
+    got = {tuple(int(v) for v in px) for px in pool[up(outline).astype(bool)]}
+    assert outline.any() and got <= palette
     capsys.readouterr()
     assert main(["viz", "--run", str(run), "--image-id", "999999"]) == 2
     assert "999999" in capsys.readouterr().err

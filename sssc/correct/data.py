@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.masks import resize_mask
 from ..data.refer import Refer
-from ..eval.metrics import resize_mask
 from .lavt import IMAGENET_MEAN, IMAGENET_STD  # the model owns its input normalisation
 
 __all__ = [

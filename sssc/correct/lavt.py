@@ -30,19 +30,23 @@ Example::
 
 from __future__ import annotations
 
-import importlib.resources
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor, nn
 
-from sssc.config import ConfigError, _build
-from sssc.correct.tokenizer import BERT_URL, build_tokenizer
+from sssc.correct.modelconfig import (
+    BertSettings,
+    LAVTConfig,
+    PWAMSettings,
+    SwinSettings,
+    load_model_config,
+)
+from sssc.correct.tokenizer import build_tokenizer
+from sssc.pretrained import BERT_URL, SWIN_URL, existing_path
 
 __all__ = [
     "BERT_URL",
@@ -65,11 +69,6 @@ __all__ = [
     "swin_official_to_hf",
 ]
 
-# Where the published weights live; named in every "weights not found" error.
-SWIN_URL = (
-    "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/"
-    "swin_base_patch4_window12_384_22k.pth"
-)
 LAVT_CKPT_HINT = (
     "a checkpoint written by `sssc-train --stage bootstrap|correct` (<run>/<stage>/), or a LAVT / "
     "S+S+C release (https://github.com/yz93/LAVT-RIS, https://github.com/fgirbal/"
@@ -77,112 +76,7 @@ LAVT_CKPT_HINT = (
 )
 
 # LAVT normalises images with ImageNet statistics (the Swin weights were trained with them).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class SwinSettings:
-    """The Swin backbone (transformers' ``SwinConfig`` fields)."""
-
-    embed_dim: int = 128
-    depths: list[int] = field(default_factory=lambda: [2, 2, 18, 2])
-    num_heads: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
-    window_size: int = 12
-    patch_size: int = 4
-    mlp_ratio: float = 4.0
-    drop_path_rate: float = 0.3  # LAVT's setting for Swin-B
-
-
-@dataclass
-class BertSettings:
-    """The text encoder (transformers' ``BertConfig`` fields)."""
-
-    vocab_size: int = 30522
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    max_position_embeddings: int = 512
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-
-
-@dataclass
-class PWAMSettings:
-    num_heads: int = 1  # LAVT's num_heads_fusion: one head at every stage
-    dropout: float = 0.0  # LAVT's fusion_drop
-
-
-@dataclass
-class LAVTConfig:
-    """A LAVT model: the backbone, the text encoder, the fusion and the tokenizer's settings."""
-
-    name: str = "lavt-base"
-    image_size: int = 480  # training/eval resolution (the model accepts any size)
-    max_tokens: int = 20  # LAVT truncates/pads expressions to 20 tokens
-    tokenizer: str = "bert"  # bert: BertTokenizerFast from bert_path | words: vocab from the data
-    swin: SwinSettings = field(default_factory=SwinSettings)
-    bert: BertSettings = field(default_factory=BertSettings)
-    pwam: PWAMSettings = field(default_factory=PWAMSettings)
-
-    @property
-    def stage_dims(self) -> list[int]:
-        """Channels of the four stages' outputs, ``C * [1, 2, 4, 8]``."""
-        return [self.swin.embed_dim * 2**i for i in range(len(self.swin.depths))]
-
-
-def load_model_config(name_or_path: str | Path | LAVTConfig) -> LAVTConfig:
-    """Read a model config: an embedded name (``"lavt-tiny"``, ``"lavt-base"``) or a YAML path.
-
-    Raises:
-        ConfigError: the file is missing, not YAML, has an unknown key or a wrong type (the message
-            names the key and the file), or the settings are inconsistent.
-    """
-    if isinstance(name_or_path, LAVTConfig):
-        return name_or_path
-    path = Path(name_or_path)
-    if not path.is_file():
-        embedded = Path(str(importlib.resources.files("sssc.configs") / f"{name_or_path}.yaml"))
-        if path.suffix == "" and embedded.is_file():
-            path = embedded
-        else:
-            raise ConfigError(
-                f"{name_or_path}: model config not found (give a YAML path or an embedded name: "
-                "lavt-tiny, lavt-base)"
-            )
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    cfg = _build(LAVTConfig, raw, "", str(path))
-    _check_config(cfg, str(path))
-    return cfg
-
-
-def _check_config(cfg: LAVTConfig, source: str) -> None:
-    s = cfg.swin
-    if len(s.depths) != 4 or len(s.num_heads) != 4:
-        raise ConfigError(
-            f"{source}: 'swin.depths' and 'swin.num_heads' need 4 stages (LAVT fuses after each), "
-            f"got {s.depths} and {s.num_heads}"
-        )
-    for i, (dim, heads) in enumerate(zip(cfg.stage_dims, s.num_heads, strict=True)):
-        if heads < 1 or dim % heads:
-            raise ConfigError(
-                f"{source}: 'swin.num_heads[{i}]'={heads} must divide the stage's width {dim}"
-            )
-        if dim % cfg.pwam.num_heads:
-            raise ConfigError(f"{source}: 'pwam.num_heads' must divide every stage width {dim}")
-    if cfg.bert.hidden_size % cfg.bert.num_attention_heads:
-        raise ConfigError(f"{source}: 'bert.num_attention_heads' must divide 'bert.hidden_size'")
-    if cfg.tokenizer not in ("bert", "words"):
-        raise ConfigError(f"{source}: 'tokenizer' must be 'bert' or 'words', got {cfg.tokenizer!r}")
-    if not 0 < cfg.max_tokens <= cfg.bert.max_position_embeddings:
-        raise ConfigError(
-            f"{source}: 'max_tokens' must be in [1, bert.max_position_embeddings], "
-            f"got {cfg.max_tokens}"
-        )
+from sssc.data.images import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 
 def _swin_hf_config(cfg: LAVTConfig) -> Any:
@@ -628,25 +522,15 @@ def create_model(
     cfg = load_model_config(name_or_path)
     model = LAVT(cfg)
     if swin_weights:
-        _load_swin(model, _existing(swin_weights, "swin_weights", SWIN_URL))
+        _load_swin(model, existing_path("swin_weights", swin_weights))
     if bert_weights:
-        _load_bert(model, _existing(bert_weights, "bert_weights", BERT_URL))
+        _load_bert(model, existing_path("bert_weights", bert_weights))
     if weights:
         from .checkpoints import read_checkpoint, state_dict_for_sssc
 
-        path = _existing(weights, "weights", LAVT_CKPT_HINT)
+        path = existing_path("weights", weights, source=LAVT_CKPT_HINT)
         _load_into(model, state_dict_for_sssc(read_checkpoint(path), path), "weights", path)
     return model
-
-
-def _existing(path: str | Path, setting: str, source: str) -> Path:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(
-            f"{setting}: {p} does not exist. Give a local path to the weights; the official ones "
-            f"are published at {source}."
-        )
-    return p
 
 
 def _load_into(module: nn.Module, sd: dict[str, Tensor], setting: str, path: Path) -> None:

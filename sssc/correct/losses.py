@@ -29,7 +29,6 @@ __all__ = [
     "IGNORE",
     "MatchResult",
     "match_targets",
-    "matching_loss",
     "weighted_ce",
     "weighted_ce_sums",
 ]
@@ -262,36 +261,3 @@ def _first_of_object(ref_object: torch.Tensor) -> torch.Tensor:
     same = ref_object[:, None] == ref_object[None, :]
     # The first True of each row: argmax of a bool row returns the first maximum.
     return same.to(torch.uint8).argmax(1)
-
-
-def matching_loss(
-    logits: torch.Tensor,
-    candidates: torch.Tensor,
-    cand_group: torch.Tensor,
-    eligible: torch.Tensor,
-    ref_object: torch.Tensor,
-    ref_group: torch.Tensor,
-    class_weights=(0.9, 1.1),
-    unmatched: str = "ignore",
-    match_size: int = 0,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, MatchResult]:
-    """The S+S+C correction loss: match (Algorithm 1), then weighted cross-entropy.
-
-    Arguments as :func:`match_targets`, plus ``class_weights`` for :func:`weighted_ce`.
-
-    Returns:
-        ``(loss, match_result)``.
-    """
-    res = match_targets(
-        logits,
-        candidates,
-        cand_group,
-        eligible,
-        ref_object,
-        ref_group,
-        unmatched=unmatched,
-        match_size=match_size,
-        generator=generator,
-    )
-    return weighted_ce(logits, res.target, class_weights), res

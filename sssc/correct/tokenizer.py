@@ -22,9 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["BERT_URL", "SPECIAL_TOKENS", "LAVTTokenizer", "build_tokenizer"]
+from sssc.correct.modelconfig import load_model_config
+from sssc.pretrained import BERT_URL, WeightsError, existing_path
 
-BERT_URL = "https://huggingface.co/bert-base-uncased (the folder: config.json, weights, vocab.txt)"
+__all__ = ["SPECIAL_TOKENS", "LAVTTokenizer", "build_tokenizer"]
 # [PAD] first: LAVT pads with id 0.
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -94,8 +95,6 @@ def build_tokenizer(
         FileNotFoundError: ``bert_path`` is missing (the message names the setting).
         ValueError: the vocabulary does not fit the model's embedding table, or no words/path.
     """
-    from sssc.correct.lavt import load_model_config  # lavt imports this module
-
     cfg = load_model_config(model_cfg_or_name)
     if cfg.tokenizer == "bert":
         hf = _bert_from_folder(bert_path)
@@ -119,15 +118,10 @@ def _bert_from_folder(bert_path: str | Path | None) -> Any:
     from transformers import BertTokenizerFast
 
     if not bert_path:
-        raise FileNotFoundError(
+        raise WeightsError(
             f"bert_path: not set. Give the local bert-base-uncased folder, published at {BERT_URL}"
         )
-    p = Path(bert_path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(
-            f"bert_path: {p} does not exist. Give the local bert-base-uncased folder, published "
-            f"at {BERT_URL}"
-        )
+    p = existing_path("bert_path", bert_path, "the bert-base-uncased folder")
     return BertTokenizerFast.from_pretrained(str(p))
 
 

@@ -44,7 +44,6 @@ import torch.distributed as dist
 
 from ..config import config_to_dict, resolve_device
 from ..data.refer import Refer, pack_images
-from ..data.store import Store
 from ..eval.metrics import evaluate_masks
 from ..rundir import (
     RESUMABLE_AFTER_DIVERGENCE,
@@ -55,6 +54,7 @@ from ..rundir import (
     read_json,
     write_stage_config,
 )
+from ..store import Store
 from .checkpoints import CheckpointError
 from .data import ImageSet, collate, pack_samples, rank_keys
 from .losses import match_targets, weighted_ce_sums

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["add_data_commands", "default_image_dir"]
+__all__ = ["add_data_commands"]
 
 
 def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -58,12 +58,6 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     c.set_defaults(func=_check)
 
 
-def default_image_dir(root: str | Path, dataset: str) -> Path:
-    """``<root>/<dataset>/images`` when it exists, else REFER's ``<root>/images/mscoco/...``."""
-    own = Path(root) / dataset / "images"
-    return own if own.is_dir() else Path(root) / "images" / "mscoco" / "images" / "train2014"
-
-
 def _synth(args: argparse.Namespace) -> int:
     from .refer import DatasetError, Refer
     from .synthetic import generate
@@ -105,6 +99,8 @@ def _check(args: argparse.Namespace) -> int:
     if missing:
         print(f"sssc data check: give {', '.join(missing)} (or --config FILE)", file=sys.stderr)
         return 2
+    from .refer import default_image_dir
+
     image_dir = Path(image_dir) if image_dir else default_image_dir(root, dataset)
     try:
         refer = Refer(root, dataset, split_by, image_dir)

@@ -16,7 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ImageReadError", "check_png", "read_rgb"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageReadError", "check_png", "read_rgb"]
+
+# ImageNet statistics, with which Swin (LAVT) and GroundingDINO normalise their inputs.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _EIGHT_BIT = {"1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr", "RGBX", "La", "RGBa"}

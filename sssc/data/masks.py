@@ -12,7 +12,16 @@ from collections.abc import Sequence
 import numpy as np
 from pycocotools import mask as _cocomask
 
-__all__ = ["area", "bbox", "decode", "encode", "iou", "polygons_to_mask", "segmentation_to_mask"]
+__all__ = [
+    "area",
+    "bbox",
+    "decode",
+    "encode",
+    "iou",
+    "polygons_to_mask",
+    "resize_mask",
+    "segmentation_to_mask",
+]
 
 
 def _to_coco(rle: dict) -> dict:
@@ -91,3 +100,22 @@ def segmentation_to_mask(segm, height: int, width: int) -> np.ndarray:
     if isinstance(segm, dict) and isinstance(segm.get("counts"), list):
         return _cocomask.decode(_cocomask.frPyObjects(segm, height, width)).astype(bool)
     return decode(segm)
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a bool mask with PIL (what LAVT applies to the GT target).
+
+    Args:
+        mask: bool ``[H, W]``.
+        size: ``(H', W')``.
+
+    Returns:
+        bool ``[H', W']``.
+    """
+    m = np.asarray(mask, dtype=bool)
+    if m.shape == tuple(size):
+        return m
+    from PIL import Image
+
+    im = Image.fromarray(m.astype(np.uint8) * 255, mode="L")
+    return np.asarray(im.resize((int(size[1]), int(size[0])), Image.NEAREST)) > 127

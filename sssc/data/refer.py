@@ -149,6 +149,12 @@ def load_refs_pickle(path: str | Path) -> list[dict]:
     return refs
 
 
+def default_image_dir(root: str | Path, dataset: str) -> Path:
+    """``<root>/<dataset>/images`` when it exists, else REFER's ``<root>/images/mscoco/...``."""
+    own = Path(root) / dataset / "images"
+    return own if own.is_dir() else Path(root) / "images" / "mscoco" / "images" / "train2014"
+
+
 class Refer:
     """A REFER dataset: images → objects (refs) → expressions, with GT masks for evaluation.
 
@@ -216,8 +222,6 @@ class Refer:
                 "reads data and never generates it); run it where sssc-train ran, or pass "
                 "--set data.root=<the folder holding synthetic/>"
             )
-        from .cli import default_image_dir
-
         image_dir = data_cfg.image_dir or default_image_dir(data_cfg.root, data_cfg.dataset)
         return cls(
             data_cfg.root, data_cfg.dataset, data_cfg.split_by, image_dir, data_cfg.polygon_overlap

@@ -21,13 +21,18 @@ import json
 import sys
 from pathlib import Path
 
+from ..rundir import add_config_args
 from .metrics import evaluate_masks, format_table
 
 __all__ = ["add_eval_command", "evaluate_masks", "eval_main"]
 
 
-def add_eval_command(subparsers) -> None:
-    """Register ``sssc eval`` on an ``argparse`` subparsers object."""
+def add_eval_command(subparsers, checkpoint_main=None) -> None:
+    """Register ``sssc eval`` on an ``argparse`` subparsers object.
+
+    Scoring a model (``--checkpoint``) needs the model code, which :mod:`sssc.eval` never imports:
+    the caller passes its handler (:func:`sssc.inference.eval_checkpoint_main`).
+    """
     p = subparsers.add_parser(
         "eval",
         help="score S1 (oracle) or S2 of a run against the GT",
@@ -40,17 +45,11 @@ def add_eval_command(subparsers) -> None:
         "--checkpoint",
         help="a model to score instead: <run>/<phase>/checkpoint.pt or a LAVT / S+S+C release",
     )
-    p.add_argument(
-        "--config",
-        help="YAML config or embedded name (default: <run>/<stage>/config.yaml; for a "
-        "checkpoint, the embedded synthetic dataset)",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. eval.resolution=original",
+    add_config_args(
+        p,
+        "YAML config or embedded name (default: <run>/<stage>/config.yaml; for a checkpoint, "
+        "the embedded synthetic dataset)",
+        "override a config key, e.g. eval.resolution=original",
     )
     p.add_argument("--model", help="model config of a published checkpoint (default: lavt-base)")
     p.add_argument("--split", nargs="+", help="splits to score (default: data.eval_split)")
@@ -59,28 +58,27 @@ def add_eval_command(subparsers) -> None:
         help="JSON output (a stage; default <run>/<stage>/eval_<split>.json) or folder (a "
         "checkpoint; default <checkpoint folder>/eval_<checkpoint name>)",
     )
-    p.set_defaults(func=eval_main)
+    p.set_defaults(func=eval_main, checkpoint_main=checkpoint_main)
 
 
 def eval_main(args: argparse.Namespace) -> int:
     if args.checkpoint:
         if args.run or args.stage:
             return _usage("give either --checkpoint or --run with --stage, not both")
-        return _eval_checkpoint(args)
+        if args.checkpoint_main is None:
+            return _usage("--checkpoint needs the model code (run `sssc eval`, not this parser)")
+        return args.checkpoint_main(args)
     if not (args.run and args.stage):
         return _usage("give --run and --stage (a store), or --checkpoint (a model)")
-    from ..config import ConfigError, load_config
+    from ..config import ConfigError
     from ..data.refer import DatasetError, Refer
-    from ..data.store import StoreError
-    from ..stages import evaluate_stage
+    from ..rundir import load_run_config
+    from ..store import StoreError
+    from .stores import evaluate_stage
 
     run = Path(args.run)
-    config = args.config
-    snapshot = run / args.stage / "config.yaml"
-    if config is None and snapshot.is_file():
-        config = str(snapshot)
     try:
-        cfg = load_config(config, args.set)
+        cfg = load_run_config(run, args.stage, args.config, args.set)
         splits = args.split or [cfg.data.eval_split]
         refer = Refer.from_config(cfg.data, generate=False)
         results = [evaluate_stage(args.stage, cfg, run, split=s, refer=refer) for s in splits]
@@ -108,55 +106,3 @@ def eval_main(args: argparse.Namespace) -> int:
 def _usage(message: str) -> int:
     print(f"sssc eval: {message}", file=sys.stderr)
     return 2
-
-
-def _eval_checkpoint(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    import torch
-
-    from ..config import ConfigError, load_config, resolve_device
-    from ..correct.train import evaluate_model
-    from ..data.refer import DatasetError, Refer
-    from ..predict import load_predictor
-
-    ckpt = Path(args.checkpoint)
-    try:
-        cfg = load_config(args.config, args.set)
-        p = load_predictor(ckpt, "cpu", bert_path=cfg.train.bert_weights or None, model=args.model)
-        device = torch.device(resolve_device(cfg.device))
-        p.model.to(device)
-        # The checkpoint's own input size, whatever the config's training size says.
-        cfg = dataclasses.replace(
-            cfg, train=dataclasses.replace(cfg.train, image_size=p.image_size)
-        )
-        refer = Refer.from_config(cfg.data)
-        splits = args.split or [cfg.data.eval_split]
-        for s in splits:
-            if not refer.split_refs(s):
-                raise ConfigError(
-                    f"--split {s!r}: no expressions in that split of {cfg.data.dataset} "
-                    f"({cfg.data.split_by}); the splits are {sorted(refer.splits())}"
-                )
-        results = {s: evaluate_model(p.model, refer, cfg, p.tokenize, device, s) for s in splits}
-    except (ConfigError, DatasetError, OSError, ValueError) as e:
-        print(f"sssc eval: {e}", file=sys.stderr)
-        return 2
-    out_dir = Path(args.out) if args.out else ckpt.parent / f"eval_{ckpt.stem}"
-    rows = {}
-    for split, m in results.items():
-        m = {
-            "what": f"the model of {ckpt}",
-            **m,
-            "checkpoint": str(ckpt),
-            "producer": {"name": "checkpoint", "path": str(ckpt)},
-            "image_size": p.image_size,
-            "selection": "as given (sssc eval scores the file it is handed)",
-        }
-        out = out_dir / split / "metrics.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(m, indent=1) + "\n")
-        print(f"{ckpt} on {split} at resolution {m['resolution']}; written to {out}")
-        rows[split] = m
-    print(format_table(rows))
-    return 0

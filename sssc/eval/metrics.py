@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..data.masks import resize_mask
+
 __all__ = [
     "THRESHOLDS",
     "MetricAccumulator",
@@ -67,25 +69,6 @@ def eval_size(resolution: str | int, height: int, width: int) -> tuple[int, int]
     raise ValueError(
         f"eval resolution must be a positive int (480, as LAVT) or 'original', got {resolution!r}"
     )
-
-
-def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a bool mask with PIL (what LAVT applies to the GT target).
-
-    Args:
-        mask: bool ``[H, W]``.
-        size: ``(H', W')``.
-
-    Returns:
-        bool ``[H', W']``.
-    """
-    m = np.asarray(mask, dtype=bool)
-    if m.shape == tuple(size):
-        return m
-    from PIL import Image
-
-    im = Image.fromarray(m.astype(np.uint8) * 255, mode="L")
-    return np.asarray(im.resize((int(size[1]), int(size[0])), Image.NEAREST)) > 127
 
 
 UPSAMPLES = ("lavt", "sssc")

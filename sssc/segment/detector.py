@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .weights import check_weights, is_random, random_init
+from ..data.images import IMAGENET_MEAN, IMAGENET_STD
+from ..pretrained import check_weights, is_random, random_init
 
 __all__ = ["Detections", "GroundingDinoDetector", "caption_spans"]
 
@@ -174,7 +175,7 @@ class GroundingDinoDetector:
             [
                 T.RandomResize([self.size], max_size=self.max_size),
                 T.ToTensor(),
-                T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+                T.Normalize(list(IMAGENET_MEAN), list(IMAGENET_STD)),
             ]
         )
         x, _ = tf(Image.fromarray(image), None)

@@ -21,7 +21,7 @@ class ClassProjector:
     """``projector(nouns) -> class indices``, cosine argmax of CLIP text embeddings.
 
     Args:
-        clip: a :class:`sssc.select.clip.Clip`.
+        clip: a :class:`sssc.pretrained.Clip`.
         class_names: the projection targets (``data.class_names``).
         prompt: a format string with one ``{}``.
     """

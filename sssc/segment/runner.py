@@ -20,12 +20,12 @@ from typing import Any
 
 from ..data import masks as _masks
 from ..data.refer import Refer
-from ..data.store import s1_record
+from ..pretrained import check_weights
+from ..store import s1_record
 from .detector import GroundingDinoDetector
 from .nouns import make_noun_extractor
 from .projection import ClassProjector
 from .segmenter import SamSegmenter, build_sam
-from .weights import check_weights
 
 __all__ = ["ModelsSegmenter", "check_segment_weights", "segment_producer"]
 
@@ -98,7 +98,7 @@ class ModelsSegmenter:
         data: dict | None = None,
         device: str = "cpu",
     ):
-        from ..select.clip import load_clip
+        from ..pretrained import load_clip
 
         check_segment_weights(m)
         self.refer, self.splits = refer, tuple(splits)

@@ -13,7 +13,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from .weights import check_weights, is_random, random_init
+from ..pretrained import check_weights, is_random, random_init
 
 __all__ = ["SAM_TYPES", "SamSegmenter", "build_sam"]
 

@@ -16,9 +16,8 @@ from typing import Any
 import torch
 
 from ..data.refer import Refer
-from ..data.store import Store, StoreError, s2_record
-from ..segment.weights import check_weights
-from .clip import load_clip
+from ..pretrained import check_weights, load_clip
+from ..store import Store, StoreError, s2_record
 from .scorer import ImageItem, S1Images, StreamingScorer, select_objects
 
 __all__ = ["ModelsSelector", "select_producer"]

@@ -86,7 +86,7 @@ class S1Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> ImageItem:
         from ..data.images import read_rgb
-        from ..data.store import Store
+        from ..store import Store
 
         if self._store is None:
             self._store = Store(self.s1_dir, kind="S1")
@@ -231,7 +231,7 @@ class StreamingScorer:
     """Embed the candidates of a stream of images with CLIP, in packed batches.
 
     Args:
-        clip: a :class:`sssc.select.clip.Clip`.
+        clip: a :class:`sssc.pretrained.Clip`.
         sigma: reverse-blur sigma in input pixels (the paper: 50).
         prompt: ``reverse_blur`` or ``red_ellipse``.
         batch_size: prompts per encoder forward.

@@ -20,6 +20,9 @@ light.
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,4 +223,58 @@ def _predict_cli(args) -> int:
     if args.mask_out:
         Image.fromarray(mask.astype(np.uint8) * 255).save(args.mask_out)
     print(f"{args.out}: {int(mask.sum())} of {mask.size} pixels ({100 * mask.mean():.1f}%)")
+    return 0
+
+
+def eval_checkpoint_main(args: argparse.Namespace) -> int:
+    """``sssc eval --checkpoint``: score a model (sssc's or a published LAVT / S+S+C release) on
+    one or more splits against the GT; each split's ``metrics.json`` goes under ``--out``."""
+    import dataclasses
+
+    import torch
+
+    from .config import ConfigError, load_config, resolve_device
+    from .correct.train import evaluate_model
+    from .data.refer import DatasetError, Refer
+    from .eval.metrics import format_table
+
+    ckpt = Path(args.checkpoint)
+    try:
+        cfg = load_config(args.config, args.set)
+        p = load_predictor(ckpt, "cpu", bert_path=cfg.train.bert_weights or None, model=args.model)
+        device = torch.device(resolve_device(cfg.device))
+        p.model.to(device)
+        # The checkpoint's own input size, whatever the config's training size says.
+        cfg = dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, image_size=p.image_size)
+        )
+        refer = Refer.from_config(cfg.data)
+        splits = args.split or [cfg.data.eval_split]
+        for s in splits:
+            if not refer.split_refs(s):
+                raise ConfigError(
+                    f"--split {s!r}: no expressions in that split of {cfg.data.dataset} "
+                    f"({cfg.data.split_by}); the splits are {sorted(refer.splits())}"
+                )
+        results = {s: evaluate_model(p.model, refer, cfg, p.tokenize, device, s) for s in splits}
+    except (ConfigError, DatasetError, OSError, ValueError) as e:
+        print(f"sssc eval: {e}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out) if args.out else ckpt.parent / f"eval_{ckpt.stem}"
+    rows = {}
+    for split, m in results.items():
+        m = {
+            "what": f"the model of {ckpt}",
+            **m,
+            "checkpoint": str(ckpt),
+            "producer": {"name": "checkpoint", "path": str(ckpt)},
+            "image_size": p.image_size,
+            "selection": "as given (sssc eval scores the file it is handed)",
+        }
+        out = out_dir / split / "metrics.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(m, indent=1) + "\n")
+        print(f"{ckpt} on {split} at resolution {m['resolution']}; written to {out}")
+        rows[split] = m
+    print(format_table(rows))
     return 0

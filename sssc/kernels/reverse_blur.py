@@ -19,11 +19,11 @@ an image with ``C`` masks costs one blur and one pass over ``C x 3 x size x size
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import torch.nn.functional as F
 
+from . import _validate as _v
 from ._backend import HAS_TRITON, resolve_backend
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "reverse_blur", "reverse_blur_reference"]
@@ -440,12 +440,8 @@ def _check(image, masks, sigma, size, crop) -> None:
         raise ValueError(f"reverse_blur: image must be uint8 or float, got dtype {image.dtype}")
     if masks.dtype.is_complex:
         raise ValueError(f"reverse_blur: masks must be bool, uint8 or float, got {masks.dtype}")
-    if masks.device != image.device:
-        raise ValueError(
-            f"reverse_blur: masks on {masks.device} but image on {image.device}; use one device"
-        )
-    if not math.isfinite(float(sigma)) or float(sigma) < 0:
-        raise ValueError(f"reverse_blur: sigma must be finite and >= 0, got sigma={sigma}")
+    _v.same_device("reverse_blur", "masks", masks, "image", image)
+    _v.finite_number("reverse_blur", "sigma", sigma, 0.0, strict=False)
     if int(size) != size or size < 1:
         raise ValueError(f"reverse_blur: size must be an integer >= 1, got size={size}")
     if crop not in _CROPS:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from . import _validate as _v
 from ._backend import HAS_TRITON, keep_torch_threads, resolve_backend
 
 if HAS_TRITON:
@@ -116,12 +117,6 @@ def greedy_match_reference(scores, ref_object, ref_group=None, cand_group=None):
 # --------------------------------------------------------------------------------------------
 
 
-def _is_integer_dtype(x) -> bool:
-    if isinstance(x, torch.Tensor):
-        return not (x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool)
-    return np.issubdtype(x.dtype, np.integer)
-
-
 def _as_kind(x, is_torch: bool, device):
     """``x`` as the same kind (numpy / torch on ``device``) as ``scores``, without copying."""
     if is_torch:
@@ -149,33 +144,13 @@ def _validate(scores, ref_object, ref_group, cand_group, is_torch):
         raise ValueError(f"{_OP}: scores must be float or integer, got dtype {scores.dtype}")
     R, C = scores.shape
     ref_object = _as_kind(ref_object, is_torch, device)
-    if ref_object.ndim != 1 or ref_object.shape[0] != R:
-        raise ValueError(
-            f"{_OP}: ref_object must be [R] with R = scores.shape[0] = {R}, "
-            f"got shape {tuple(ref_object.shape)}"
-        )
-    if not _is_integer_dtype(ref_object):
-        raise ValueError(f"{_OP}: ref_object must hold integer ids, got dtype {ref_object.dtype}")
-    if (ref_group is None) != (cand_group is None):
-        raise ValueError(
-            f"{_OP}: give both ref_group and cand_group or neither "
-            f"(got ref_group={'None' if ref_group is None else 'an array'}, "
-            f"cand_group={'None' if cand_group is None else 'an array'})"
-        )
+    _v.id_vector(_OP, "ref_object", ref_object, R, "R")
+    _v.both_or_neither(_OP, "ref_group", ref_group, "cand_group", cand_group)
     if ref_group is not None:
         ref_group = _as_kind(ref_group, is_torch, device)
         cand_group = _as_kind(cand_group, is_torch, device)
-        for arg, x, n, what in (
-            ("ref_group", ref_group, R, "R = scores.shape[0]"),
-            ("cand_group", cand_group, C, "C = scores.shape[1]"),
-        ):
-            if x.ndim != 1 or x.shape[0] != n:
-                raise ValueError(
-                    f"{_OP}: {arg} must be [{what[0]}] with {what} = {n}, "
-                    f"got shape {tuple(x.shape)}"
-                )
-            if not _is_integer_dtype(x):
-                raise ValueError(f"{_OP}: {arg} must hold integer ids, got dtype {x.dtype}")
+        _v.id_vector(_OP, "ref_group", ref_group, R, "R")
+        _v.id_vector(_OP, "cand_group", cand_group, C, "C")
     return scores, ref_object, ref_group, cand_group
 
 

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import masks as _masks
+from ..data import masks as _masks
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -3,7 +3,10 @@
 Every public op takes ``backend="auto"``. ``auto`` means Triton on CUDA tensors and the op's CPU
 path (Numba or torch) otherwise. The environment variable ``SSSC_KERNEL_BACKEND`` forces one
 backend for every op whose ``backend`` argument is left at ``"auto"`` (useful to A/B a whole
-pipeline), and an explicit ``backend=`` argument always wins.
+pipeline): ``triton`` and ``reference`` exist for all three ops; ``numba`` (soft IoU, greedy
+matching) and ``torch`` (soft IoU, reverse blur) apply where the op has them, and an op without
+that backend keeps its ``auto`` choice. An unknown name is an error; an explicit ``backend=``
+argument always wins.
 
 Triton on CPU tensors is only possible in Triton's interpreter (``TRITON_INTERPRET=1``); that is how
 the Triton kernels are tested on machines without a GPU.
@@ -17,6 +20,8 @@ import os
 import torch
 
 ENV_BACKEND = "SSSC_KERNEL_BACKEND"
+# Every backend name of any op. An op that lacks the one the environment asks for keeps "auto".
+ALL_BACKENDS = ("auto", "triton", "numba", "torch", "reference")
 
 try:  # Triton is optional: it ships with Linux torch wheels, but not everywhere.
     import triton  # noqa: F401
@@ -51,11 +56,13 @@ def resolve_backend(
     name = requested
     if name == "auto":
         name = os.environ.get(ENV_BACKEND, "auto") or "auto"
-        if name != "auto" and name not in choices:
+        if name not in ALL_BACKENDS:
             raise ValueError(
-                f"{op}: environment variable {ENV_BACKEND}={name!r} is not a backend of this op; "
-                f"choose one of {('auto',) + choices}"
+                f"{op}: environment variable {ENV_BACKEND}={name!r} is not a backend; choose one "
+                f"of {ALL_BACKENDS}"
             )
+        if name not in choices:  # e.g. numba for reverse_blur, which has no Numba path
+            name = "auto"
     if name == "auto":
         return "triton" if device.type == "cuda" and HAS_TRITON else cpu_default
     if name not in choices:

@@ -1,0 +1,171 @@
+"""Evaluation of the stores and of a run: the S1 oracle, the S+S choice, and the Stage 3 table.
+
+:func:`evaluate_stage` scores a stage's store against the GT (``<run>/<stage>/metrics.json``);
+:func:`stage3_table` prints S+S, ZSBootstrap, +epochs and S+S+C of a run from their
+``metrics.json`` files. Nothing here imports a stage package: the stores are the interface.
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import masks as _masks
+from ..data.masks import resize_mask
+from ..data.refer import Refer
+from ..rundir import RunDirError, check_stage_config, read_json
+from ..store import Store, StoreError
+from .metrics import eval_size, evaluate_masks
+
+__all__ = ["evaluate_stage", "stage3_table"]
+
+_WHAT = {
+    "segment": "S1 oracle (best eligible candidate per expression)",
+    "select": "S+S (the Stage 2 choice)",
+}
+
+_ROWS = (
+    ("select", "S+S"),
+    ("bootstrap", "ZSBootstrap"),
+    ("plus_epochs", "+epochs"),
+    ("correct", "S+S+C"),
+)
+
+
+def evaluate_stage(
+    stage: str, cfg: Any, run_dir: str | Path, split: str | None = None, refer: Refer | None = None
+) -> dict:
+    """Score a stage's store against the GT: the S1 oracle (``segment``) or S2 (``select``).
+
+    Args:
+        stage: ``segment`` or ``select``.
+        cfg: the run's config (dataset, ``eval.resolution``, ``data.eval_split``).
+        run_dir: the run directory holding ``<stage>/store.json``.
+        split: the split to score (default ``data.eval_split``); its images must be in the store.
+        refer: the dataset, if already open.
+
+    Returns:
+        The ``metrics.json`` object: ``stage``, ``what``, ``split``, ``resolution``, ``mIoU``,
+        ``oIoU``, ``prec@0.5`` ... ``prec@0.9``, ``PointM``, ``PointIt`` (percent),
+        ``num_expressions``, ``num_objects``, ``producer``, ``warnings`` (counts).
+    """
+    run_dir = Path(run_dir)
+    refer = refer or Refer.from_config(cfg.data)
+    split = split or cfg.data.eval_split
+    s1 = Store(run_dir / "segment", kind="S1")
+    s2 = Store(run_dir / "select", kind="S2") if stage == "select" else None
+    store = s2 or s1
+    refs = refer.split_refs(split)
+    missing = sorted({r.image_id for r in refs if r.image_id not in store})
+    if missing:
+        raise StoreError(
+            f"{store.dir}: {len(missing)} image(s) of split {split!r} are not in the store "
+            f"(e.g. image {missing[0]}); the stage labels data.train_split and data.eval_split"
+        )
+    warnings: collections.Counter = collections.Counter(
+        {f"dataset.{k}": v for k, v in refer.warnings.items()}
+    )
+    by_sent = {s.sent_id: r for r in refs for s in r.sentences}
+    res = cfg.eval.resolution
+    cache: dict[int, np.ndarray | None] = {}
+
+    def predict(sent_id: int) -> np.ndarray | None:
+        ref = by_sent[sent_id]
+        if ref.ann_id not in cache:  # sentences of a ref are consecutive: keep one
+            cache.clear()
+            cache[ref.ann_id] = _prediction(ref, s1, s2, refer, res, warnings)
+        m = cache[ref.ann_id]
+        info = refer.images[ref.image_id]
+        return m if m is not None else np.zeros((info.height, info.width), dtype=bool)
+
+    out = {"stage": stage, "what": _WHAT[stage]}
+    m = evaluate_masks(refer, split, predict, resolution=res, point_rule=cfg.eval.point_rule)
+    warnings.update(m.pop("warnings"))
+    out |= m
+    out["producer"] = store.producer
+    out["warnings"] = dict(sorted(warnings.items()))
+    return out
+
+
+def _prediction(ref, s1: Store, s2: Store | None, refer: Refer, res, warnings) -> np.ndarray | None:
+    """The mask scored for one object: the S2 choice, or the S1 oracle. ``None``: no candidate."""
+    rec = s1.get(ref.image_id)
+    if not rec.candidates:
+        warnings["object_in_image_without_candidates"] += 1
+    if s2 is not None:
+        chosen = s2.get(ref.image_id).object(ref.ann_id).chosen
+        if chosen is None:
+            warnings["object_without_choice"] += 1
+            return None
+        return rec.candidate(chosen).decode()
+    eligible = rec.object(ref.ann_id).eligible
+    if not eligible:
+        warnings["object_without_eligible"] += 1
+        return None
+    gt = refer.gt_mask(ref.ann_id)
+    size = eval_size(res, *gt.shape)
+    if size == gt.shape:  # IoU on the RLEs, no decoding
+        ious = _masks.iou([rec.candidate(i).rle for i in eligible], [_masks.encode(gt)])[:, 0]
+    else:  # the oracle maximizes the IoU that is reported, at the evaluation resolution
+        g = resize_mask(gt, size)
+        ious = []
+        for i in eligible:
+            p = resize_mask(rec.candidate(i).decode(), size)
+            u = np.count_nonzero(p | g)
+            ious.append(np.count_nonzero(p & g) / u if u else 0.0)
+    return rec.candidate(eligible[int(np.argmax(ious))]).decode()
+
+
+def _oracle_derived(producer: dict) -> bool:
+    """Simulated labels on a real dataset: derived from its GT masks."""
+    data = producer.get("data") or producer.get("segment", {}).get("data") or {}
+    return producer.get("name") == "simulated" and data.get("dataset", "synthetic") != "synthetic"
+
+
+def stage3_table(run_dir: str | Path, cfg: Any = None) -> str:
+    """S+S, ZSBootstrap, +epochs and S+S+C of a run (those present) on the eval split vs GT.
+
+    With ``cfg``, a row whose folder was made with other settings than ``cfg``'s is left out and
+    named below the table, so an old result is never shown as this run's.
+    """
+    from ..config import config_to_dict
+
+    rows, stale = [], []
+    for d, name in _ROWS:
+        path = Path(run_dir) / d / "metrics.json"
+        if not path.exists():
+            continue
+        if cfg is not None:
+            try:
+                check_stage_config(path.parent, config_to_dict(cfg), d)
+            except RunDirError:
+                stale.append(name)
+                continue
+        rows.append((name, read_json(path, "metrics")))
+    if not rows:
+        return "(no metrics yet)"
+    m0 = rows[0][1]
+    prod = m0["producer"]
+    sim = ", ".join(f"{k}={v}" for k, v in prod.items() if k != "name" and not isinstance(v, dict))
+    head = f"{'':14} {'mIoU':>7} {'oIoU':>7} {'prec@0.5':>9}"
+    oracle = " -- ORACLE-DERIVED: simulated from this dataset's GT masks" * _oracle_derived(prod)
+    lines = [
+        f"{m0['split']} split vs GT, labels by producer {prod['name']!r} ({sim}){oracle}",
+        head,
+        "-" * len(head),
+    ]
+    for name, m in rows:
+        label = name
+        if name == "S+S" and prod["name"] == "simulated":
+            label = f"{name} (sim.)" if not _oracle_derived(prod) else f"{name} (oracle-derived)"
+        if str(m.get("selection", "")).startswith("selected on GT"):
+            label += " *"
+        lines.append(f"{label:14} {m['mIoU']:7.2f} {m['oIoU']:7.2f} {m['prec@0.5']:9.2f}")
+    if any(str(m.get("selection", "")).startswith("selected on GT") for _, m in rows):
+        lines.append("* selected on GT: the epoch with the best val oIoU (train.selection=best_gt)")
+    if stale:
+        lines.append(f"(not shown: {', '.join(stale)}, made with other settings in {run_dir})")
+    return "\n".join(lines)

@@ -1,0 +1,235 @@
+"""Pretrained weights: every weight path checked before any work starts, and the CLIP loader that
+Stage 1 (class projection) and Stage 2 (scoring) share.
+
+Every weight setting is a local path. The special value ``random`` builds the architecture with
+random weights instead (tests, benchmarks and CI only; every producer records it). One function,
+:func:`existing_path`, words the message for a path that does not exist, wherever it is checked
+(Stage 1-2 models, LAVT's Swin and BERT, the tokenizer's BERT folder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "BERT_URL",
+    "RANDOM",
+    "SWIN_URL",
+    "WEIGHTS_SOURCES",
+    "Clip",
+    "WeightsError",
+    "check_weights",
+    "existing_path",
+    "is_random",
+    "load_clip",
+    "random_init",
+]
+
+RANDOM = "random"
+
+# Where the published weights live; named in every "weights not found" error.
+SWIN_URL = (
+    "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/"
+    "swin_base_patch4_window12_384_22k.pth"
+)
+BERT_URL = "https://huggingface.co/bert-base-uncased (the folder: config.json, weights, vocab.txt)"
+
+# Where the official weights are published, per setting.
+WEIGHTS_SOURCES = {
+    "clip_weights": (
+        "open_clip's pretrained registry, e.g. ViT-L-14-336 'openai': "
+        "https://openaipublic.azureedge.net/clip/models/"
+        "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt "
+        "(list them with open_clip.list_pretrained())"
+    ),
+    "gdino_weights": (
+        "https://github.com/IDEA-Research/GroundingDINO/releases "
+        "(groundingdino_swint_ogc.pth, with the config GroundingDINO_SwinT_OGC.py)"
+    ),
+    "gdino_config": (
+        "the groundingdino package (groundingdino/config/GroundingDINO_SwinT_OGC.py); "
+        "leave empty to use it"
+    ),
+    "gdino_text_encoder": (
+        "https://huggingface.co/bert-base-uncased (a local folder with config.json, "
+        "vocab.txt and the weights); leave empty to use the Hugging Face cache"
+    ),
+    "sam_weights": (
+        "https://github.com/facebookresearch/segment-anything#model-checkpoints "
+        "(sam_vit_h_4b8939.pth for sam_type vit_h)"
+    ),
+    "swin_weights": SWIN_URL,
+    "bert_weights": BERT_URL,
+    "bert_path": BERT_URL,
+}
+
+
+class WeightsError(FileNotFoundError):
+    """A weight setting is empty or points at a missing file; the message says where to get it."""
+
+
+def is_random(path: str) -> bool:
+    return path.strip().lower() == RANDOM
+
+
+def check_weights(section: str, settings: dict[str, str], optional: tuple[str, ...] = ()) -> None:
+    """Fail before any work if a weight setting is empty or names a missing file.
+
+    Args:
+        section: the config section, e.g. ``segment.models``, for the message.
+        settings: setting name -> path (or ``random``).
+        optional: settings that may be empty (a packaged default is used then).
+
+    Raises:
+        WeightsError: naming the setting, the file, and where the official weights are.
+    """
+    for key, value in settings.items():
+        value = (value or "").strip()
+        if is_random(value) or (not value and key in optional):
+            continue
+        where = WEIGHTS_SOURCES.get(key, "the model's official release")
+        if not value:
+            raise WeightsError(
+                f"{section}.{key} is empty: set it to a local weights file (download from "
+                f"{where}), or to '{RANDOM}' for random weights (tests only)"
+            )
+        if not Path(value).exists():
+            raise WeightsError(
+                f"{section}.{key}={value!r}: no such file ({Path(value).resolve()}). The official "
+                f"weights are published at {where}"
+            )
+
+
+def existing_path(
+    setting: str, path: str | Path, what: str = "the weights", source: str | None = None
+) -> Path:
+    """``path`` as a :class:`Path` when it exists.
+
+    Raises:
+        WeightsError: naming the setting, the path and where the official weights are published.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        where = source or WEIGHTS_SOURCES.get(
+            setting.rpartition(".")[2], "the model's official release"
+        )
+        raise WeightsError(
+            f"{setting}: {p} does not exist. Give a local path to {what}; the official ones are "
+            f"published at {where}"
+        )
+    return p
+
+
+@contextlib.contextmanager
+def random_init(seed: int = 0):
+    """Build random weights from a fixed seed (without touching the caller's RNG state), so that
+    two runs with ``random`` weights, e.g. a killed run and its resume, get the same model."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+# ------------------------------------------------------------------------------------ CLIP
+
+
+@dataclass
+class Clip:
+    """An open_clip model with its tokenizer and preprocessing geometry.
+
+    Attributes:
+        model: the open_clip model (eval mode, on ``device``).
+        tokenizer: ``list[str] -> LongTensor [B, context_length]``.
+        image_size: the square input side (e.g. 336 for ViT-L-14-336).
+        mean, std: per-channel normalization of the image tower.
+        device: where the model lives.
+        name, weights: what was loaded (for the producer).
+    """
+
+    model: Any
+    tokenizer: Any
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    device: torch.device
+    name: str
+    weights: str
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """L2-normalized text embeddings, float32 ``[len(texts), D]`` on ``device``."""
+        out = []
+        for i in range(0, len(texts), batch_size):
+            tok = self.tokenizer(texts[i : i + batch_size]).to(self.device)
+            out.append(self.model.encode_text(tok).float())
+        if not out:
+            return torch.zeros(0, self.embed_dim, device=self.device)
+        e = torch.cat(out)
+        return e / e.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    @torch.no_grad()
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """L2-normalized image embeddings, float32 ``[B, D]``, of preprocessed ``[B, 3, S, S]``."""
+        e = self.model.encode_image(pixels).float()
+        return e / e.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.text_projection.shape[-1])
+
+
+def load_clip(name: str, weights: str, device: str | torch.device, section: str) -> Clip:
+    """Build an open_clip model and load local weights.
+
+    Args:
+        name: an open_clip architecture (``ViT-L-14-336``, or one registered with
+            ``open_clip.add_model_config``).
+        weights: a local checkpoint file, or ``random`` (random init: tests only).
+        device: where to put the model.
+        section: the config section (``segment.models`` / ``select.models``) for messages.
+
+    Raises:
+        WeightsError: the weights file is not set or missing (before anything is built).
+        ValueError: ``name`` is not an open_clip architecture.
+    """
+    check_weights(section, {"clip_weights": weights})
+    try:
+        import open_clip
+    except ImportError as e:
+        raise ImportError(f"open_clip is not installed ({e}); pip install 'sssc[select]'") from None
+    if name not in open_clip.list_models():
+        raise ValueError(
+            f"{section}.clip_model={name!r} is not an open_clip architecture "
+            f"(e.g. ViT-L-14-336, ViT-B-32; see open_clip.list_models())"
+        )
+    # open_clip logs a warning for random init; the producer already records it.
+    logging.getLogger().disabled, was = True, logging.getLogger().disabled
+    try:
+        with random_init():
+            model = open_clip.create_model(
+                name, pretrained=None if is_random(weights) else weights, device=device
+            )
+    finally:
+        logging.getLogger().disabled = was
+    model.eval()
+    size = model.visual.image_size
+    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    mean = tuple(getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
+    std = tuple(getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
+    return Clip(
+        model,
+        open_clip.get_tokenizer(name),
+        size,
+        mean,
+        std,
+        torch.device(device),
+        name,
+        weights,
+    )

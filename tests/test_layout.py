@@ -1,0 +1,97 @@
+"""The house shows the data flow: stage packages never import each other, evaluation never imports
+the model code, and the kernels load alone (docs/ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SSSC = Path(__file__).resolve().parents[1] / "sssc"
+STAGES = ("segment", "select", "correct")
+
+
+def _imports(path: Path) -> set[str]:
+    """The sssc subpackages (first component after ``sssc.``) a module imports, lazily or not."""
+    pkg = path.relative_to(SSSC.parent).with_suffix("").parts  # ("sssc", "segment", "runner")
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against the module's package
+                base = list(pkg[: len(pkg) - node.level])
+                mod = ".".join(base + ([node.module] if node.module else []))
+                names = [mod] if node.module else [f"{mod}.{a.name}" for a in node.names]
+            else:
+                names = [node.module or ""]
+        for n in names:
+            parts = n.split(".")
+            if parts[0] == "sssc" and len(parts) > 1:
+                out.add(parts[1])
+    return out
+
+
+def _package_imports(pkg: str) -> dict[str, set[str]]:
+    return {str(p.relative_to(SSSC)): _imports(p) for p in sorted((SSSC / pkg).rglob("*.py"))}
+
+
+def test_the_ast_reader_sees_relative_and_lazy_imports(tmp_path):
+    mod = SSSC / "segment" / "runner.py"
+    assert {"data", "store", "pretrained"} <= _imports(mod)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_no_stage_package_imports_another(stage):
+    others = set(STAGES) - {stage} | {"stages"}
+    bad = {m: sorted(i & others) for m, i in _package_imports(stage).items() if i & others}
+    assert not bad, f"sssc.{stage} imports another stage: {bad}"
+
+
+def test_eval_and_store_import_no_stage():
+    for pkg in ("eval", "store", "data"):
+        forbidden = set(STAGES) | {"stages", "inference"}
+        bad = {m: sorted(i & forbidden) for m, i in _package_imports(pkg).items() if i & forbidden}
+        assert not bad, f"sssc.{pkg} imports stage code: {bad}"
+
+
+def _loaded(code: str) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys\nprint(sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    return [m for m in eval(out.stdout.strip().splitlines()[-1]) if m.startswith("sssc")]
+
+
+def test_import_sssc_kernels_loads_no_other_sssc_module():
+    mods = _loaded("import sssc.kernels\nfrom sssc.kernels import greedy_match")
+    assert [m for m in mods if m != "sssc" and not m.startswith("sssc.kernels")] == []
+    assert "sssc.kernels.greedy_match" in mods
+
+
+def test_sssc_eval_loads_no_model_code():
+    mods = _loaded("import sssc.eval, sssc.eval.stores, sssc.eval.cli")
+    assert not [m for m in mods if m.split(".")[1:2] in (["correct"], ["segment"], ["select"])]
+
+
+def test_sssc_predict_is_still_sssc_predict():
+    """``sssc.predict`` is the function, however sssc.inference was first imported."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sssc.inference, sssc\nprint(callable(sssc.predict), sssc.load_predictor)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    assert out.stdout.startswith("True <function load_predictor")
