@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
+
 from sssc.kernels import greedy_match, greedy_match_reference
 from sssc.kernels.testing import match_batch
 

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from sssc.kernels import CLIP_MEAN, CLIP_STD, reverse_blur
 from sssc.kernels.testing import blob_masks, random_image
 

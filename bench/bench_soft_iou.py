@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from sssc.kernels import pairwise_soft_iou
 
 FORWARD = ["per_pair_loop", "dense_gemm", "ours", "ours_torch", "triton"]

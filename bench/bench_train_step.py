@@ -20,10 +20,10 @@ import os
 
 import pytest
 import torch
-from sssc.kernels.testing import iou_batch
 
 from sssc.correct.lavt import create_model
 from sssc.correct.losses import match_targets, weighted_ce
+from sssc.kernels.testing import iou_batch
 
 _MEANS: dict[str, float] = {}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from sssc.kernels.testing import iou_batch
 
 

@@ -46,6 +46,29 @@ __all__ = ["StageError", "run_stage"]
 SHARD_SIZE = 256
 
 
+class _Ranks:
+    """This process's place in a torchrun job (rank 0 of 1 without one)."""
+
+    def __init__(self, rank: int = 0, world: int = 1):
+        self.rank, self.world = rank, world
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def device(self, cfg: Any) -> str:
+        dev = resolve_device(cfg.device)
+        if dev == "cuda" and self.world > 1:
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        return dev
+
+
 class StageError(Exception):
     """A stage cannot run; the message says why and what to do (``sssc-train`` exits with 2)."""
 
@@ -94,22 +117,45 @@ def run_stage(stage: str, cfg: Any, run_dir: str | Path) -> dict:
         raise StageError(str(e)) from None
 
 
-def _run_stages12(stage: str, cfg: Any, run_dir: Path, target: bool = True) -> dict:
+def _run_stages12(
+    stage: str, cfg: Any, run_dir: Path, target: bool = True, ranks: _Ranks | None = None
+) -> dict:
+    """Stage 1, or Stages 1-2, on every rank of a torchrun job: each rank writes its share of the
+    shards (shard ``k`` goes to rank ``k % world``) into the one store; rank 0 alone generates a
+    missing dataset, writes the stage's config and scores the result."""
+    own_pg = False
+    if ranks is None:
+        from .correct.trainutil import setup_dist
+
+        rank, world, own_pg = setup_dist()
+        ranks = _Ranks(rank, world)
     try:
-        refer = Refer.from_config(cfg.data)
-        if stage == "select" and _reusable("segment", cfg, run_dir) is None:
-            _run_segment(refer, cfg, run_dir)
-        m = _reusable(stage, cfg, run_dir) if not target else None
+        if ranks.main:
+            refer = Refer.from_config(cfg.data)
+        ranks.barrier()
+        if not ranks.main:
+            refer = Refer.from_config(cfg.data)
+        run_seg = stage == "select" and _reusable("segment", cfg, run_dir, ranks) is None
+        m = _reusable(stage, cfg, run_dir, ranks) if not target else None
+        ranks.barrier()  # every rank has decided before any rank writes
+        if run_seg:
+            _run_segment(refer, cfg, run_dir, ranks)
         if m is not None:
             return m
-        return (_run_segment if stage == "segment" else _run_select)(refer, cfg, run_dir)
+        run = _run_segment if stage == "segment" else _run_select
+        return run(refer, cfg, run_dir, ranks)
     except DatasetError as e:
         raise StageError(f"dataset: {e}") from None
     except StoreError as e:
         raise StageError(f"pseudo-label store: {e}") from None
+    finally:
+        if own_pg:
+            from .correct.trainutil import cleanup_dist
+
+            cleanup_dist(own_pg)
 
 
-def _reusable(stage: str, cfg: Any, run_dir: Path) -> dict | None:
+def _reusable(stage: str, cfg: Any, run_dir: Path, ranks: _Ranks) -> dict | None:
     """A stage's metrics when its outputs are complete and made with this run's settings.
 
     ``None`` when they are missing or incomplete (the stage runs or resumes), or when the settings
@@ -146,17 +192,19 @@ def _reusable(stage: str, cfg: Any, run_dir: Path) -> dict | None:
 class _Log:
     """Lines to ``<stage>/log.txt`` and to stdout."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, ranks: _Ranks | None = None):
+        self.path, self.ranks = path, ranks or _Ranks()
 
     def __call__(self, msg: str, echo: bool = True) -> None:
-        with open(self.path, "a") as f:
+        if self.ranks.world > 1:
+            msg = f"[rank {self.ranks.rank}/{self.ranks.world}] {msg}"
+        with open(self.path, "a") as f:  # one short line per append: ranks do not interleave
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
-        if echo:
+        if echo and self.ranks.main:
             print(msg)
 
 
-def _prepare(stage: str, cfg: Any, run_dir: Path) -> tuple[Path, _Log, bool]:
+def _prepare(stage: str, cfg: Any, run_dir: Path, ranks: _Ranks) -> tuple[Path, _Log, bool]:
     """The stage folder, its log and whether it starts from scratch; its config.yaml written.
 
     From scratch when ``train.resume`` is off: sssc's own outputs there are removed first, so a
@@ -169,12 +217,14 @@ def _prepare(stage: str, cfg: Any, run_dir: Path) -> tuple[Path, _Log, bool]:
     fresh = not cfg.train.resume
     if not fresh:
         check_stage_config(d, cd, stage)
-    elif d.exists():
-        clear_outputs(d)
-        with contextlib.suppress(FileNotFoundError):
-            (d / "store.json").unlink()  # the shards are rewritten (see write_store(fresh=))
-    write_stage_config(d, cd)
-    return d, _Log(d / "log.txt"), fresh
+    if ranks.main:
+        if fresh and d.exists():
+            clear_outputs(d)
+            with contextlib.suppress(FileNotFoundError):
+                (d / "store.json").unlink()  # the shards are rewritten (see write_store(fresh=))
+        write_stage_config(d, cd)
+    ranks.barrier()
+    return d, _Log(d / "log.txt", ranks), fresh
 
 
 def _data_desc(cfg: Any) -> dict:
@@ -193,13 +243,26 @@ def _stage_images(refer: Refer, cfg: Any) -> tuple[list[str], list[int]]:
 
 
 def _write(
-    stage: str, d: Path, log: _Log, kind: str, producer: dict, ids: list[int], make, fresh: bool
+    stage: str,
+    d: Path,
+    log: _Log,
+    kind: str,
+    producer: dict,
+    ids: list[int],
+    make,
+    fresh: bool,
+    ranks: _Ranks,
 ) -> None:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
+    mine = sum(
+        min(SHARD_SIZE, len(ids) - k * SHARD_SIZE)
+        for k in range(ranks.rank, -(-len(ids) // SHARD_SIZE), ranks.world)
+    )
     with tqdm(
-        total=len(ids),
+        total=mine,
+        disable=not ranks.main,
         unit="img",
         desc=f"{stage} ({producer['name']})",
         file=sys.stderr,
@@ -212,10 +275,13 @@ def _write(
             ids,
             make,
             shard_size=SHARD_SIZE,
+            rank=ranks.rank,
+            world_size=ranks.world,
             progress=bar.update,
             log=log,
             fresh=fresh,
         )
+    ranks.barrier()  # every rank's shards are in place
     dt = time.perf_counter() - t0
     done = sum(min(SHARD_SIZE, len(ids) - k * SHARD_SIZE) for k in rep.written)
     log(
@@ -244,10 +310,10 @@ def _models_error(stage: str, e: Exception) -> StageError:
     return StageError(f"{stage}.backend=models cannot start: {e}")
 
 
-def _run_segment(refer: Refer, cfg: Any, run_dir: Path) -> dict:
+def _run_segment(refer: Refer, cfg: Any, run_dir: Path, ranks: _Ranks) -> dict:
     from .segment.simulated import SimulatedSegmenter
 
-    d, log, fresh = _prepare("segment", cfg, run_dir)
+    d, log, fresh = _prepare("segment", cfg, run_dir, ranks)
     splits, ids = _stage_images(refer, cfg)
     if cfg.segment.backend == "models":
         from .segment.nouns import NounError
@@ -260,7 +326,7 @@ def _run_segment(refer: Refer, cfg: Any, run_dir: Path) -> dict:
                 cfg.data.class_names,
                 splits,
                 _data_desc(cfg),
-                resolve_device(cfg.device),
+                ranks.device(cfg),
             )
         except (NounError, ImportError, OSError, ValueError) as e:
             raise _models_error("segment", e) from e
@@ -270,28 +336,28 @@ def _run_segment(refer: Refer, cfg: Any, run_dir: Path) -> dict:
         f"segment: {seg.producer['name']} Stage 1 on {cfg.data.dataset} {'+'.join(splits)}: "
         f"{len(ids)} images -> {d}"
     )
-    _write("segment", d, log, "S1", seg.producer, ids, seg, fresh)
+    _write("segment", d, log, "S1", seg.producer, ids, seg, fresh, ranks)
     if seg.counts:
         # With real models these are failures to look at (images without detection, ...).
         log(
             f"segment: this session's counts: {dict(seg.counts)}",
             echo=seg.producer["name"] != "simulated",
         )
-    return _finish("segment", refer, cfg, run_dir, log)
+    return _finish("segment", refer, cfg, run_dir, log, ranks)
 
 
-def _run_select(refer: Refer, cfg: Any, run_dir: Path) -> dict:
+def _run_select(refer: Refer, cfg: Any, run_dir: Path, ranks: _Ranks) -> dict:
     from .select.simulated import SimulatedSelector
 
     s1 = Store(run_dir / "segment", kind="S1")
-    d, log, fresh = _prepare("select", cfg, run_dir)
+    d, log, fresh = _prepare("select", cfg, run_dir, ranks)
     if cfg.select.backend == "models":
         from .select.runner import ModelsSelector
 
         splits, _ = _stage_images(refer, cfg)
         try:
             sel = ModelsSelector(
-                refer, cfg.select.models, s1, splits, SHARD_SIZE, resolve_device(cfg.device)
+                refer, cfg.select.models, s1, splits, SHARD_SIZE, ranks.device(cfg)
             )
         except (ImportError, OSError, ValueError) as e:
             raise _models_error("select", e) from e
@@ -301,15 +367,18 @@ def _run_select(refer: Refer, cfg: Any, run_dir: Path) -> dict:
         make = sel
     name = sel.producer["name"]
     log(f"select: {name} Stage 2 on {len(s1)} images of {run_dir / 'segment'} -> {d}")
-    _write("select", d, log, "S2", sel.producer, s1.image_ids(), make, fresh)
+    _write("select", d, log, "S2", sel.producer, s1.image_ids(), make, fresh, ranks)
     if sel.counts:
         log(f"select: this session's counts: {dict(sel.counts)}", echo=name != "simulated")
-    return _finish("select", refer, cfg, run_dir, log)
+    return _finish("select", refer, cfg, run_dir, log, ranks)
 
 
-def _finish(stage: str, refer: Refer, cfg: Any, run_dir: Path, log: _Log) -> dict:
-    m = evaluate_stage(stage, cfg, run_dir, refer=refer)
+def _finish(stage: str, refer: Refer, cfg: Any, run_dir: Path, log: _Log, ranks: _Ranks) -> dict:
     path = run_dir / stage / "metrics.json"
+    if not ranks.main:  # rank 0 scores the store
+        ranks.barrier()
+        return read_json(path, "metrics")
+    m = evaluate_stage(stage, cfg, run_dir, refer=refer)
     atomic_write_text(path, json.dumps(m, indent=1) + "\n")
     rows = {}
     seg_metrics = run_dir / "segment" / "metrics.json"
@@ -324,6 +393,7 @@ def _finish(stage: str, refer: Refer, cfg: Any, run_dir: Path, log: _Log) -> dic
         f"{stage}: {cfg.data.dataset} {m['split']} at resolution {m['resolution']}, "
         f"{m['num_expressions']} expressions; metrics in {path}\n" + format_table(rows)
     )
+    ranks.barrier()
     return m
 
 
@@ -335,11 +405,9 @@ def _run_stage3(stage: str, cfg: Any, run_dir: Path) -> dict:
     from .correct.train import TrainError, train_phase
     from .correct.trainutil import cleanup_dist, setup_dist
 
-    # Under torchrun, rank 0 alone makes the missing dataset and Stage 1-2 outputs (the simulated
-    # producers are fast); the other ranks wait for them.
+    # Under torchrun every rank writes its share of the missing Stage 1-2 shards.
     rank, world, own_pg = setup_dist()
-    if rank == 0:
-        _run_stages12("select", cfg, run_dir, target=False)
+    _run_stages12("select", cfg, run_dir, target=False, ranks=_Ranks(rank, world))
     if world > 1:
         import torch.distributed as dist
 

@@ -12,10 +12,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from triton_compile import run_compile_script
+
 from sssc.kernels import greedy_match, greedy_match_reference
 from sssc.kernels._backend import HAS_TRITON, triton_interpret
 from sssc.kernels.testing import match_batch
-from triton_compile import run_compile_script
 
 CAN_TRITON = HAS_TRITON and (torch.cuda.is_available() or triton_interpret())
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 from pycocotools import mask as cocomask
-from sssc.kernels.testing import blob_masks
 
 from sssc.data import masks
+from sssc.kernels.testing import blob_masks
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 from pycocotools import mask as cocomask
-from sssc.kernels.testing import blob_masks
 
 from sssc.eval import metrics
 from sssc.eval.metrics import MetricAccumulator
+from sssc.kernels.testing import blob_masks
 
 
 def _m(rows):
