@@ -195,7 +195,9 @@ def ensure_generated(data_cfg: Any) -> Path:
             raise DatasetError(
                 f"{folder}: generated with other data.synth settings ({diff}); it may be in use "
                 "by another run, so it is not replaced. Set data.root to another folder for these "
-                f"settings, or regenerate it with `sssc data synth --out {data_cfg.root}`"
+                f"settings, or regenerate it with `sssc data synth --out {data_cfg.root} "
+                f"--seed {synth.seed} --num-images {synth.num_images} --image-size "
+                f"{synth.image_size}`"
             )
         return folder
     print(
