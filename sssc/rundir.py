@@ -270,11 +270,10 @@ def stage_config(cfg_dict: dict, stage: str) -> dict[str, Any]:
 def config_diff(stored: dict, cfg_dict: dict, stage: str) -> list[tuple[str, Any, Any]]:
     """``(key, stored value, this run's value)`` for every defining key that differs."""
     old, new = stage_config(stored, stage), stage_config(cfg_dict, stage)
-    missing = object()
     return [
-        (k, old.get(k, missing), new.get(k, missing))
+        (k, old.get(k, _ABSENT), new.get(k, _ABSENT))
         for k in sorted(set(old) | set(new))
-        if old.get(k, missing) != new.get(k, missing)
+        if old.get(k, _ABSENT) != new.get(k, _ABSENT)
     ]
 
 
@@ -304,12 +303,11 @@ def read_stage_config(stage_dir: Path) -> dict | None:
     return d
 
 
+_ABSENT = object()  # a key one config has and the other lacks (another sssc version)
+
+
 def _show(v: Any) -> str:
-    return (
-        "(absent)"
-        if not isinstance(v, (str, int, float, bool, list, dict, type(None)))
-        else (json.dumps(v))
-    )
+    return "(absent)" if v is _ABSENT else json.dumps(v)
 
 
 def check_stage_config(
