@@ -95,3 +95,40 @@ def test_sssc_predict_is_still_sssc_predict():
         timeout=300,
     )
     assert out.stdout.startswith("True <function load_predictor")
+
+
+@pytest.mark.parametrize("name", ["numba", "torch", "reference"])
+def test_one_environment_backend_serves_all_three_ops(monkeypatch, name):
+    """SSSC_KERNEL_BACKEND=numba|torch|reference runs every op: an op without that backend keeps
+    its auto choice (reverse_blur has no Numba path, greedy_match no torch one)."""
+    import numpy as np
+    import torch
+
+    from sssc.kernels import (
+        greedy_match,
+        greedy_match_reference,
+        pairwise_soft_iou,
+        pairwise_soft_iou_reference,
+        reverse_blur,
+        reverse_blur_reference,
+    )
+    from sssc.kernels.testing import blob_masks, random_image
+
+    monkeypatch.setenv("SSSC_KERNEL_BACKEND", name)
+    s = np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)
+    np.testing.assert_array_equal(
+        greedy_match(s, np.array([0, 1])), greedy_match_reference(s, [0, 1])
+    )
+    p = torch.rand(3, 8, 8)
+    c = torch.rand(2, 8, 8) > 0.5
+    assert torch.allclose(pairwise_soft_iou(p, c), pairwise_soft_iou_reference(p, c), atol=1e-5)
+    img = torch.from_numpy(random_image(40, 48))
+    masks = torch.from_numpy(blob_masks(2, 40, 48))
+    got, want = (
+        reverse_blur(img, masks, sigma=3, size=32),
+        reverse_blur_reference(img, masks, 3, 32),
+    )
+    assert (got - want).abs().mean() < 0.05
+    monkeypatch.setenv("SSSC_KERNEL_BACKEND", "cuda-magic")
+    with pytest.raises(ValueError, match="SSSC_KERNEL_BACKEND"):
+        reverse_blur(img, masks)
