@@ -41,9 +41,11 @@ __all__ = [
     "atomic_write_text",
     "check_stage_config",
     "clear_outputs",
+    "fsync_dir",
     "load_run_config",
     "config_diff",
     "open_run_dir",
+    "pid_alive",
     "read_json",
     "stage_config",
     "stage_keys",
@@ -55,6 +57,7 @@ STAGE_ORDER = ("segment", "select", "bootstrap", "correct", "plus_epochs")
 # What a stage or phase writes, by name: the only files sssc replaces or removes in it.
 OWN_FILES = (
     "config.yaml",
+    "store.json",  # the shards are rewritten in place (write_store(fresh=True))
     "metrics.json",
     "checkpoint.pt",
     "checkpoint.prev.pt",
@@ -112,7 +115,8 @@ def open_run_dir(path: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------- lock
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -149,7 +153,7 @@ class RunLock:
             ) from None
         old = self._read(fd)
         if old.get("pid") and old.get("host") == socket.gethostname():
-            state = "no longer running" if not _alive(int(old["pid"])) else "not holding it"
+            state = "no longer running" if not pid_alive(int(old["pid"])) else "not holding it"
             self.log(f"sssc: taking over the lock {self.path} left by pid {old['pid']} ({state})")
         me = {
             "pid": os.getpid(),
@@ -200,8 +204,13 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+    fsync_dir(path.parent)
+
+
+def fsync_dir(d: Path) -> None:
+    """Make a rename in ``d`` durable (where the platform lets a folder be opened)."""
     with contextlib.suppress(OSError):
-        fd = os.open(path.parent, os.O_RDONLY)
+        fd = os.open(d, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:

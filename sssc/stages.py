@@ -28,7 +28,7 @@ from typing import Any
 from .config import resolve_device
 from .data.refer import DatasetError, Refer
 from .eval.metrics import format_table
-from .eval.stores import evaluate_stage, stage3_table
+from .eval.stores import evaluate_stage, oracle_derived, stage3_table
 from .rundir import (
     RunDirError,
     RunLock,
@@ -219,9 +219,7 @@ def _prepare(stage: str, cfg: Any, run_dir: Path, ranks: _Ranks) -> tuple[Path, 
         check_stage_config(d, cd, stage)
     if ranks.main:
         if fresh and d.exists():
-            clear_outputs(d)
-            with contextlib.suppress(FileNotFoundError):
-                (d / "store.json").unlink()  # the shards are rewritten (see write_store(fresh=))
+            clear_outputs(d)  # store.json too; the shards are rewritten (write_store(fresh=))
         write_stage_config(d, cd)
     ranks.barrier()
     return d, _Log(d / "log.txt", ranks), fresh
@@ -386,7 +384,7 @@ def _finish(stage: str, refer: Refer, cfg: Any, run_dir: Path, log: _Log, ranks:
         rows["S1 oracle"] = read_json(seg_metrics, "metrics")
     rows["S1 oracle" if stage == "segment" else "S+S"] = m
     name = m["producer"]["name"]
-    if name == "simulated" and cfg.data.dataset != "synthetic":
+    if oracle_derived(m["producer"]):
         name = "simulated, oracle-derived"
     rows = {f"{k} ({name})": v for k, v in rows.items()}
     log(

@@ -151,23 +151,15 @@ def _stored_settings(folder: Path) -> dict | None:
 
 def _sweep_dead_temporaries(out: Path) -> None:
     """Remove the half-written folders of generator runs that were killed (their pid is gone)."""
+    from ..rundir import pid_alive
+
     for p in out.glob(".synthetic.*-*-*"):
         kind, _, rest = p.name.partition("-")
         if kind not in (".synthetic.tmp", ".synthetic.old") or not p.is_dir():
             continue
         pid = rest.split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def ensure_generated(data_cfg: Any) -> Path:

@@ -20,7 +20,7 @@ from ..rundir import RunDirError, check_stage_config, read_json
 from ..store import Store, StoreError
 from .metrics import eval_size, evaluate_masks
 
-__all__ = ["evaluate_stage", "stage3_table"]
+__all__ = ["evaluate_stage", "oracle_derived", "stage3_table"]
 
 _WHAT = {
     "segment": "S1 oracle (best eligible candidate per expression)",
@@ -119,7 +119,7 @@ def _prediction(ref, s1: Store, s2: Store | None, refer: Refer, res, warnings) -
     return rec.candidate(eligible[int(np.argmax(ious))]).decode()
 
 
-def _oracle_derived(producer: dict) -> bool:
+def oracle_derived(producer: dict) -> bool:
     """Simulated labels on a real dataset: derived from its GT masks."""
     data = producer.get("data") or producer.get("segment", {}).get("data") or {}
     return producer.get("name") == "simulated" and data.get("dataset", "synthetic") != "synthetic"
@@ -151,7 +151,7 @@ def stage3_table(run_dir: str | Path, cfg: Any = None) -> str:
     prod = m0["producer"]
     sim = ", ".join(f"{k}={v}" for k, v in prod.items() if k != "name" and not isinstance(v, dict))
     head = f"{'':14} {'mIoU':>7} {'oIoU':>7} {'prec@0.5':>9}"
-    oracle = " -- ORACLE-DERIVED: simulated from this dataset's GT masks" * _oracle_derived(prod)
+    oracle = " -- ORACLE-DERIVED: simulated from this dataset's GT masks" * oracle_derived(prod)
     lines = [
         f"{m0['split']} split vs GT, labels by producer {prod['name']!r} ({sim}){oracle}",
         head,
@@ -160,7 +160,7 @@ def stage3_table(run_dir: str | Path, cfg: Any = None) -> str:
     for name, m in rows:
         label = name
         if name == "S+S" and prod["name"] == "simulated":
-            label = f"{name} (sim.)" if not _oracle_derived(prod) else f"{name} (oracle-derived)"
+            label = f"{name} (sim.)" if not oracle_derived(prod) else f"{name} (oracle-derived)"
         if str(m.get("selection", "")).startswith("selected on GT"):
             label += " *"
         lines.append(f"{label:14} {m['mIoU']:7.2f} {m['oIoU']:7.2f} {m['prec@0.5']:9.2f}")

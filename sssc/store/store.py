@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import masks as _masks
+from ..rundir import atomic_write_text, fsync_dir
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -312,27 +313,8 @@ def _write_shard(path: Path, lines: Iterator[str], footer: dict, image_ids: list
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    _fsync_dir(path.parent)  # make the rename itself durable
+    fsync_dir(path.parent)  # make the rename itself durable
     return n
-
-
-def _fsync_dir(d: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform/filesystem allows opening a directory
-        fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 # ---------------------------------------------------------------------------------------- writer
@@ -403,7 +385,7 @@ def write_store(
     mpath = stage_dir / "store.json"
     if fresh:
         if rank == 0:
-            _atomic_write_text(mpath, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+            atomic_write_text(mpath, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     elif mpath.exists():
         old = _read_manifest(mpath)
         diff = [k for k in manifest if old.get(k) != manifest[k]]
@@ -416,7 +398,7 @@ def write_store(
                 "Use another --run directory, or delete this stage directory to redo it."
             )
     elif rank == 0:
-        _atomic_write_text(mpath, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        atomic_write_text(mpath, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     for stale in shard_dir.glob(".shard-*.tmp-*"):  # left by a killed writer
         if world_size == 1:
             with contextlib.suppress(FileNotFoundError):
