@@ -211,9 +211,10 @@ def train_phase(
     epoch, step, gstep, counts_resumed = 0, 0, 0, None
     state = _load(ckpt_path) if t.resume else None
     if state is not None and state.get("phase") == phase:
-        if state["done"] and _readable(out / "metrics.json"):
+        done = _metrics_if_readable(out / "metrics.json") if state["done"] else None
+        if done is not None:
             cleanup_dist(own_pg)
-            return read_json(out / "metrics.json", "metrics")
+            return done
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"]), sched.load_state_dict(state["scheduler"])
         if changed:  # after a NaN stop: the new lr (and clipping) from here on
@@ -353,7 +354,8 @@ def train_phase(
             if not math.isfinite(value):
                 kept = None
                 if rank == 0:
-                    kept = _keep_good_checkpoint(model, net, batch, ckpt_path, amp, device)
+                    # the bare model in eval mode: rank 0 alone checks, no collective may run
+                    kept = _keep_good_checkpoint(model, batch, ckpt_path, amp, device)
                     atomic_write_text(
                         stop_path,
                         json.dumps(
@@ -492,12 +494,12 @@ def _load(path: Path) -> dict | None:
         raise TrainError(str(e)) from None
 
 
-def _readable(path: Path) -> bool:
+def _metrics_if_readable(path: Path) -> dict | None:
+    """A finished phase's metrics; ``None`` when missing or damaged (it is evaluated again)."""
     try:
-        read_json(path)
+        return read_json(path, "metrics")
     except RunDirError:
-        return False
-    return True
+        return None
 
 
 def _set_base_lr(opt, sched, lr: float) -> None:
@@ -510,16 +512,19 @@ def _set_base_lr(opt, sched, lr: float) -> None:
 
 
 @torch.no_grad()
-def _finite_on(model, net, batch, amp: bool, device) -> bool:
+def _finite_on(model, batch, amp: bool, device) -> bool:
     """Whether ``model``'s weights are finite and give finite logits on ``batch``."""
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         return False
+    was = model.training
+    model.eval()  # running statistics: no batch-norm all-reduce, as rank 0 checks alone
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        logits = net(batch["images"], batch["input_ids"], batch["attention_mask"])
+        logits = model(batch["images"], batch["input_ids"], batch["attention_mask"])
+    model.train(was)
     return bool(torch.isfinite(logits).all())
 
 
-def _keep_good_checkpoint(model, net, batch, ckpt_path: Path, amp: bool, device) -> str | None:
+def _keep_good_checkpoint(model, batch, ckpt_path: Path, amp: bool, device) -> str | None:
     """After a non-finite loss: keep as ``checkpoint.pt`` the newest checkpoint whose weights are
     finite on the batch that diverged (the latest, else the one before it); a diverged one is
     moved to ``checkpoint.diverged.pt``. Returns what was kept, or ``None``."""
@@ -530,7 +535,7 @@ def _keep_good_checkpoint(model, net, batch, ckpt_path: Path, amp: bool, device)
             continue
         state = load_checkpoint(path)
         model.load_state_dict(state["model"])
-        if _finite_on(model, net, batch, amp, device):
+        if _finite_on(model, batch, amp, device):
             if path == prev:  # the latest was moved to checkpoint.diverged.pt below
                 os.replace(prev, ckpt_path)
             return f"epoch {state['epoch'] + 1}, step {state['step']}"
