@@ -12,7 +12,7 @@ import pytest
 from sssc.config import load_config
 from sssc.data import Refer
 from sssc.data.refer import DatasetError
-from sssc.data.synthetic import COLORS, SHAPES, generate
+from sssc.data.synthetic import COLORS, SHAPES, generate, mask_polygons
 
 N_IMAGES = 60
 
@@ -87,6 +87,85 @@ def test_masks_are_the_visible_coloured_pixels(synth):
             ys, xs = np.nonzero(m)
             x, y, w, h = a["bbox"]
             assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x, y, x + w, y + h)
+
+
+class _MiniRefer:
+    """What REFER's ``refer.py`` and LAVT's loader do with these files, written from the format.
+
+    REFER indexes ``instances.json`` and ``refs(<split_by>).p`` and, in ``getMask``, takes a
+    segmentation whose first element is a list as polygons (``frPyObjects`` with the image's
+    height and width), decodes it and sums the polygons' masks into uint8; LAVT's dataset then
+    keeps the pixels equal to 1 as the target.
+    """
+
+    def __init__(self, folder):
+        import json
+        import pickle
+
+        coco = json.loads((folder / "instances.json").read_text())
+        self.imgs = {im["id"]: im for im in coco["images"]}
+        self.anns = {a["id"]: a for a in coco["annotations"]}
+        with open(folder / "refs(synthetic).p", "rb") as f:
+            self.refs = pickle.load(f)
+        self.ref_to_ann = {r["ref_id"]: self.anns[r["ann_id"]] for r in self.refs}
+
+    def get_mask(self, ref):
+        from pycocotools import mask as coco_mask
+
+        ann = self.ref_to_ann[ref["ref_id"]]
+        img = self.imgs[ref["image_id"]]
+        segm = ann["segmentation"]
+        if type(segm[0]) is list:  # polygons, as REFER tests it (a dict segm raises KeyError: 0)
+            rle = coco_mask.frPyObjects(segm, img["height"], img["width"])
+        else:
+            rle = segm
+        m = coco_mask.decode(rle)
+        m = np.sum(m, axis=2).astype(np.uint8)
+        return {"mask": m, "area": int(sum(coco_mask.area(rle)))}
+
+    def lavt_target(self, ref):
+        m = self.get_mask(ref)["mask"]
+        target = np.zeros(m.shape, np.uint8)
+        target[m == 1] = 1
+        return target
+
+
+def test_refer_style_readers_read_the_polygons(synth):
+    """REFER's getMask and LAVT's target, as written from the format, give sssc's GT masks."""
+    _, folder, refer = synth
+    mini = _MiniRefer(folder)
+    assert len(mini.refs) == len(refer.refs) > 0
+    for ref in mini.refs:
+        ann = mini.ref_to_ann[ref["ref_id"]]
+        assert isinstance(ann["segmentation"], list) and ann["segmentation"]
+        got = mini.get_mask(ref)
+        assert got["mask"].max() == 1  # no pixel covered twice: overlap rules do not matter
+        assert got["area"] == ann["area"] == int(got["mask"].sum())
+        np.testing.assert_array_equal(mini.lavt_target(ref).astype(bool), refer.gt_mask(ref["ann_id"]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mask_polygons_rasterise_to_the_mask(seed):
+    """Random masks with holes, several pieces and pixels on the border, through pycocotools."""
+    from pycocotools import mask as coco_mask
+
+    rng = np.random.default_rng(seed)
+    h, w = int(rng.integers(1, 40)), int(rng.integers(1, 40))
+    mask = rng.random((h, w)) < [0.0, 0.05, 0.5, 0.95, 1.0, 0.3][seed]
+    if seed == 5:
+        mask[:] = False
+        mask[h // 4 :, : w // 2 + 1] = True
+        mask[h // 2 : h // 2 + 1, w // 4 : w // 4 + 1] = False  # a one-pixel hole
+    polys = mask_polygons(mask)
+    if not mask.any():
+        assert polys == []
+        return
+    assert all(len(p) == 8 for p in polys)
+    count = coco_mask.decode(coco_mask.frPyObjects(polys, h, w)).sum(axis=2)
+    np.testing.assert_array_equal(count, mask.astype(count.dtype))
+    # Rectangles merge down identical rows: a solid block is one polygon.
+    if mask.all():
+        assert polys == [[0, 0, w, 0, w, h, 0, h]]
 
 
 # -- an independent checker of the expressions -----------------------------------------------------

@@ -16,7 +16,11 @@ areas) so that the choice is also clear to the eye. Objects with fewer than thre
 are drawn but not referred to.
 
 Shapes may overlap, but every instance keeps at least 70% of its pixels visible and touching
-shapes differ in colour; its GT mask (an RLE in ``instances.json``) is the visible part.
+shapes differ in colour; its GT mask is the visible part. ``instances.json`` stores it as COCO
+polygons, as RefCOCO does, so that REFER's ``getMask`` and LAVT's loader read it: the visible part
+cut into non-overlapping rectangles along pixel edges (each row's runs of pixels, merged down the
+rows while they stay the same), which pycocotools rasterises back to exactly those pixels (checked
+for every annotation as it is written).
 Annotations also carry ``"shape"`` and ``"color"``.
 Splits are by image: about 80% train, 10% val, 10% test.
 """
@@ -38,7 +42,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-__all__ = ["COLORS", "SHAPES", "ensure_generated", "generate"]
+__all__ = ["COLORS", "SHAPES", "ensure_generated", "generate", "mask_polygons"]
 
 SHAPES = ("circle", "square", "triangle")
 COLORS = {  # RGB, far apart so that a colour name is never in doubt
@@ -47,7 +51,7 @@ COLORS = {  # RGB, far apart so that a colour name is never in doubt
     "blue": (40, 80, 220),
     "yellow": (235, 205, 40),
 }
-_VERSION = 1
+_VERSION = 2  # 2: polygons (1 stored bare RLE dicts, which REFER's getMask cannot read)
 _MIN_VISIBLE = 0.7  # fraction of an instance's pixels that must stay visible
 _POS_MARGIN = 0.08  # of the image size, for left/right/above/below and leftmost/...
 _AREA_RATIO = 1.3  # largest/smallest must beat every other instance by this factor
@@ -232,17 +236,14 @@ def _write(folder: Path, seed: int, num_images: int, image_size: int) -> None:
         )
         ann_ids = []
         for o in objs:
-            rle = mask_utils.encode(np.asfortranarray(o.visible, dtype=np.uint8))
+            polygons = mask_polygons(o.visible)
             ann_ids.append(len(anns) + 1)
             anns.append(
                 {
                     "id": len(anns) + 1,
                     "image_id": image_id,
                     "category_id": cat_id[o.shape],
-                    "segmentation": {
-                        "size": [image_size, image_size],
-                        "counts": rle["counts"].decode("ascii"),
-                    },
+                    "segmentation": polygons,
                     "area": o.area,
                     "bbox": list(o.bbox),
                     "iscrowd": 0,
@@ -280,6 +281,39 @@ def _write(folder: Path, seed: int, num_images: int, image_size: int) -> None:
     # Protocol 2, as the published REFER files (written by Python 2).
     (folder / "refs(synthetic).p").write_bytes(pickle.dumps(refs, protocol=2))
     (folder / "generator.json").write_text(json.dumps(_settings(seed, num_images, image_size)))
+
+
+def mask_polygons(mask: np.ndarray) -> list[list[int]]:
+    """COCO polygons that pycocotools rasterises to exactly ``mask``, none overlapping another.
+
+    Each polygon is a rectangle along pixel edges (``[x0, y0, x1, y0, x1, y1, x0, y1]`` covers
+    columns ``x0..x1-1`` of rows ``y0..y1-1``): the runs of set pixels of each row, a run merged
+    with the one below while the next row has a run with the same extent.
+
+    Raises:
+        AssertionError: never, unless pycocotools' rasterisation changes (checked on every call).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    h, w = mask.shape
+    open_runs: dict[tuple[int, int], int] = {}  # (x0, x1) -> first row
+    rects: list[tuple[int, int, int, int]] = []
+    for y in range(h + 1):
+        row = mask[y] if y < h else np.zeros(w, bool)
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], row.view(np.uint8), [0]))))
+        runs = set(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
+        for run in list(open_runs):
+            if run not in runs:
+                rects.append((run[0], open_runs.pop(run), run[1], y))
+        for run in runs:
+            open_runs.setdefault(run, y)
+    rects.sort(key=lambda r: (r[1], r[0]))
+    polys = [[x0, y0, x1, y0, x1, y1, x0, y1] for x0, y0, x1, y1 in rects]
+    if polys:
+        count = mask_utils.decode(mask_utils.frPyObjects(polys, h, w)).sum(axis=2)
+    else:
+        count = np.zeros((h, w), np.int64)
+    assert np.array_equal(count, mask), "mask_polygons: pycocotools rasterised them otherwise"
+    return polys
 
 
 def _image_splits(n: int, rng: np.random.Generator) -> list[str]:
