@@ -13,7 +13,7 @@ from ._backend import keep_torch_threads
 # An 8-byte word of mask pixels is the unit of skipping, and a pixel band keeps the band's
 # predictions (up to _NB_PRED rows) in L2 while every candidate of the block streams past it.
 _NB_PRED = 16
-_BAND = 16384
+_BAND = 8192
 
 
 def _numba_tasks(blocks):
@@ -78,15 +78,18 @@ def _numba_fwd_flush(  # pragma: no cover - jitted
         ci, lo, hi = run_c[i], run_lo[i], run_hi[i]
         for j in range(nb):
             tot[ci, j] += cs[hi, j] - cs[lo, j]
+    mf = np.empty(8, np.float32)
     for i in range(n_edges):
         ci = edge_c[i]
         c = cidx[c0 + ci]
         k = 8 * (w0 + edge_w[i])
+        for r in range(8):  # the word's 8 mask values, converted once for all nb predictions
+            mf[r] = np.float32(m[c, k + r])
         for j in range(nb):
             prow = p[rows[j], k : k + 8]
             a = np.float32(0.0)
             for r in range(8):
-                a += prow[r] * np.float32(m[c, k + r])
+                a += prow[r] * mf[r]
             tot[ci, j] += a
 
 
