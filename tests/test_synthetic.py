@@ -141,7 +141,9 @@ def test_refer_style_readers_read_the_polygons(synth):
         got = mini.get_mask(ref)
         assert got["mask"].max() == 1  # no pixel covered twice: overlap rules do not matter
         assert got["area"] == ann["area"] == int(got["mask"].sum())
-        np.testing.assert_array_equal(mini.lavt_target(ref).astype(bool), refer.gt_mask(ref["ann_id"]))
+        np.testing.assert_array_equal(
+            mini.lavt_target(ref).astype(bool), refer.gt_mask(ref["ann_id"])
+        )
 
 
 @pytest.mark.parametrize("seed", range(6))
