@@ -31,11 +31,13 @@ from sssc.correct.modelconfig import load_model_config
 from sssc.data.synthetic import COLORS, SHAPES, _shape_mask
 
 
-def shapes(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def shapes(
+    n: int, size: int, seed: int, scale: tuple[float, float] = (0.08, 0.18)
+) -> tuple[torch.Tensor, torch.Tensor]:
     rng, colors, s_img = np.random.default_rng(seed), list(COLORS.values()), 96
     x, y = torch.empty(n, 3, size, size), torch.empty(n, dtype=torch.long)
     for i in range(n):
-        k, r = int(rng.integers(len(SHAPES))), int(rng.uniform(0.08, 0.18) * s_img)
+        k, r = int(rng.integers(len(SHAPES))), int(rng.uniform(*scale) * s_img)
         cx, cy = (int(v) for v in rng.integers(r + 1, s_img - r - 1, size=2))
         img = np.empty((s_img, s_img, 3), np.uint8)
         img[:] = rng.integers(190, 246, size=3)
@@ -91,10 +93,17 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--scale",
+        type=float,
+        nargs=2,
+        default=(0.08, 0.18),
+        help="shape size range, fraction of the image (the dataset's 0.08 0.18)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    x, y = shapes(8000, args.size, args.seed + 1)
+    x, y = shapes(8000, args.size, args.seed + 1, tuple(args.scale))
     net = build(args.mode)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.01)
     t0, hits = time.perf_counter(), []
