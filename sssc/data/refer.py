@@ -185,6 +185,7 @@ class Refer:
         self.refs_path = self.root / dataset / f"refs({split_by}).p"
         self.warnings: collections.Counter = collections.Counter()
         self.warning_examples: dict[str, list[str]] = collections.defaultdict(list)
+        self._poly_rles: dict[int, dict] = {}  # polygons rasterised once per annotation
 
         for p, what in ((self.root / dataset, "dataset folder"), (self.instances_path, "file")):
             if not p.exists():
@@ -455,16 +456,12 @@ class Refer:
         h, w = info.height, info.width
         segm = ann["segmentation"]
         where = f"{self.instances_path}: annotation {ann_id}"
+        if isinstance(segm, list) and ann_id in self._poly_rles:
+            return self._poly_rles[ann_id]
         try:
             if isinstance(segm, list):  # polygons: a list of [x0, y0, x1, y1, ...]
-                polys = _polygons(segm, where)
-                if not polys:
-                    return mask_utils.encode(np.zeros((h, w, 1), np.uint8, order="F"))[0]
-                rles = mask_utils.frPyObjects([p.tolist() for p in polys], h, w)
-                if self.polygon_overlap == "refer" and len(rles) > 1:
-                    count = mask_utils.decode(rles).sum(axis=2)
-                    return mask_utils.encode(np.asfortranarray((count == 1).astype(np.uint8)))
-                return mask_utils.merge(rles)
+                self._poly_rles[ann_id] = rle = self._rle_of_polygons(segm, h, w, where)
+                return rle
             if isinstance(segm, dict) and isinstance(segm.get("counts"), list):  # uncompressed
                 return mask_utils.frPyObjects(segm, h, w)
             if isinstance(segm, dict) and isinstance(segm.get("counts"), (str, bytes)):
@@ -482,6 +479,19 @@ class Refer:
         except Exception as e:  # pycocotools raises bare Exceptions on bad input
             raise DatasetError(f"{where}: cannot decode segmentation ({e})") from None
         raise DatasetError(f"{where}: segmentation is neither polygons nor RLE")
+
+    def _rle_of_polygons(self, segm: list, h: int, w: int, where: str) -> dict:
+        polys = _polygons(segm, where)
+        if not polys:
+            return mask_utils.encode(np.zeros((h, w, 1), np.uint8, order="F"))[0]
+        rles = mask_utils.frPyObjects([p.tolist() for p in polys], h, w)
+        if self.polygon_overlap == "refer" and len(rles) > 1:
+            merged = mask_utils.merge(rles)
+            if int(mask_utils.area(rles).sum()) == int(mask_utils.area(merged)):
+                return merged  # no pixel covered twice: the sum is the union
+            count = mask_utils.decode(rles).sum(axis=2)
+            return mask_utils.encode(np.asfortranarray((count == 1).astype(np.uint8)))
+        return mask_utils.merge(rles)
 
     def _check_split(self, split: str) -> None:
         if split not in self._by_split:
