@@ -38,6 +38,7 @@ __all__ = [
     "RunDirError",
     "RunLock",
     "add_config_args",
+    "atomic_file",
     "atomic_write_text",
     "check_stage_config",
     "clear_outputs",
@@ -191,13 +192,16 @@ class RunLock:
 # ------------------------------------------------------------------------------- atomic files
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (durable, atomic)."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "w"):
+    """Open a temporary file beside ``path``; on a clean exit fsync it, rename it onto ``path``
+    and fsync the folder (durable, atomic). On an error the temporary file is removed and
+    ``path`` is left as it was."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -205,6 +209,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through :func:`atomic_file`."""
+    with atomic_file(path) as f:
+        f.write(text)
 
 
 def fsync_dir(d: Path) -> None:

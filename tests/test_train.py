@@ -29,13 +29,7 @@ def _model_without_dropout(d):
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Two spinning OpenMP threads on a busy 2-core CI machine are several times slower than one.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -291,32 +291,32 @@ def mask_polygons(mask: np.ndarray) -> list[list[int]]:
     with the one below while the next row has a run with the same extent.
 
     Raises:
-        AssertionError: never, unless pycocotools' rasterisation changes (checked on every call).
+        RuntimeError: pycocotools rasterises the polygons otherwise (checked on every call).
     """
     mask = np.asarray(mask, dtype=bool)
     h, w = mask.shape
+    rows = np.flatnonzero(mask.any(axis=1))
+    if not len(rows):
+        return []
+    padded = np.vstack([mask, np.zeros((1, w), bool)]).view(np.uint8)  # an empty row closes runs
     open_runs: dict[tuple[int, int], int] = {}  # (x0, x1) -> first row
     rects: list[tuple[int, int, int, int]] = []
-    rows = np.flatnonzero(mask.any(axis=1))
-    for y in range(int(rows[0]) if len(rows) else 0, int(rows[-1]) + 2 if len(rows) else 0):
-        row = mask[y] if y < h else np.zeros(w, bool)
-        edges = np.flatnonzero(np.diff(np.concatenate(([0], row.view(np.uint8), [0]))))
+    for y in range(int(rows[0]), int(rows[-1]) + 2):
+        edges = np.flatnonzero(np.diff(padded[y], prepend=0, append=0))
         runs = set(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
-        for run in list(open_runs):
-            if run not in runs:
-                rects.append((run[0], open_runs.pop(run), run[1], y))
+        for run in [r for r in open_runs if r not in runs]:
+            rects.append((run[0], open_runs.pop(run), run[1], y))
         for run in runs:
             open_runs.setdefault(run, y)
-    rects.sort(key=lambda r: (r[1], r[0]))
-    polys = [[x0, y0, x1, y0, x1, y1, x0, y1] for x0, y0, x1, y1 in rects]
-    if polys:
-        rles = mask_utils.frPyObjects(polys, h, w)
-        union = mask_utils.decode(mask_utils.merge(rles)).astype(bool)
-        # The union is the mask and the areas add up to it: no pixel is covered twice.
-        ok = np.array_equal(union, mask) and int(mask_utils.area(rles).sum()) == int(mask.sum())
-    else:
-        ok = not mask.any()
-    assert ok, "mask_polygons: pycocotools rasterised them otherwise"
+    polys = [
+        [x0, y0, x1, y0, x1, y1, x0, y1]
+        for x0, y0, x1, y1 in sorted(rects, key=lambda r: (r[1], r[0]))
+    ]
+    rles = mask_utils.frPyObjects(polys, h, w)
+    union = mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+    # The union is the mask and the areas add up to it: no pixel is covered twice.
+    if not np.array_equal(union, mask) or int(mask_utils.area(rles).sum()) != int(mask.sum()):
+        raise RuntimeError("mask_polygons: pycocotools rasterised the polygons otherwise")
     return polys
 
 

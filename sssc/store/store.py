@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import masks as _masks
-from ..rundir import atomic_write_text, fsync_dir
+from ..rundir import atomic_file, atomic_write_text
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -283,37 +283,15 @@ def _check_shard(path: Path, expect: dict) -> tuple[_Shard | None, str]:
 
 def _write_shard(path: Path, lines: Iterator[str], footer: dict, image_ids: list[int]) -> int:
     """Stream lines to a temporary file beside ``path``, fsync, rename. Returns the line count."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     h, n = hashlib.sha256(), 0
-    try:
-        with open(tmp, "wb") as f:
-            for line in lines:
-                b = line.encode() + b"\n"
-                h.update(b)
-                f.write(b)
-                n += 1
-            f.write(
-                (
-                    _dumps(
-                        {
-                            _FOOTER: {
-                                **footer,
-                                "count": n,
-                                "image_ids": image_ids,
-                                "sha256": h.hexdigest(),
-                            }
-                        }
-                    )
-                    + "\n"
-                ).encode()
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    fsync_dir(path.parent)  # make the rename itself durable
+    with atomic_file(path, "wb") as f:
+        for line in lines:
+            b = line.encode() + b"\n"
+            h.update(b)
+            f.write(b)
+            n += 1
+        stamp = {**footer, "count": n, "image_ids": image_ids, "sha256": h.hexdigest()}
+        f.write((_dumps({_FOOTER: stamp}) + "\n").encode())
     return n
 
 
