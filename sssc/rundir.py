@@ -66,6 +66,7 @@ OWN_FILES = (
     "best.pt",
     "log.jsonl",
     "curves.png",
+    "console.log",
 )
 
 # Keys that change how a run goes, not what it makes.
@@ -82,6 +83,7 @@ _OPERATIONAL = {
     "train.cache_data",
     "train.compile",
     "train.plus_epochs",  # whether the +epochs phase runs at all
+    "train.parallel_phases",
     "select.models.num_workers",
     "select.models.batch_size",
 }

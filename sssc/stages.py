@@ -415,7 +415,16 @@ def _run_stage3(stage: str, cfg: Any, run_dir: Path) -> dict:
         phases += ["correct"] + (["plus_epochs"] if cfg.train.plus_epochs else [])
     try:
         refer = Refer.from_config(cfg.data)
-        out = {ph: train_phase(ph, cfg, run_dir, refer) for ph in phases}
+        out = {"bootstrap": train_phase("bootstrap", cfg, run_dir, refer)}
+        beside = None
+        if "plus_epochs" in phases and _phases_in_parallel(cfg, world):
+            phases.remove("plus_epochs")
+            beside = _PhaseProcess("plus_epochs", cfg, run_dir)
+        try:
+            out.update({ph: train_phase(ph, cfg, run_dir, refer) for ph in phases[1:]})
+        finally:
+            if beside is not None:
+                out["plus_epochs"] = beside.join()
     except (TrainError, FileNotFoundError, ValueError) as e:
         raise StageError(f"--stage {stage}: {e}") from None
     except DatasetError as e:
@@ -427,3 +436,70 @@ def _run_stage3(stage: str, cfg: Any, run_dir: Path) -> dict:
     if rank == 0:
         print(stage3_table(run_dir, cfg))
     return out["bootstrap" if stage == "bootstrap" else "correct"]
+
+
+def _phases_in_parallel(cfg: Any, world: int) -> bool:
+    """``train.parallel_phases`` applies: one process on the CPU (a GPU or a DDP job runs the
+    phases one after the other)."""
+    return cfg.train.parallel_phases and world == 1 and resolve_device(cfg.device) == "cpu"
+
+
+class _PhaseProcess:
+    """One training phase in a child process (``train.parallel_phases``).
+
+    The child trains exactly as the parent would (``train_phase`` seeds everything itself and
+    each process runs on ``train.threads`` threads), writes its console output to
+    ``<run>/<phase>/console.log`` and dies with the parent (``PR_SET_PDEATHSIG``), so a killed
+    run leaves no orphan behind and a rerun resumes both phases from their checkpoints.
+    """
+
+    def __init__(self, phase: str, cfg: Any, run_dir: Path):
+        import multiprocessing
+
+        self.phase, self.log = phase, run_dir / phase / "console.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        ctx = multiprocessing.get_context("spawn")  # no torch or OpenMP state forked mid-flight
+        self.queue = ctx.SimpleQueue()
+        self.proc = ctx.Process(
+            target=_phase_child,
+            args=(phase, cfg, str(run_dir), str(self.log), self.queue, os.getpid()),
+            name=f"sssc-{phase}",
+        )
+        self.proc.start()
+        print(f"{phase}: training beside correct in process {self.proc.pid}; output in {self.log}")
+
+    def join(self) -> dict:
+        """Wait for the phase; its ``metrics.json`` object, or the child's error."""
+        self.proc.join()
+        result = self.queue.get() if not self.queue.empty() else None
+        if self.proc.exitcode == 0 and isinstance(result, dict):
+            return result
+        from .correct.train import TrainError
+
+        if isinstance(result, str):
+            raise TrainError(result)
+        tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+        raise TrainError(
+            f"{self.phase}: its process ended with exit code {self.proc.exitcode}; the end of "
+            f"{self.log}:\n{tail}"
+        )
+
+
+def _phase_child(phase: str, cfg: Any, run_dir: str, log: str, queue: Any, parent: int) -> None:
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):  # Linux: die when the parent does
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+    with open(log, "a", buffering=1) as f:
+        os.dup2(f.fileno(), 1), os.dup2(f.fileno(), 2)
+        sys.stdout = sys.stderr = f
+        from .correct.train import TrainError, train_phase
+
+        try:
+            queue.put(train_phase(phase, cfg, run_dir))
+        except (TrainError, FileNotFoundError, ValueError) as e:
+            queue.put(f"{phase}: {e}")
+            raise SystemExit(2) from None

@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -563,3 +564,60 @@ def test_a_malicious_checkpoint_is_refused_on_resume(done_run, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "refused to load" in err and "system" in err and "weights_only=False" not in err
     assert not marker.exists()
+
+
+# ------------------------------------------------------------- train.parallel_phases
+
+
+def _zombie_or_gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_parallel_phases_equal_sequential_and_die_with_a_killed_parent(tmp_path):
+    """+epochs beside correct: the same models as one after the other; a kill -9 of the parent
+    takes the child with it, and the rerun resumes both phases to the same end."""
+    seq, par, chain = tmp_path / "seq", tmp_path / "par", tmp_path / "chain"
+    for d in (seq, par, chain):
+        d.mkdir()
+    args = ["--stage", "correct", "--run", "run"]
+    on = _sets(Path("data"), **{"train.plus_epochs": "true", "train.correct_epochs": 3})
+    _killer("none", [*args, *on, "--set", "train.parallel_phases=false"], seq)
+    _killer("none", [*args, *on, "--set", "train.parallel_phases=true"], par)
+    assert (par / "run" / "plus_epochs" / "console.log").read_text().count("plus_epochs epoch") == 3
+    assert not (seq / "run" / "plus_epochs" / "console.log").exists()
+    for phase in ("correct", "plus_epochs"):
+        a = torch.load(seq / "run" / phase / "checkpoint.pt", weights_only=True)
+        b = torch.load(par / "run" / phase / "checkpoint.pt", weights_only=True)
+        for key in ("model", "optimizer", "global_step"):
+            _tensors_equal(a[key], b[key], f"{phase}.{key}")
+        ma = json.loads((seq / "run" / phase / "metrics.json").read_text())
+        assert ma == json.loads((par / "run" / phase / "metrics.json").read_text())
+
+    # Kill the parent in correct's second matching step, while +epochs trains beside it.
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    spec = "sssc.correct.train:match_targets:4"
+    p = subprocess.run(
+        [sys.executable, str(KILLER), spec, *args, *on, "--set", "train.parallel_phases=true"],
+        cwd=chain,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == -9, p.stderr[-3000:]
+    child = int(p.stdout.split("training beside correct in process ")[1].split(";")[0])
+    deadline = time.monotonic() + 20
+    while not _zombie_or_gone(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _zombie_or_gone(child), f"the +epochs process {child} outlived its killed parent"
+    # ... and it died then: an orphan would have trained on to the end and written its metrics.
+    assert not (chain / "run" / "plus_epochs" / "metrics.json").exists()
+    _killer("none", [*args, *on, "--set", "train.parallel_phases=true"], chain)
+    for phase in ("correct", "plus_epochs"):
+        a = torch.load(seq / "run" / phase / "checkpoint.pt", weights_only=True)
+        b = torch.load(chain / "run" / phase / "checkpoint.pt", weights_only=True)
+        _tensors_equal(a["model"], b["model"], f"{phase}.model")
