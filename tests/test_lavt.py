@@ -217,12 +217,18 @@ def test_pwam_matches_float64_reference(heads):
 # ---------------------------------------------------------------- stages = transformers' Swin
 
 
-def test_backbone_stages_match_transformers_swin():
-    """With PWAM's output forced to zero, every stage's features equal the plain Swin's."""
-    model = _tiny().eval()
+@pytest.mark.parametrize("position", ["none", "coords"])
+def test_backbone_stages_match_transformers_swin(position):
+    """With PWAM's output forced to zero (and the coordinate maps, with ``position: coords``),
+    every stage's features equal the plain Swin's."""
+    torch.manual_seed(0)
+    model = LAVT(dataclasses.replace(load_model_config("lavt-tiny"), position=position)).eval()
     for p in model.pwams:
         torch.nn.init.zeros_(p.project_mm[0].weight)
         torch.nn.init.zeros_(p.project_mm[0].bias)
+    for lin in getattr(model, "coords", []):
+        torch.nn.init.zeros_(lin.weight)
+        torch.nn.init.zeros_(lin.bias)
     seen = []
     hooks = [
         p.register_forward_hook(lambda mod, args, out: seen.append(args[0])) for p in model.pwams
@@ -402,3 +408,60 @@ def test_drop_path_branches(branches, per_block):
     assert len(calls) == per_block * dropping
     sd = model.state_dict()
     assert sd.keys() == _tiny().state_dict().keys()  # no new state
+
+
+# ------------------------------------------------------------------ position: coords
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (3, 5), (16, 16), (7, 2)], ids=lambda v: str(v))
+def test_coord_features_match_a_float64_formula(h, w):
+    import numpy as np
+
+    from sssc.correct.lavt import coord_features
+
+    got = coord_features(h, w).double().numpy()
+    rows, cols = np.divmod(np.arange(h * w), w)  # row-major tokens
+    x, y = (cols + 0.5) / w * 2 - 1, (rows + 0.5) / h * 2 - 1
+    want = [x, y]
+    for k in (1, 2, 4):
+        want += [np.sin(k * np.pi * x), np.cos(k * np.pi * x)]
+        want += [np.sin(k * np.pi * y), np.cos(k * np.pi * y)]
+    np.testing.assert_allclose(got, np.stack(want, 1), atol=1e-6)
+
+
+def _stage1_fusion_input(model: LAVT, images, ids, mask):
+    seen = []
+    hook = model.pwams[0].register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        model.eval()(images, ids, mask)
+    hook.remove()
+    return seen[0]  # [B, N, C] after stage 1's blocks
+
+
+def test_position_coords_tell_tokens_of_a_flat_image_apart():
+    """A flat image gives every stage-1 token the same features without position (windows of 4
+    tile the 16x16 grid of a 64x64 input, so no padding breaks the symmetry); with ``position:
+    coords`` they differ from left to right and from top to bottom."""
+    cfg = load_model_config("lavt-tiny")
+    images = torch.full((1, 3, 64, 64), 0.3)
+    ids = torch.tensor([[2, 5, 6, 3]])
+    mask = torch.ones_like(ids)
+    for position in ("none", "coords"):
+        torch.manual_seed(0)
+        model = LAVT(dataclasses.replace(cfg, position=position))
+        x = _stage1_fusion_input(model, images, ids, mask).view(16, 16, -1)
+        spread_x = (x[:, :1] - x).abs().amax().item()  # along each row
+        spread_y = (x[:1] - x).abs().amax().item()
+        if position == "none":
+            assert spread_x < 1e-4 and spread_y < 1e-4
+        else:
+            assert spread_x > 1e-2 and spread_y > 1e-2
+            assert (x[:, 0] - x[:, -1]).abs().amax() > 1e-2  # the left edge is not the right
+
+
+def test_position_setting_is_checked(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("position: everywhere\n")
+    with pytest.raises(ConfigError, match="'position' must be 'none' or 'coords'"):
+        load_model_config(path)
+    assert load_model_config("lavt-base").position == "none"  # LAVT itself has no coordinates

@@ -9,6 +9,9 @@ The model, as published:
   downsampling and the next stage (LAVT's "language pathway"; stage 4 has no next stage, so its
   gate, which LAVT builds but never uses, is left out);
 - a BERT-base text encoder (transformers' ``BertModel`` without the pooler: LAVT does not use it);
+- optionally (model config ``position: coords``; ``lavt-tiny`` only, LAVT has none), fixed
+  coordinate features of every token through a linear map per stage, added to the stage's tokens
+  before its blocks (:func:`coord_features`);
 - LAVT's light decoder: top-down fusion of the four stages' multimodal features (conv-BN-ReLU), a
   2-class output at 1/4 resolution, bilinearly upsampled (``align_corners=True``) to the input size.
 
@@ -30,6 +33,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -62,6 +66,7 @@ __all__ = [
     "PWAMSettings",
     "SwinSettings",
     "build_tokenizer",
+    "coord_features",
     "create_model",
     "load_model_config",
     "param_groups",
@@ -122,6 +127,26 @@ def _instance_norm_tokens(x: Tensor, eps: float = 1e-5) -> Tensor:
     xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     var, mean = torch.var_mean(xf, dim=1, keepdim=True, unbiased=False)
     return ((xf - mean) * torch.rsqrt(var + eps)).to(x.dtype)
+
+
+_COORD_FEATURES = 14
+
+
+def coord_features(h: int, w: int, device=None, dtype=torch.float32) -> Tensor:
+    """Fixed position features of an ``h x w`` token grid, ``[h*w, 14]`` in row-major order.
+
+    ``x, y`` in [-1, 1] (the token centres, left to right and top to bottom) and ``sin(k pi x),
+    cos(k pi x)``, likewise for ``y``, for ``k`` in 1, 2, 4.
+    """
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h * 2 - 1
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w * 2 - 1
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    x, y = x.reshape(-1), y.reshape(-1)
+    feats = [x, y]
+    for k in (1, 2, 4):
+        feats += [torch.sin(k * math.pi * x), torch.cos(k * math.pi * x)]
+        feats += [torch.sin(k * math.pi * y), torch.cos(k * math.pi * y)]
+    return torch.stack(feats, dim=1).to(dtype)
 
 
 class PWAM(nn.Module):
@@ -276,6 +301,8 @@ class LAVT(nn.Module):
         self.gates = nn.ModuleList(LanguageGate(d) for d in dims[:-1])
         self.stage_norms = nn.ModuleList(nn.LayerNorm(d) for d in dims)
         self.decoder = LAVTDecoder(dims)
+        if config.position == "coords":
+            self.coords = nn.ModuleList(nn.Linear(_COORD_FEATURES, d) for d in dims)
 
     def forward(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Segment the referred object of every (image, expression) pair.
@@ -299,6 +326,8 @@ class LAVT(nn.Module):
         x, (h, w) = self.swin.embeddings(images)  # [B, h*w, C], padded to a patch multiple
         feats = []
         for i, stage in enumerate(self.swin.encoder.layers):
+            if self.config.position == "coords":
+                x = x + self.coords[i](coord_features(h, w, x.device, x.dtype))
             for block in stage.blocks:
                 # always_partition: pad to the window instead of shrinking it on small maps (Swin
                 # for segmentation, as LAVT); it also keeps HF from mutating the block's window.
@@ -373,6 +402,8 @@ def param_groups(
     """
     no_decay, decay = [], []
     visual = [model.swin, model.pwams, model.gates, model.stage_norms]
+    if hasattr(model, "coords"):
+        visual.append(model.coords)
     for part in visual:
         for name, p in part.named_parameters():
             # "norm": LayerNorms (layernorm_before/after, embeddings.norm, downsample.norm and the

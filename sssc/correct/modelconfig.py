@@ -67,6 +67,11 @@ class LAVTConfig:
     swin: SwinSettings = field(default_factory=SwinSettings)
     bert: BertSettings = field(default_factory=BertSettings)
     pwam: PWAMSettings = field(default_factory=PWAMSettings)
+    # none (LAVT: no absolute position anywhere in the backbone) | coords: fixed coordinate
+    # features of every token (x, y and their Fourier features), through a linear map per stage,
+    # added to the stage's tokens before its blocks (the spatial features of earlier referring
+    # segmentation models, e.g. RMI and CMSA)
+    position: str = "none"
 
     @property
     def stage_dims(self) -> list[int]:
@@ -118,6 +123,8 @@ def _check_config(cfg: LAVTConfig, source: str) -> None:
             raise ConfigError(f"{source}: 'pwam.num_heads' must divide every stage width {dim}")
     if cfg.bert.hidden_size % cfg.bert.num_attention_heads:
         raise ConfigError(f"{source}: 'bert.num_attention_heads' must divide 'bert.hidden_size'")
+    if cfg.position not in ("none", "coords"):
+        raise ConfigError(f"{source}: 'position' must be 'none' or 'coords', got {cfg.position!r}")
     if cfg.tokenizer not in ("bert", "words"):
         raise ConfigError(f"{source}: 'tokenizer' must be 'bert' or 'words', got {cfg.tokenizer!r}")
     if not 0 < cfg.max_tokens <= cfg.bert.max_position_embeddings:
