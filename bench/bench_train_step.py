@@ -107,3 +107,47 @@ def test_train_step(benchmark, name, size, device, part):
     if part == "matching" and f"{name}-step" in _MEANS:
         benchmark.extra_info["matching_share"] = mean / _MEANS[f"{name}-step"]
     benchmark.group = f"train_step-{name}"
+
+
+# lavt-tiny at the embedded default's 64x64 input and ~20 expressions a step: the previous config
+# (windows of 6, no coordinates; the 16x16 grid is padded to 18x18, the 8x8 one to 12x12) beside
+# the current one (windows of 4, which tile every stage's grid, and coordinate features).
+TINY_VARIANTS = {"window6-baseline": (6, "none"), "window4-coords": (4, "coords")}
+
+
+@pytest.mark.parametrize("variant", list(TINY_VARIANTS))
+def test_tiny_step_at_64(benchmark, variant):
+    import dataclasses
+
+    from sssc.correct.lavt import LAVT, load_model_config
+
+    if os.environ.get("SSSC_BENCH_THREADS"):
+        torch.set_num_threads(int(os.environ["SSSC_BENCH_THREADS"]))
+    window, position = TINY_VARIANTS[variant]
+    cfg = load_model_config("lavt-tiny")
+    cfg = dataclasses.replace(
+        cfg, swin=dataclasses.replace(cfg.swin, window_size=window), position=position
+    )
+    torch.manual_seed(0)
+    model = LAVT(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(20, 3, 64, 64, generator=g)
+    ids = torch.randint(5, 200, (20, 8), generator=g)
+    mask = torch.ones(20, 8, dtype=torch.int64)
+    target = (torch.rand(20, 64, 64, generator=g) < 0.05).long()
+
+    def step():
+        loss = weighted_ce(model(images, ids, mask), target, (0.5, 1.5))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()
+    benchmark.pedantic(step, rounds=10, iterations=1)
+    mean = benchmark.stats.stats.mean
+    _MEANS[f"tiny64-{variant}"] = mean
+    benchmark.extra_info["samples_per_s"] = 20 / mean
+    if variant != "window6-baseline" and "tiny64-window6-baseline" in _MEANS:
+        benchmark.extra_info["speedup"] = _MEANS["tiny64-window6-baseline"] / mean
+    benchmark.group = "train_step-lavt-tiny-64"

@@ -51,7 +51,14 @@ def test_embedded_default_lists_every_key_with_its_default():
     cpu_keys = ("model", "image_size", "bootstrap_epochs", "correct_epochs", "plus_epochs", "lr")
     for key in (*cpu_keys, "grad_clip", "cache_data", "sentences_per_object", "class_weights"):
         expected["train"][key] = got["train"][key]
-    for key in ("threads", "eval_every", "bert_train_layers", "loss_norm", "random_init"):
+    for key in (
+        "threads",
+        "eval_every",
+        "bert_train_layers",
+        "loss_norm",
+        "random_init",
+        "parallel_phases",
+    ):
         expected["train"][key] = got["train"][key]
     # A random tiny model on the CPU, on purpose; the schema's defaults are the safe ones.
     assert (got["device"], got["train"]["random_init"]) == ("cpu", True)

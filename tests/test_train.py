@@ -183,6 +183,15 @@ def test_cli_correct_runs_every_stage_and_prints_the_table(base, tmp_path, capsy
         assert (tmp_path / "run" / phase / "log.jsonl").exists()
     m = json.loads((tmp_path / "run" / "correct" / "metrics.json").read_text())
     assert m["producer"]["stage"] == "segment"  # S+S+C trains on the S1 pools
+    # The share of the S+S -> S1-oracle gap that correction closes, from the rows' own files.
+    assert "S1 oracle (sim.)" in table
+    oracle, ss = (
+        json.loads((tmp_path / "run" / st / "metrics.json").read_text())["mIoU"]
+        for st in ("segment", "select")
+    )
+    assert oracle > ss
+    assert m["gap_recovered"] == pytest.approx((m["mIoU"] - ss) / (oracle - ss), rel=1e-12)
+    assert f"S+S+C closes {m['gap_recovered']:.2f} of the S+S -> S1-oracle mIoU gap" in table
     assert m["unmatched"]["expressions_seen"] > 0
     # A rerun finds every phase done and only prints the table.
     assert train_main(args) == 0

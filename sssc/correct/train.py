@@ -45,6 +45,7 @@ import torch.distributed as dist
 from ..config import config_to_dict, resolve_device
 from ..data.refer import Refer, pack_images
 from ..eval.metrics import evaluate_masks
+from ..eval.stores import gap_recovered
 from ..rundir import (
     RESUMABLE_AFTER_DIVERGENCE,
     RunDirError,
@@ -454,6 +455,8 @@ def train_phase(
             if targets == "s1"
             else None,
         }
+        if phase == "correct":
+            metrics["gap_recovered"] = _gap_recovered(run_dir, kept["mIoU"])
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
         plot_curves(log_path, out / "curves.png")
         save(done=True)
@@ -461,6 +464,16 @@ def train_phase(
         dist.barrier()
     cleanup_dist(own_pg)
     return read_json(out / "metrics.json", "metrics")
+
+
+def _gap_recovered(run_dir: Path, miou: float) -> float | None:
+    """The share of the S+S -> S1-oracle mIoU gap that this model closes (None without both)."""
+    try:
+        oracle = read_json(run_dir / "segment" / "metrics.json", "metrics")["mIoU"]
+        zero_shot = read_json(run_dir / "select" / "metrics.json", "metrics")["mIoU"]
+    except (RunDirError, OSError, KeyError, TypeError):
+        return None
+    return gap_recovered(oracle, zero_shot, miou)
 
 
 def check_init_weights(t: Any) -> None:
