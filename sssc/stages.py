@@ -422,9 +422,12 @@ def _run_stage3(stage: str, cfg: Any, run_dir: Path) -> dict:
             beside = _PhaseProcess("plus_epochs", cfg, run_dir)
         try:
             out.update({ph: train_phase(ph, cfg, run_dir, refer) for ph in phases[1:]})
-        finally:
-            if beside is not None:
-                out["plus_epochs"] = beside.join()
+        except BaseException:
+            if beside is not None:  # it resumes from its checkpoint on the rerun
+                beside.stop()
+            raise
+        if beside is not None:
+            out["plus_epochs"] = beside.join()
     except (TrainError, FileNotFoundError, ValueError) as e:
         raise StageError(f"--stage {stage}: {e}") from None
     except DatasetError as e:
@@ -467,6 +470,11 @@ class _PhaseProcess:
         )
         self.proc.start()
         print(f"{phase}: training beside correct in process {self.proc.pid}; output in {self.log}")
+
+    def stop(self) -> None:
+        """End the phase now (the parent failed)."""
+        self.proc.kill()
+        self.proc.join()
 
     def join(self) -> dict:
         """Wait for the phase; its ``metrics.json`` object, or the child's error."""

@@ -14,7 +14,7 @@ from sssc.config import embedded_config_path, load_config
 from sssc.correct import train as train_mod
 from sssc.correct.train import TrainError, train_phase
 from sssc.data.refer import Refer, pack_images
-from sssc.stages import run_stage
+from sssc.stages import StageError, run_stage
 
 METRIC_KEYS = ["split", "mIoU", "oIoU", *(f"prec@{t}" for t in (0.5, 0.6, 0.7, 0.8, 0.9))]
 
@@ -353,3 +353,26 @@ def test_training_with_official_sample_batches(base, tmp_path):
     steps = [r for r in _losses(run / "correct" / "log.jsonl")[0]]
     assert len(steps) == n_objects // 5  # exactly 5 expressions per step, remainder dropped
     assert m["unmatched"]["expressions_seen"] == 5 * len(steps)
+
+
+def test_a_failed_correct_phase_stops_plus_epochs_beside_it(base, tmp_path, monkeypatch):
+    """With train.parallel_phases, an error in correct ends the +epochs process at once (it
+    resumes on the rerun) and is the error reported."""
+    run, sets = _run_copy(base, tmp_path)
+    cfg = load_config(None, [*sets, "train.plus_epochs=true", "train.parallel_phases=true"])
+    real = train_mod.train_phase
+
+    def failing(phase, *a, **k):
+        if phase == "correct":
+            raise TrainError("correct failed on purpose")
+        return real(phase, *a, **k)
+
+    monkeypatch.setattr(train_mod, "train_phase", failing)
+    with pytest.raises(StageError, match="correct failed on purpose"):
+        run_stage("correct", cfg, run)
+    assert (run / "bootstrap" / "metrics.json").exists()
+    # Stopped, not waited for: the child never got to write its metrics.
+    assert not (run / "plus_epochs" / "metrics.json").exists()
+    monkeypatch.setattr(train_mod, "train_phase", real)
+    run_stage("correct", cfg, run)  # the rerun finishes both
+    assert (run / "plus_epochs" / "metrics.json").exists()
