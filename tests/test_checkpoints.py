@@ -147,6 +147,9 @@ def tiny_bert_cfg(tmp_path_factory):
     d = tmp_path_factory.mktemp("tinybert")
     raw = (Path(__file__).parents[1] / "configs" / "lavt-tiny.yaml").read_text()
     raw = raw.replace("tokenizer: words", "tokenizer: bert")
+    # LAVT has no coordinate features: its releases carry no weights for them.
+    assert "\nposition: coords\n" in raw
+    raw = raw.replace("\nposition: coords\n", "\nposition: none\n")
     (d / "lavt-tiny-bert.yaml").write_text(raw)
     (d / "bert").mkdir()
     (d / "bert" / "vocab.txt").write_text("\n".join(WORDS) + "\n")

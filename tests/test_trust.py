@@ -166,7 +166,7 @@ def _copy(done_run, tmp_path):
             ["train.lr=0.01", "train.class_weights=[1,1]"],
             [
                 "train.lr: 0.001 there, 0.01 now",
-                "train.class_weights: [0.3, 3.0] there, [1.0, 1.0] now",
+                "train.class_weights: [0.5, 1.5] there, [1.0, 1.0] now",
             ],
         ),
         (["select.simulate.p_correct=0.9"], ["select.simulate.p_correct: 0.6 there, 0.9 now"]),
