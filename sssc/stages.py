@@ -416,12 +416,12 @@ def _run_stage3(stage: str, cfg: Any, run_dir: Path) -> dict:
     try:
         refer = Refer.from_config(cfg.data)
         out = {"bootstrap": train_phase("bootstrap", cfg, run_dir, refer)}
-        beside = None
-        if "plus_epochs" in phases and _phases_in_parallel(cfg, world):
-            phases.remove("plus_epochs")
+        later, beside = phases[1:], None
+        if "plus_epochs" in later and _phases_in_parallel(cfg, world):
+            later.remove("plus_epochs")
             beside = _PhaseProcess("plus_epochs", cfg, run_dir)
         try:
-            out.update({ph: train_phase(ph, cfg, run_dir, refer) for ph in phases[1:]})
+            out.update({ph: train_phase(ph, cfg, run_dir, refer) for ph in later})
         except BaseException:
             if beside is not None:  # it resumes from its checkpoint on the rerun
                 beside.stop()
@@ -462,10 +462,9 @@ class _PhaseProcess:
         self.phase, self.log = phase, run_dir / phase / "console.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         ctx = multiprocessing.get_context("spawn")  # no torch or OpenMP state forked mid-flight
-        self.queue = ctx.SimpleQueue()
         self.proc = ctx.Process(
             target=_phase_child,
-            args=(phase, cfg, str(run_dir), str(self.log), self.queue, os.getpid()),
+            args=(phase, cfg, str(run_dir), str(self.log), os.getpid()),
             name=f"sssc-{phase}",
         )
         self.proc.start()
@@ -477,23 +476,21 @@ class _PhaseProcess:
         self.proc.join()
 
     def join(self) -> dict:
-        """Wait for the phase; its ``metrics.json`` object, or the child's error."""
+        """Wait for the phase: its ``metrics.json`` object, or its error (the end of its log)."""
         self.proc.join()
-        result = self.queue.get() if not self.queue.empty() else None
-        if self.proc.exitcode == 0 and isinstance(result, dict):
-            return result
+        if self.proc.exitcode == 0:
+            return read_json(self.log.with_name("metrics.json"), "metrics")
         from .correct.train import TrainError
 
-        if isinstance(result, str):
-            raise TrainError(result)
-        tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        tail = "\n".join(text.replace("\r", "\n").splitlines()[-6:])  # progress bars use \r
         raise TrainError(
             f"{self.phase}: its process ended with exit code {self.proc.exitcode}; the end of "
             f"{self.log}:\n{tail}"
         )
 
 
-def _phase_child(phase: str, cfg: Any, run_dir: str, log: str, queue: Any, parent: int) -> None:
+def _phase_child(phase: str, cfg: Any, run_dir: str, log: str, parent: int) -> None:
     import ctypes
     import signal
 
@@ -507,7 +504,7 @@ def _phase_child(phase: str, cfg: Any, run_dir: str, log: str, queue: Any, paren
         from .correct.train import TrainError, train_phase
 
         try:
-            queue.put(train_phase(phase, cfg, run_dir))
+            train_phase(phase, cfg, run_dir)
         except (TrainError, FileNotFoundError, ValueError) as e:
-            queue.put(f"{phase}: {e}")
+            print(f"{phase}: {e}")  # the last lines of the log, which the parent reports
             raise SystemExit(2) from None

@@ -376,3 +376,15 @@ def test_a_failed_correct_phase_stops_plus_epochs_beside_it(base, tmp_path, monk
     monkeypatch.setattr(train_mod, "train_phase", real)
     run_stage("correct", cfg, run)  # the rerun finishes both
     assert (run / "plus_epochs" / "metrics.json").exists()
+
+
+def test_an_error_in_plus_epochs_beside_correct_is_reported(base, tmp_path):
+    """With train.parallel_phases, the +epochs process's own error reaches the user, with exit
+    code 2 of the child named."""
+    run, sets = _run_copy(base, tmp_path)
+    cfg = load_config(None, [*sets, "train.plus_epochs=true", "train.parallel_phases=true"])
+    run_stage("correct", cfg, run)
+    conf = run / "plus_epochs" / "config.yaml"
+    conf.write_text(conf.read_text().replace("  lr: 0.001\n", "  lr: 0.002\n"))
+    with pytest.raises(StageError, match=r"(?s)exit code 2.*train\.lr: 0\.002 there, 0\.001 now"):
+        run_stage("correct", cfg, run)
