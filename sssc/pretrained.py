@@ -29,6 +29,8 @@ __all__ = [
     "is_random",
     "load_clip",
     "random_init",
+    "shipped_weights",
+    "verify_manifest",
 ]
 
 RANDOM = "random"
@@ -106,14 +108,59 @@ def check_weights(section: str, settings: dict[str, str], optional: tuple[str, .
             )
 
 
+SHIPPED = "sssc:"  # a weights setting "sssc:NAME" names a folder shipped in configs/weights/NAME
+
+
+def shipped_weights(setting: str, name: str) -> Path:
+    """The folder of weights shipped with sssc (``configs/weights/<name>``), checksum checked.
+
+    Raises:
+        WeightsError: no such shipped folder, or :func:`verify_manifest` fails.
+    """
+    import importlib.resources
+
+    folder = Path(str(importlib.resources.files("sssc.configs") / "weights" / name))
+    if not (folder / "pretrain.json").is_file():
+        raise WeightsError(
+            f"{setting}: {SHIPPED}{name} is not shipped with sssc (no {folder / 'pretrain.json'}); "
+            f"build it with `python -m sssc.correct.pretrain --out {folder}`"
+        )
+    verify_manifest(folder, setting)
+    return folder
+
+
+def verify_manifest(folder: Path, setting: str) -> None:
+    """Every file named in ``<folder>/pretrain.json`` matches its SHA-256 there.
+
+    Raises:
+        WeightsError: a file is missing or differs (the message says how to rebuild it).
+    """
+    import hashlib
+    import json
+
+    manifest = folder / "pretrain.json"
+    rebuild = f"python -m sssc.correct.pretrain --out {folder}"
+    for file, want in json.loads(manifest.read_text())["sha256"].items():
+        p = folder / file
+        got = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "missing"
+        if got != want:
+            raise WeightsError(
+                f"{setting}: {p} does not match the SHA-256 in {manifest} ({got[:16]} instead of "
+                f"{want[:16]}); the shipped weights are damaged: restore them from the repository "
+                f"or rebuild them with `{rebuild}`"
+            )
+
+
 def existing_path(
     setting: str, path: str | Path, what: str = "the weights", source: str | None = None
 ) -> Path:
-    """``path`` as a :class:`Path` when it exists.
+    """``path`` as a :class:`Path` when it exists (``sssc:NAME``: :func:`shipped_weights`).
 
     Raises:
         WeightsError: naming the setting, the path and where the official weights are published.
     """
+    if str(path).startswith(SHIPPED):
+        return shipped_weights(setting, str(path)[len(SHIPPED) :])
     p = Path(path).expanduser()
     if not p.exists():
         where = source or WEIGHTS_SOURCES.get(

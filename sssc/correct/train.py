@@ -477,7 +477,16 @@ def _gap_recovered(run_dir: Path, miou: float) -> float | None:
 
 
 def check_init_weights(t: Any) -> None:
-    """Empty ``train.swin_weights``/``bert_weights`` are an error unless ``train.random_init``."""
+    """Empty ``train.swin_weights``/``bert_weights`` are an error unless ``train.random_init``;
+    a given one must exist (shipped ``sssc:NAME`` weights must match their checksums)."""
+    from sssc.pretrained import WeightsError, existing_path
+
+    for k in ("swin_weights", "bert_weights"):
+        if getattr(t, k):
+            try:
+                existing_path(f"train.{k}", getattr(t, k))
+            except WeightsError as e:
+                raise TrainError(str(e)) from None
     missing = [k for k in ("swin_weights", "bert_weights") if not getattr(t, k)]
     if missing and not t.random_init:
         raise TrainError(
