@@ -58,6 +58,7 @@ def test_embedded_default_lists_every_key_with_its_default():
         "loss_norm",
         "random_init",
         "parallel_phases",
+        "swin_weights",  # the shipped pretraining analogue (tests/test_pretrain.py)
     ):
         expected["train"][key] = got["train"][key]
     # A random tiny model on the CPU, on purpose; the schema's defaults are the safe ones.

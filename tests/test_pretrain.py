@@ -105,6 +105,21 @@ def test_shipped_weights_are_checked_against_their_checksum(tmp_path):
         existing_path("swin_weights", "sssc:nope")
 
 
+def test_the_embedded_default_starts_from_the_shipped_swin():
+    from safetensors.torch import load_file
+
+    from sssc.config import load_config
+
+    t = load_config(None).train
+    assert t.swin_weights == "sssc:lavt-tiny-shapes" and not t.bert_weights
+    folder = existing_path("swin_weights", t.swin_weights)
+    model = create_model(t.model, swin_weights=t.swin_weights)
+    saved = load_file(folder / "model.safetensors")
+    ours = model.swin.state_dict()
+    kept = {k: v for k, v in saved.items() if not k.startswith("layernorm.")}  # LAVT skips it
+    assert len(kept) > 50 and all(torch.equal(ours[k], v) for k, v in kept.items())
+
+
 def test_missing_or_unknown_swin_weights_stop_the_run_before_any_stage(tmp_path, capsys):
     from sssc.cli import train_main
 
