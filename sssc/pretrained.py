@@ -29,6 +29,7 @@ __all__ = [
     "is_random",
     "load_clip",
     "random_init",
+    "sha256_file",
     "shipped_weights",
     "verify_manifest",
 ]
@@ -129,20 +130,30 @@ def shipped_weights(setting: str, name: str) -> Path:
     return folder
 
 
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, hex."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def verify_manifest(folder: Path, setting: str) -> None:
     """Every file named in ``<folder>/pretrain.json`` matches its SHA-256 there.
 
     Raises:
         WeightsError: a file is missing or differs (the message says how to rebuild it).
     """
-    import hashlib
     import json
 
     manifest = folder / "pretrain.json"
     rebuild = f"python -m sssc.correct.pretrain --out {folder}"
     for file, want in json.loads(manifest.read_text())["sha256"].items():
         p = folder / file
-        got = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "missing"
+        got = sha256_file(p) if p.is_file() else "missing"
         if got != want:
             raise WeightsError(
                 f"{setting}: {p} does not match the SHA-256 in {manifest} ({got[:16]} instead of "

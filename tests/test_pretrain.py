@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -14,12 +15,15 @@ from sssc.correct.pretrain import (
     PretrainSettings,
     draw_pretraining_images,
     pretrain_swin,
-    sha256_file,
 )
 from sssc.data.synthetic import COLORS
 from sssc.pretrained import WeightsError, existing_path, shipped_weights, verify_manifest
 
 TINY = PretrainSettings(steps=3, batch=4, num_images=6)
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _rgb(images: torch.Tensor) -> np.ndarray:
@@ -62,7 +66,7 @@ def test_pretraining_is_reproducible_and_loads_into_lavt(tmp_path):
     r3 = pretrain_swin(tmp_path / "c", PretrainSettings(steps=3, batch=4, num_images=6, seed=1))
     assert r1["sha256"] == r2["sha256"] != r3["sha256"]
     digest = r1["sha256"]["model.safetensors"]
-    assert digest == sha256_file(tmp_path / "a" / "model.safetensors")
+    assert digest == _sha256(tmp_path / "a" / "model.safetensors")
     assert json.loads((tmp_path / "a" / "pretrain.json").read_text())["settings"]["steps"] == 3
 
     from safetensors.torch import load_file
@@ -89,7 +93,7 @@ def test_shipped_weights_are_checked_against_their_checksum(tmp_path):
     folder = shipped_weights("train.swin_weights", "lavt-tiny-shapes")
     assert existing_path("swin_weights", "sssc:lavt-tiny-shapes") == folder
     rec = json.loads((folder / "pretrain.json").read_text())
-    assert rec["sha256"]["model.safetensors"] == sha256_file(folder / "model.safetensors")
+    assert rec["sha256"]["model.safetensors"] == _sha256(folder / "model.safetensors")
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy)
     verify_manifest(copy, "train.swin_weights")  # an intact copy passes

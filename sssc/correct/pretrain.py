@@ -4,7 +4,7 @@ LAVT starts from a Swin pretrained on ImageNet-22k: its features already tell wh
 an image are. The embedded default's lavt-tiny has no such weights, so this module builds an
 analogue: lavt-tiny's Swin (run stage by stage as LAVT runs it), every stage's features upsampled
 to the first stage's grid and concatenated, and two 1x1 convolutions that classify every pixel's
-shape ({background, circle, square, triangle}) and colour ({background, the 8 colours}). It trains
+shape ({background, circle, square, triangle}) and colour ({background, the 4 colours}). It trains
 on images drawn like the synthetic dataset's (:func:`sssc.data.synthetic._draw_image`) from an RNG
 stream of their own, so never on the dataset's images, and never sees an expression or a referring
 mask. Only the Swin is kept: it is written as an HF Swin folder that ``train.swin_weights`` loads.
@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.synthetic import COLORS, SHAPES, _draw_image
+from ..pretrained import sha256_file
 from .data import preprocess_image
 from .lavt import _swin_hf_config
 from .modelconfig import load_model_config
@@ -121,7 +122,7 @@ class DenseShapeColour(nn.Module):
         self.colour_head = nn.Conv2d(dims, len(COLORS) + 1, 1)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Shape and colour logits, ``[B, 4, H, W]`` and ``[B, 9, H, W]``."""
+        """Shape and colour logits, ``[B, 4, H, W]`` and ``[B, 5, H, W]`` (0: background)."""
         x, (h, w) = self.swin.embeddings(images)
         grid, feats = (h, w), []
         for stage in self.swin.encoder.layers:
@@ -138,14 +139,6 @@ class DenseShapeColour(nn.Module):
             F.interpolate(head(f), size=size, mode="bilinear", align_corners=False)
             for head in (self.shape_head, self.colour_head)
         )
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def pretrain_swin(
@@ -231,14 +224,10 @@ def pretrain_swin(
         (tmp / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
         (tmp / "pretrain.json").chmod(0o644)
         if out.exists():
-            import shutil
-
             shutil.rmtree(out)  # an earlier sssc build (it has pretrain.json)
         tmp.rename(out)
     finally:
         if tmp.exists():
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
     return record
 
