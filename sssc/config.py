@@ -212,6 +212,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     num_workers: int = 0  # DataLoader workers
     threads: int = 0  # torch CPU threads (0: torch's default; 1 is faster on a busy machine)
+    # threads of the bootstrap phase, which always runs alone (0: train.threads); with
+    # parallel_phases, the cores that correct and +epochs share later
+    bootstrap_threads: int = 0
     cache_data: bool = False  # keep decoded images and masks in memory (small datasets)
     sentences_per_object: int = 0  # expressions of an object per epoch (LAVT: 1); 0 = all
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: per epoch)
@@ -598,6 +601,7 @@ def _check_values(cfg: RunConfig, source: str) -> None:
             f"layers >= 0, got {t.bert_train_layers!r}"
         )
     keys = ("bootstrap_epochs", "correct_epochs", "match_size", "num_workers", "threads")
+    keys += ("bootstrap_threads",)
     for key in (*keys, "sentences_per_object", "checkpoint_every"):
         if getattr(t, key) < 0:
             raise ConfigError(f"{source}: 'train.{key}' must be >= 0, got {getattr(t, key)!r}")

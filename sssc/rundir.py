@@ -77,6 +77,7 @@ _OPERATIONAL = {
     "data.image_dir",
     "train.num_workers",
     "train.threads",
+    "train.bootstrap_threads",
     "train.log_every",
     "train.checkpoint_every",
     "train.resume",

@@ -53,6 +53,7 @@ def test_embedded_default_lists_every_key_with_its_default():
         expected["train"][key] = got["train"][key]
     for key in (
         "threads",
+        "bootstrap_threads",
         "eval_every",
         "bert_train_layers",
         "loss_norm",

@@ -77,6 +77,23 @@ def test_config_errors_name_the_key(tmp_path):
         load_model_config("lavt-huge")
 
 
+def test_decoder_width_is_lavts_half_of_stage_4_unless_the_config_sets_it(tmp_path):
+    from sssc.correct.lavt import LAVTDecoder
+
+    # LAVT's SimpleDecoding for Swin-B: 512 hidden channels (stage 4 has 1024).
+    lavt = LAVTDecoder([128, 256, 512, 1024])
+    assert lavt.classifier.in_channels == 512 and lavt.fuse[0][0].in_channels == 1024 + 512
+    assert load_model_config("lavt-base").decoder_hidden == 0  # the rule, for the paper's model
+    tiny = load_model_config("lavt-tiny")
+    model = LAVT(tiny)
+    assert tiny.decoder_hidden == 48 and model.decoder.classifier.in_channels == 48
+    assert [b[0].in_channels for b in model.decoder.fuse] == [192 + 96, 48 + 48, 48 + 24]
+    bad = tmp_path / "m.yaml"
+    bad.write_text("decoder_hidden: -1\n")
+    with pytest.raises(ConfigError, match="'decoder_hidden' must be >= 0"):
+        load_model_config(bad)
+
+
 # ---------------------------------------------------------------- forward shapes
 
 

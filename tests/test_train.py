@@ -48,6 +48,7 @@ def base(tmp_path_factory):
         "train.sentences_per_object=0",
         "train.lr=0.001",
         "train.threads=1",
+        "train.bootstrap_threads=1",
         f"train.model={_model_without_dropout(d)}",
     ]
     cfg = load_config(None, sets)
@@ -206,6 +207,28 @@ def test_correct_without_a_bootstrap_model_is_an_error(base, tmp_path):
 
 class _Stop(Exception):
     pass
+
+
+def test_bootstrap_runs_on_train_bootstrap_threads_and_the_other_phases_on_train_threads(
+    base, tmp_path, monkeypatch
+):
+    """The bootstrap runs alone (train.parallel_phases splits the cores only later): it takes
+    train.bootstrap_threads; 0 means train.threads, which correct and +epochs always take."""
+    run, sets = _run_copy(base, tmp_path)
+    seen = []
+
+    def record(n):
+        seen.append(n)
+        raise _Stop
+
+    monkeypatch.setattr(torch, "set_num_threads", record)
+    for bt, want in ((2, [2, 1, 1]), (0, [1, 1, 1])):
+        cfg = load_config(None, [*sets, f"train.bootstrap_threads={bt}"])
+        seen.clear()
+        for phase in ("bootstrap", "correct", "plus_epochs"):
+            with pytest.raises(_Stop):
+                train_phase(phase, cfg, run)
+        assert seen == want
 
 
 def test_one_training_step_leaves_frozen_bert_untouched_and_bert_in_eval_mode(

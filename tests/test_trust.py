@@ -43,6 +43,7 @@ def _sets(data: Path, **extra) -> list[str]:
         "train.checkpoint_every": 2,
         "train.eval_every": 1,
         "train.threads": 1,
+        "train.bootstrap_threads": 1,
         "train.lr": "1e-3",
         "train.bert_dropout": "true",
     } | extra
@@ -209,6 +210,7 @@ def test_no_resume_redoes_the_stage_and_equals_a_fresh_run(done_run, tmp_path):
 def test_operational_settings_do_not_count(done_run, tmp_path):
     run, sets = _copy(done_run, tmp_path)
     ops = ["--set", "train.threads=2", "--set", "train.log_every=3", "--set", "device=cpu"]
+    ops += ["--set", "train.bootstrap_threads=2"]
     assert train_main(["--stage", "bootstrap", "--run", str(run), *sets, *ops]) == 0
 
 

@@ -230,15 +230,16 @@ class LAVTDecoder(nn.Module):
 
     Stage 4 and 3 are concatenated (4 upsampled if smaller), then two 3x3 conv-BN-ReLU; the
     result is fused the same way with stage 2, then with stage 1; a 1x1 conv gives the 2 classes.
-    The hidden width is half of stage 4's (LAVT: 512 for Swin-B).
+    The hidden width is LAVT's, half of stage 4's (512 for Swin-B), unless ``hidden`` is given.
 
     Args:
         dims: the four stages' widths ``[C1, C2, C3, C4]``.
+        hidden: the hidden width; 0 or None: ``C4 // 2``.
     """
 
-    def __init__(self, dims: list[int]):
+    def __init__(self, dims: list[int], hidden: int | None = None):
         super().__init__()
-        hidden = dims[3] // 2
+        hidden = hidden or dims[3] // 2
         self.fuse = nn.ModuleList(
             [
                 self._block(dims[3] + dims[2], hidden),
@@ -300,7 +301,7 @@ class LAVT(nn.Module):
         # features), so LAVT's fourth gate never gets a gradient; it is dropped like the pooler.
         self.gates = nn.ModuleList(LanguageGate(d) for d in dims[:-1])
         self.stage_norms = nn.ModuleList(nn.LayerNorm(d) for d in dims)
-        self.decoder = LAVTDecoder(dims)
+        self.decoder = LAVTDecoder(dims, config.decoder_hidden)
         if config.position == "coords":
             self.coords = nn.ModuleList(nn.Linear(_COORD_FEATURES, d) for d in dims)
 

@@ -72,6 +72,8 @@ class LAVTConfig:
     # added to the stage's tokens before its blocks (the spatial features of earlier referring
     # segmentation models, e.g. RMI and CMSA)
     position: str = "none"
+    # The light decoder's hidden width; 0: LAVT's rule, half of stage 4's (512 for Swin-B)
+    decoder_hidden: int = 0
 
     @property
     def stage_dims(self) -> list[int]:
@@ -125,6 +127,11 @@ def _check_config(cfg: LAVTConfig, source: str) -> None:
         raise ConfigError(f"{source}: 'bert.num_attention_heads' must divide 'bert.hidden_size'")
     if cfg.position not in ("none", "coords"):
         raise ConfigError(f"{source}: 'position' must be 'none' or 'coords', got {cfg.position!r}")
+    if cfg.decoder_hidden < 0:
+        raise ConfigError(
+            f"{source}: 'decoder_hidden' must be >= 0 (0: half of stage 4's width), "
+            f"got {cfg.decoder_hidden}"
+        )
     if cfg.tokenizer not in ("bert", "words"):
         raise ConfigError(f"{source}: 'tokenizer' must be 'bert' or 'words', got {cfg.tokenizer!r}")
     if not 0 < cfg.max_tokens <= cfg.bert.max_position_embeddings:

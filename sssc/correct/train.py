@@ -146,8 +146,9 @@ def train_phase(
     s2 = Store(run_dir / "select", kind="S2") if targets == "s2" else None
     producer = (s2 or s1).producer
 
-    if t.threads > 0:
-        torch.set_num_threads(t.threads)
+    threads = t.bootstrap_threads if phase == "bootstrap" and t.bootstrap_threads else t.threads
+    if threads > 0:
+        torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed), np.random.seed(cfg.seed), random.seed(cfg.seed)
     if not init:
         try:
@@ -569,11 +570,15 @@ def _keep_good_checkpoint(model, batch, ckpt_path: Path, amp: bool, device) -> s
 def build_optimizer(model, t: Any) -> torch.optim.AdamW:
     """AdamW over LAVT's parameter groups (:func:`sssc.correct.lavt.param_groups`), as every
     phase trains: no weight decay on norms and relative position tables, and only BERT's first
-    ``train.bert_train_layers`` encoder layers (``-1``: all of BERT) in the optimizer."""
+    ``train.bert_train_layers`` encoder layers (``-1``: all of BERT) in the optimizer. PyTorch's
+    fused implementation where the parameters' device has one (CPU and CUDA)."""
     from .lavt import param_groups
 
     bert_layers = None if t.bert_train_layers < 0 else t.bert_train_layers
-    return torch.optim.AdamW(param_groups(model, t.weight_decay, bert_layers), lr=t.lr)
+    groups = param_groups(model, t.weight_decay, bert_layers)
+    # The fused kernel: the same update, one pass over all tensors (5% of a lavt-tiny CPU step).
+    fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=t.lr, fused=fused)
 
 
 _WHAT = {
