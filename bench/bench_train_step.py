@@ -109,10 +109,17 @@ def test_train_step(benchmark, name, size, device, part):
     benchmark.group = f"train_step-{name}"
 
 
-# lavt-tiny at the embedded default's 64x64 input and ~20 expressions a step: the previous config
-# (windows of 6, no coordinates; the 16x16 grid is padded to 18x18, the 8x8 one to 12x12) beside
-# the current one (windows of 4, which tile every stage's grid, and coordinate features).
-TINY_VARIANTS = {"window6-baseline": (6, "none"), "window4-coords": (4, "coords")}
+# lavt-tiny at the embedded default's 64x64 input and ~20 expressions a step, three configs:
+# - window6-baseline: windows of 6, no coordinates (the 16x16 grid is padded to 18x18, the 8x8 one
+#   to 12x12), LAVT's decoder width (half of stage 4: 96), AdamW's for-loop update;
+# - window4-coords: windows of 4, which tile every stage's grid, and coordinate features;
+# - decoder48-fused: the current one, also a decoder 48 wide and the fused AdamW that training
+#   builds (sssc.correct.train.build_optimizer).
+TINY_VARIANTS = {
+    "window6-baseline": (6, "none", 96, False),
+    "window4-coords": (4, "coords", 96, False),
+    "decoder48-fused": (4, "coords", 48, True),
+}
 
 
 @pytest.mark.parametrize("variant", list(TINY_VARIANTS))
@@ -123,14 +130,17 @@ def test_tiny_step_at_64(benchmark, variant):
 
     if os.environ.get("SSSC_BENCH_THREADS"):
         torch.set_num_threads(int(os.environ["SSSC_BENCH_THREADS"]))
-    window, position = TINY_VARIANTS[variant]
+    window, position, hidden, fused = TINY_VARIANTS[variant]
     cfg = load_model_config("lavt-tiny")
     cfg = dataclasses.replace(
-        cfg, swin=dataclasses.replace(cfg.swin, window_size=window), position=position
+        cfg,
+        swin=dataclasses.replace(cfg.swin, window_size=window),
+        position=position,
+        decoder_hidden=hidden,
     )
     torch.manual_seed(0)
     model = LAVT(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2, fused=fused)
     g = torch.Generator().manual_seed(0)
     images = torch.randn(20, 3, 64, 64, generator=g)
     ids = torch.randint(5, 200, (20, 8), generator=g)
@@ -150,4 +160,6 @@ def test_tiny_step_at_64(benchmark, variant):
     benchmark.extra_info["samples_per_s"] = 20 / mean
     if variant != "window6-baseline" and "tiny64-window6-baseline" in _MEANS:
         benchmark.extra_info["speedup"] = _MEANS["tiny64-window6-baseline"] / mean
+    if variant == "decoder48-fused" and "tiny64-window4-coords" in _MEANS:
+        benchmark.extra_info["speedup_vs_window4"] = _MEANS["tiny64-window4-coords"] / mean
     benchmark.group = "train_step-lavt-tiny-64"
