@@ -199,6 +199,31 @@ def test_cli_correct_runs_every_stage_and_prints_the_table(base, tmp_path, capsy
     assert "S+S+C" in capsys.readouterr().out
 
 
+def test_a_checkpoint_of_another_model_config_is_a_clear_error(base, tmp_path):
+    """A run written by another version of the model config (lavt-tiny's decoder was 96 wide
+    before 2026-12-05): continuing from its bootstrap model, or resuming its own checkpoint, names
+    the file and the way out instead of a load_state_dict traceback."""
+    run, sets = _run_copy(base, tmp_path)
+    raw = yaml.safe_load(embedded_config_path("lavt-tiny").read_text())
+    raw["decoder_hidden"] = 16
+    other = tmp_path / "lavt-tiny-16.yaml"
+    other.write_text(yaml.safe_dump(raw))
+    cfg16 = load_config(None, [*sets, f"train.model={other}", "train.bootstrap_epochs=1"])
+    train_phase("bootstrap", cfg16, run)
+    raw["decoder_hidden"] = 8
+    other.write_text(yaml.safe_dump(raw))  # same path, so the run's settings still match
+    cfg8 = load_config(None, [*sets, f"train.model={other}", "train.bootstrap_epochs=1"])
+    with pytest.raises(TrainError, match=r"bootstrap/checkpoint\.pt: the model of the bootstrap "):
+        train_phase("correct", cfg8, run)
+    ckpt = run / "bootstrap" / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=False)
+    state["done"] = False  # a killed bootstrap: its own checkpoint is resumed
+    torch.save(state, ckpt)
+    (run / "bootstrap" / "metrics.json").unlink(missing_ok=True)
+    with pytest.raises(TrainError, match="this bootstrap phase does not fit .*--no-resume"):
+        train_phase("bootstrap", cfg8, run)
+
+
 def test_correct_without_a_bootstrap_model_is_an_error(base, tmp_path):
     run, sets = _run_copy(base, tmp_path)
     with pytest.raises(TrainError, match="sssc-train --stage bootstrap"):

@@ -169,7 +169,7 @@ def train_phase(
             )
         if t.selection == "best_gt":  # the official code continues from the best epoch on GT
             state = _load(run_dir / init / "best.pt") or state
-        model.load_state_dict(state["model"])
+        _load_model(model, state, init_ckpt, t.model, f"the {init} phase")
     words = sorted({w for r in refer.refs.values() for s in r.sentences for w in s.tokens})
     tokenize = build_tokenizer(model.config, vocab_words=words, bert_path=t.bert_weights or None)
     model.to(device)
@@ -217,7 +217,7 @@ def train_phase(
         if done is not None:
             cleanup_dist(own_pg)
             return done
-        model.load_state_dict(state["model"])
+        _load_model(model, state, ckpt_path, t.model, f"this {phase} phase")
         opt.load_state_dict(state["optimizer"]), sched.load_state_dict(state["scheduler"])
         if changed:  # after a NaN stop: the new lr (and clipping) from here on
             _set_base_lr(opt, sched, t.lr)
@@ -515,6 +515,23 @@ def _load(path: Path) -> dict | None:
         return load_checkpoint(path)
     except CheckpointError as e:
         raise TrainError(str(e)) from None
+
+
+def _load_model(model, state: dict, path: Path, name: str, what: str) -> None:
+    """``model.load_state_dict(state["model"])``, or a TrainError that says why it cannot: the
+    checkpoint was written by another version of the model config (e.g. lavt-tiny's decoder width,
+    96 before 2026-12-05 and 48 since)."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+        first = lines[1] if len(lines) > 1 else lines[0] if lines else ""
+        raise TrainError(
+            f"{path}: the model of {what} does not fit train.model={name} as it is configured "
+            f"now ({first}); the model config changed since this run was written. Rerun with "
+            "--no-resume to train it again (it overwrites sssc's outputs there), or use another "
+            "--run"
+        ) from None
 
 
 def _metrics_if_readable(path: Path) -> dict | None:
