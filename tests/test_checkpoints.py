@@ -93,7 +93,9 @@ def _official_lavt(cfg, seed: int = 0) -> tuple[dict[str, Tensor], dict[str, Ten
         m[f"backbone.norm{i}.weight"] = 1 + r(d)
         m[f"backbone.norm{i}.bias"] = r(d)
     c4 = 8 * c
-    h = c4 // 2
+    # SimpleDecoding's hidden width is c4_dims // factor: LAVT's factor 2, or the config's width
+    # (lavt-tiny's 48 is factor 4).
+    h = cfg.decoder_hidden or c4 // 2
     for suffix, cin in [("4", c4 + c4 // 2), ("3", h + c4 // 4), ("2", h + c4 // 8)]:
         m[f"classifier.conv1_{suffix}.weight"] = r(h, cin, 3, 3)
         m[f"classifier.conv2_{suffix}.weight"] = r(h, h, 3, 3)

@@ -19,8 +19,16 @@ STD = np.array([0.229, 0.224, 0.225])
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     torch.manual_seed(0)
-    model = create_model("lavt-tiny")
+    model = create_model("lavt-tiny").eval()
     tok = build_tokenizer(model.config, vocab_words=WORDS)
+    # A random model's mask may be empty on an image, and the CLI test draws one: shift the
+    # object logit so that half of that test's image is object (the median logit margin there).
+    with torch.no_grad():
+        rgb = _image(45, 60, seed=2)
+        x = np.asarray(Image.fromarray(rgb).resize((32, 32), Image.BILINEAR), np.float64) / 255
+        x = torch.from_numpy(((x - MEAN) / STD).transpose(2, 0, 1)).float()[None]
+        logits = model(x, *tok(["the red circle"]))[0]
+        model.decoder.classifier.bias[1] -= (logits[1] - logits[0]).median()
     path = tmp_path_factory.mktemp("predict") / "checkpoint.pt"
     state = {"model": model.state_dict(), "model_name": "lavt-tiny", "image_size": 32}
     save_checkpoint(path, state | {"vocab": list(tok.vocab), "bert_path": "", "done": True})
@@ -75,6 +83,7 @@ def test_cli_draws_the_mask(ckpt, tmp_path, capsys):
     assert main([*argv, "--out", str(out), "--mask-out", str(mask_out)]) == 0
     mask = np.asarray(Image.open(mask_out)) > 0
     np.testing.assert_array_equal(mask, sssc.predict(str(path), rgb, "the red circle"))
+    assert 0 < mask.sum() < mask.size  # something drawn, something left as it was
     drawn = np.asarray(Image.open(out)).astype(int)
     assert drawn.shape == rgb.shape
     assert np.array_equal(drawn[~mask], rgb[~mask])  # untouched outside the mask
