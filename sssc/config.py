@@ -601,8 +601,7 @@ def _check_values(cfg: RunConfig, source: str) -> None:
             f"layers >= 0, got {t.bert_train_layers!r}"
         )
     keys = ("bootstrap_epochs", "correct_epochs", "match_size", "num_workers", "threads")
-    keys += ("bootstrap_threads",)
-    for key in (*keys, "sentences_per_object", "checkpoint_every"):
+    for key in (*keys, "bootstrap_threads", "sentences_per_object", "checkpoint_every"):
         if getattr(t, key) < 0:
             raise ConfigError(f"{source}: 'train.{key}' must be >= 0, got {getattr(t, key)!r}")
     if not (t.lr > 0 and t.weight_decay >= 0 and t.grad_clip >= 0 and t.poly_power >= 0):

@@ -280,6 +280,7 @@ def test_recipe_official_sets_every_official_behaviour_and_explicit_keys_win(tmp
         ("train.weight_decay=.nan", "train.weight_decay"),
         ("select.models.sigma=0", "sigma"),
         ("segment.models.box_threshold=1.5", "box_threshold"),
+        ("train.bootstrap_threads=-1", "'train.bootstrap_threads' must be >= 0"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(override, key):

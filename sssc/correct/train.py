@@ -524,8 +524,8 @@ def _load_model(model, state: dict, path: Path, name: str, what: str) -> None:
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
-        first = lines[1] if len(lines) > 1 else lines[0] if lines else ""
+        # torch's message: a header line, then one line per mismatching or missing weight
+        first = next((x.strip() for x in str(e).splitlines()[1:] if x.strip()), str(e))
         raise TrainError(
             f"{path}: the model of {what} does not fit train.model={name} as it is configured "
             f"now ({first}); the model config changed since this run was written. Rerun with "
