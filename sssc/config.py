@@ -194,6 +194,9 @@ class TrainConfig:
     # in less wall time on a CPU with cores to spare
     parallel_phases: bool = False
     lr: float = 5e-5  # AdamW
+    # Swin's learning rate as a fraction of lr (LAVT: 1, one lr for the whole model); 0.1 keeps
+    # a pretrained tiny Swin's features while the rest learns (README, deviation row 28)
+    backbone_lr_scale: float = 1.0
     weight_decay: float = 1e-2
     poly_power: float = 0.9  # lr * (1 - step / total) ** poly_power, per phase
     class_weights: list[float] = field(default_factory=lambda: [0.9, 1.1])  # background, object
@@ -609,6 +612,11 @@ def _check_values(cfg: RunConfig, source: str) -> None:
             f"{source}: 'train.lr' must be > 0 and 'train.weight_decay', 'train.grad_clip', "
             f"'train.poly_power' >= 0, got {t.lr!r}, {t.weight_decay!r}, {t.grad_clip!r}, "
             f"{t.poly_power!r}"
+        )
+    if not 0 <= t.backbone_lr_scale <= 1:
+        raise ConfigError(
+            f"{source}: 'train.backbone_lr_scale' must be in [0, 1] (a fraction of train.lr; 0 "
+            f"freezes Swin), got {t.backbone_lr_scale!r}"
         )
     if len(t.class_weights) != 2 or min(t.class_weights) <= 0:
         raise ConfigError(

@@ -281,6 +281,8 @@ def test_recipe_official_sets_every_official_behaviour_and_explicit_keys_win(tmp
         ("select.models.sigma=0", "sigma"),
         ("segment.models.box_threshold=1.5", "box_threshold"),
         ("train.bootstrap_threads=-1", "'train.bootstrap_threads' must be >= 0"),
+        ("train.backbone_lr_scale=-0.1", "'train.backbone_lr_scale' must be in [0, 1]"),
+        ("train.backbone_lr_scale=2", "'train.backbone_lr_scale' must be in [0, 1]"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(override, key):

@@ -403,6 +403,44 @@ def test_training_optimizer_decays_only_what_lavt_decays_and_skips_frozen_bert()
     assert sum(len(g["params"]) for g in everything.param_groups) == len(list(model.parameters()))
 
 
+@pytest.mark.parametrize("scale", [0.1, 0.0])
+def test_backbone_lr_scale_moves_swin_by_that_fraction(scale):
+    """train.backbone_lr_scale: Adam's first step moves every parameter by its lr times the sign
+    of its gradient, so with unit gradients Swin moves by scale * lr and the rest by lr; the
+    poly schedule and a resume with a new lr (_set_base_lr) keep the fraction."""
+    from sssc.config import TrainConfig
+    from sssc.correct.train import _set_base_lr, build_optimizer
+
+    model = _tiny()
+    lr = 0.01
+    opt = build_optimizer(model, TrainConfig(lr=lr, weight_decay=0.0, backbone_lr_scale=scale))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    moved = 0
+    for n, p in model.named_parameters():
+        if id(p) not in in_opt:
+            continue
+        want = before[n] - (scale * lr if n.startswith("swin.") else lr)
+        torch.testing.assert_close(p.detach(), want, rtol=0, atol=1e-6, msg=n)
+        moved += 1
+    assert moved == len(in_opt)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5**s)
+    opt.step(), sched.step()
+    swin = {id(p) for p in model.swin.parameters()}
+
+    def lrs():
+        return {(id(g["params"][0]) in swin, g["lr"]) for g in opt.param_groups}
+
+    assert lrs() == {(True, scale * lr * 0.5), (False, lr * 0.5)}
+    _set_base_lr(opt, sched, 0.002)
+    assert lrs() == {(True, scale * 0.002 * 0.5), (False, 0.002 * 0.5)}
+    plain = build_optimizer(model, TrainConfig(lr=lr))
+    assert {g["lr"] for g in plain.param_groups} == {lr} and len(plain.param_groups) == 4
+
+
 @pytest.mark.parametrize("branches, per_block", [("both", 2), ("attention", 1)])
 def test_drop_path_branches(branches, per_block):
     """Official Swin drops the attention and the MLP branch of every block; transformers' Swin
