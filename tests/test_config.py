@@ -60,6 +60,7 @@ def test_embedded_default_lists_every_key_with_its_default():
         "random_init",
         "parallel_phases",
         "swin_weights",  # the shipped pretraining analogue (tests/test_pretrain.py)
+        "backbone_lr_scale",  # the pretrained tiny Swin fine-tuned at 0.1 x lr
     ):
         expected["train"][key] = got["train"][key]
     # A random tiny model on the CPU, on purpose; the schema's defaults are the safe ones.
