@@ -397,7 +397,8 @@ def train_phase(
                 "step": step,
                 "global_step": gstep,
                 "loss": value,
-                "lr": sched.get_last_lr()[0],
+                # train.lr's value now (Swin's groups run at train.backbone_lr_scale of it)
+                "lr": next(g["lr"] for g in opt.param_groups if g.get("lr_scale", 1.0) == 1.0),
                 "samples_per_s": rate,
             }
             if rank == 0:
