@@ -109,16 +109,19 @@ def test_train_step(benchmark, name, size, device, part):
     benchmark.group = f"train_step-{name}"
 
 
-# lavt-tiny at the embedded default's 64x64 input and ~20 expressions a step, three configs:
+# lavt-tiny at the embedded default's 64x64 input and ~20 expressions a step, four configs:
 # - window6-baseline: windows of 6, no coordinates (the 16x16 grid is padded to 18x18, the 8x8 one
 #   to 12x12), LAVT's decoder width (half of stage 4: 96), AdamW's for-loop update;
 # - window4-coords: windows of 4, which tile every stage's grid, and coordinate features;
-# - decoder48-fused: the current one, also a decoder 48 wide and the fused AdamW that training
-#   builds (sssc.correct.train.build_optimizer).
+# - decoder48-fused: also a decoder 48 wide and the fused AdamW that training builds
+#   (sssc.correct.train.build_optimizer);
+# - refine8: the current one, also the refine head 8 wide (model config ``refine_hidden``), whose
+#   cost is the ``refine_cost`` of its row (time / decoder48-fused's).
 TINY_VARIANTS = {
-    "window6-baseline": (6, "none", 96, False),
-    "window4-coords": (4, "coords", 96, False),
-    "decoder48-fused": (4, "coords", 48, True),
+    "window6-baseline": (6, "none", 96, False, 0),
+    "window4-coords": (4, "coords", 96, False, 0),
+    "decoder48-fused": (4, "coords", 48, True, 0),
+    "refine8": (4, "coords", 48, True, 8),
 }
 
 
@@ -130,13 +133,14 @@ def test_tiny_step_at_64(benchmark, variant):
 
     if os.environ.get("SSSC_BENCH_THREADS"):
         torch.set_num_threads(int(os.environ["SSSC_BENCH_THREADS"]))
-    window, position, hidden, fused = TINY_VARIANTS[variant]
+    window, position, hidden, fused, refine = TINY_VARIANTS[variant]
     cfg = load_model_config("lavt-tiny")
     cfg = dataclasses.replace(
         cfg,
         swin=dataclasses.replace(cfg.swin, window_size=window),
         position=position,
         decoder_hidden=hidden,
+        refine_hidden=refine,
     )
     torch.manual_seed(0)
     model = LAVT(cfg)
@@ -162,4 +166,6 @@ def test_tiny_step_at_64(benchmark, variant):
         benchmark.extra_info["speedup"] = _MEANS["tiny64-window6-baseline"] / mean
     if variant == "decoder48-fused" and "tiny64-window4-coords" in _MEANS:
         benchmark.extra_info["speedup_vs_window4"] = _MEANS["tiny64-window4-coords"] / mean
+    if variant == "refine8" and "tiny64-decoder48-fused" in _MEANS:
+        benchmark.extra_info["refine_cost"] = mean / _MEANS["tiny64-decoder48-fused"]
     benchmark.group = "train_step-lavt-tiny-64"

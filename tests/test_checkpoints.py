@@ -152,6 +152,9 @@ def tiny_bert_cfg(tmp_path_factory):
     # LAVT has no coordinate features: its releases carry no weights for them.
     assert "\nposition: coords\n" in raw
     raw = raw.replace("\nposition: coords\n", "\nposition: none\n")
+    # Nor a refine head.
+    assert "\nrefine_hidden: 8\n" in raw
+    raw = raw.replace("\nrefine_hidden: 8\n", "\nrefine_hidden: 0\n")
     (d / "lavt-tiny-bert.yaml").write_text(raw)
     (d / "bert").mkdir()
     (d / "bert" / "vocab.txt").write_text("\n".join(WORDS) + "\n")

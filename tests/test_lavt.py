@@ -94,6 +94,57 @@ def test_decoder_width_is_lavts_half_of_stage_4_unless_the_config_sets_it(tmp_pa
         load_model_config(bad)
 
 
+def _refine_reference(head, logits, images):
+    """RefineHead in float64 with F.conv2d on NCHW tensors (no channels-last, no modules)."""
+    convs = [m for m in head.net if isinstance(m, torch.nn.Conv2d)]
+    x = torch.cat([logits, images], dim=1).double()
+    for i, c in enumerate(convs):
+        x = F.conv2d(x, c.weight.double(), c.bias.double(), padding=1)
+        if i < len(convs) - 1:
+            x = x.clamp_min(0)
+    return logits.double() + x
+
+
+def test_refine_head_starts_as_lavts_output_and_matches_a_float64_reference(tmp_path):
+    from sssc.correct.lavt import RefineHead
+
+    base = load_model_config("lavt-tiny")
+    assert load_model_config("lavt-base").refine_hidden == 0
+    assert not hasattr(LAVT(dataclasses.replace(base, refine_hidden=0)), "refine")
+    torch.manual_seed(0)
+    plain = LAVT(dataclasses.replace(base, refine_hidden=0)).eval()
+    refined = LAVT(dataclasses.replace(base, refine_hidden=8)).eval()
+    missing = refined.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("refine.") for k in missing)
+    images, ids, mask = _batch(plain, size=(64, 64))
+    with torch.no_grad():  # the last convolution starts at zero: LAVT's logits, unchanged
+        torch.testing.assert_close(refined(images, ids, mask), plain(images, ids, mask))
+
+    head = RefineHead(8)
+    g = torch.Generator().manual_seed(1)
+    for p in head.parameters():
+        p.data = torch.randn(p.shape, generator=g) * 0.3
+    logits = torch.randn(2, 2, 24, 20, generator=g)
+    pixels = torch.randn(2, 3, 24, 20, generator=g)
+    torch.testing.assert_close(
+        head(logits, pixels).double(), _refine_reference(head, logits, pixels), rtol=1e-4, atol=1e-4
+    )
+    # Three 3x3 convolutions: one pixel of the image moves the logits within 3 pixels of it only.
+    moved = pixels.clone()
+    moved[:, :, 10, 8] += 5.0
+    diff = (head(logits, moved) - head(logits, pixels)).abs().amax(dim=(0, 1))
+    near = torch.zeros_like(diff, dtype=torch.bool)
+    near[7:14, 5:12] = True
+    assert diff[10, 8] > 0 and diff[~near].max() == 0
+    out = head(logits, pixels).sum()
+    out.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    bad = tmp_path / "m.yaml"
+    bad.write_text("refine_hidden: -2\n")
+    with pytest.raises(ConfigError, match="'refine_hidden' must be >= 0"):
+        load_model_config(bad)
+
+
 # ---------------------------------------------------------------- forward shapes
 
 
@@ -147,9 +198,14 @@ def test_every_parameter_gets_a_gradient(which):
     assert not missing, f"parameters the forward does not use: {missing}"
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.grad).all()]
     assert not bad, f"non-finite gradients: {bad}"
-    # A zero gradient everywhere would mean a dead branch (e.g. a gate stuck at zero).
+    # A zero gradient everywhere would mean a dead branch (e.g. a gate stuck at zero). The refine
+    # head's last convolution starts at zero, so the two before it get their first gradient after
+    # one step (test_refine_head_...: with non-zero weights every one of them gets one).
     dead = [n for n, p in model.named_parameters() if not p.grad.abs().sum() > 0]
-    assert not dead, f"all-zero gradients: {dead}"
+    starts_at_zero = {f"refine.net.{i}.{w}" for i in (0, 2) for w in ("weight", "bias")}
+    assert not [n for n in dead if n not in starts_at_zero], f"all-zero gradients: {dead}"
+    if which == "lavt-tiny":
+        assert model.refine.net[-1].weight.grad.abs().sum() > 0
     # LAVT drops BERT's pooler and Swin's final norm and classifier.
     names = {n for n, _ in model.named_parameters()}
     assert not any("pooler" in n or n.startswith("swin.layernorm") for n in names)

@@ -74,6 +74,10 @@ class LAVTConfig:
     position: str = "none"
     # The light decoder's hidden width; 0: LAVT's rule, half of stage 4's (512 for Swin-B)
     decoder_hidden: int = 0
+    # sssc: the width of a head that refines the upsampled 1/4-resolution logits at the input
+    # resolution with the image (three 3x3 convolutions, a residual that starts at zero); 0: none
+    # (LAVT: bilinear upsampling only)
+    refine_hidden: int = 0
 
     @property
     def stage_dims(self) -> list[int]:
@@ -131,6 +135,10 @@ def _check_config(cfg: LAVTConfig, source: str) -> None:
         raise ConfigError(
             f"{source}: 'decoder_hidden' must be >= 0 (0: half of stage 4's width), "
             f"got {cfg.decoder_hidden}"
+        )
+    if cfg.refine_hidden < 0:
+        raise ConfigError(
+            f"{source}: 'refine_hidden' must be >= 0 (0: no refine head), got {cfg.refine_hidden}"
         )
     if cfg.tokenizer not in ("bert", "words"):
         raise ConfigError(f"{source}: 'tokenizer' must be 'bert' or 'words', got {cfg.tokenizer!r}")
