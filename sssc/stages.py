@@ -401,7 +401,7 @@ def _finish(stage: str, refer: Refer, cfg: Any, run_dir: Path, log: _Log, ranks:
 def _run_stage3(stage: str, cfg: Any, run_dir: Path) -> dict:
     """``bootstrap``, or ``correct``/``all``: bootstrap, correct (and ``+epochs``), then a table."""
     from .correct.train import TrainError, train_phase
-    from .correct.trainutil import cleanup_dist, setup_dist
+    from .correct.trainutil import CheckpointWriteError, cleanup_dist, setup_dist
 
     # Under torchrun every rank writes its share of the missing Stage 1-2 shards.
     rank, world, own_pg = setup_dist()
@@ -428,7 +428,7 @@ def _run_stage3(stage: str, cfg: Any, run_dir: Path) -> dict:
             raise
         if beside is not None:
             out["plus_epochs"] = beside.join()
-    except (TrainError, FileNotFoundError, ValueError) as e:
+    except (TrainError, CheckpointWriteError, FileNotFoundError, ValueError) as e:
         raise StageError(f"--stage {stage}: {e}") from None
     except DatasetError as e:
         raise StageError(f"dataset: {e}") from None
@@ -502,9 +502,10 @@ def _phase_child(phase: str, cfg: Any, run_dir: str, log: str, parent: int) -> N
         os.dup2(f.fileno(), 1), os.dup2(f.fileno(), 2)
         sys.stdout = sys.stderr = f
         from .correct.train import TrainError, train_phase
+        from .correct.trainutil import CheckpointWriteError
 
         try:
             train_phase(phase, cfg, run_dir)
-        except (TrainError, FileNotFoundError, ValueError) as e:
+        except (TrainError, CheckpointWriteError, FileNotFoundError, ValueError) as e:
             print(f"{phase}: {e}")  # the last lines of the log, which the parent reports
             raise SystemExit(2) from None

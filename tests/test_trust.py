@@ -625,3 +625,52 @@ def test_parallel_phases_equal_sequential_and_die_with_a_killed_parent(tmp_path)
         a = torch.load(seq / "run" / phase / "checkpoint.pt", weights_only=True)
         b = torch.load(chain / "run" / phase / "checkpoint.pt", weights_only=True)
         _tensors_equal(a["model"], b["model"], f"{phase}.model")
+
+
+def test_a_full_disk_while_checkpointing_is_named_and_keeps_the_previous_checkpoint(
+    tmp_path, monkeypatch
+):
+    from sssc.correct.trainutil import CheckpointWriteError, load_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"epoch": 1, "model": {"w": torch.arange(4.0)}})
+    real_save = torch.save
+
+    def full_disk(obj, f):  # half a file, then the error torch gives on a full disk
+        real_save(obj, f)
+        Path(f).write_bytes(Path(f).read_bytes()[:100])
+        raise RuntimeError("[enforce fail at inline_container.cc] basic_ios::clear: iostream error")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointWriteError) as e:
+        save_checkpoint(path, {"epoch": 2, "model": {"w": torch.zeros(4)}}, keep_previous=True)
+    msg = str(e.value)
+    assert str(path) in msg and "MiB free" in msg and "previous checkpoint.pt is intact" in msg
+    assert "iostream error" in msg and "run the same command again" in msg
+    monkeypatch.setattr(torch, "save", real_save)
+    state = load_checkpoint(path)
+    assert state["epoch"] == 1 and torch.equal(state["model"]["w"], torch.arange(4.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temporaries left
+
+
+def test_a_full_disk_in_training_exits_2_with_the_message(done_run, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    run, sets = _copy(done_run, tmp_path)
+    shutil.rmtree(run / "bootstrap")
+    real_save, calls = torch.save, []
+
+    def second_save_fails(obj, f):
+        calls.append(f)
+        if len(calls) == 2:
+            raise RuntimeError("basic_ios::clear: iostream error")
+        real_save(obj, f)
+
+    monkeypatch.setattr(torch, "save", second_save_fails)
+    capsys.readouterr()
+    assert train_main(["--stage", "bootstrap", "--run", str(run), *sets]) == 2
+    err = capsys.readouterr().err
+    assert "could not write checkpoint" in err and "checkpoint.pt" in err and "MiB free" in err
+    assert "run the same command again" in err
+    monkeypatch.setattr(torch, "save", real_save)
+    assert train_main(["--stage", "bootstrap", "--run", str(run), *sets]) == 0  # resumes

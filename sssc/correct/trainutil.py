@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -82,16 +83,33 @@ class GlobalBN2d(torch.nn.BatchNorm2d):
         return y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, most often); the previous one is intact."""
+
+
 def save_checkpoint(path: Path, state: dict, keep_previous: bool = False) -> None:
     """Write a checkpoint atomically (a temporary file, then ``os.replace``).
 
     With ``keep_previous`` the file it replaces stays as ``<stem>.prev.pt`` (a hard link made
     before the swap), the fallback of the NaN stop. Every step leaves a whole checkpoint at
     ``path`` or at the previous one: a kill never leaves half a file in either place.
+
+    Raises:
+        CheckpointWriteError: the write failed (torch reports a full disk as "basic_ios::clear:
+            iostream error"); the message names the file, the free space and what was kept.
     """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except (RuntimeError, OSError) as e:
+            # A full disk reaches here as torch's "basic_ios::clear: iostream error".
+            free = shutil.disk_usage(path.parent).free / 2**20
+            kept = f"the previous {path.name} is intact" if path.exists() else "nothing replaced"
+            raise CheckpointWriteError(
+                f"could not write checkpoint {path} ({free:.0f} MiB free on its disk; {kept}): "
+                f"{e}. Free some space and run the same command again to resume."
+            ) from e
         if keep_previous and path.exists():
             prev = path.with_name(path.stem + ".prev" + path.suffix)
             link = prev.with_name(f".{prev.name}.tmp-{os.getpid()}")
