@@ -169,3 +169,32 @@ def test_tiny_step_at_64(benchmark, variant):
     if variant == "refine8" and "tiny64-decoder48-fused" in _MEANS:
         benchmark.extra_info["refine_cost"] = mean / _MEANS["tiny64-decoder48-fused"]
     benchmark.group = "train_step-lavt-tiny-64"
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_refine_head_layout(benchmark, layout):
+    """lavt-tiny's refine head (``refine_hidden: 8``) at 64x64, 20 expressions: forward + backward
+    of its three convolutions in the default layout and in the channels-last one it runs in."""
+    from sssc.correct.lavt import RefineHead
+
+    if os.environ.get("SSSC_BENCH_THREADS"):
+        torch.set_num_threads(int(os.environ["SSSC_BENCH_THREADS"]))
+    torch.manual_seed(0)
+    head = RefineHead(8)
+    torch.nn.init.normal_(head.net[-1].weight, std=0.1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 5, 64, 64, generator=g)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def step():
+        head.zero_grad(set_to_none=True)
+        head.net(x).sum().backward()
+
+    step()
+    benchmark.pedantic(step, rounds=20, iterations=1)
+    mean = benchmark.stats.stats.mean
+    _MEANS[f"refine-{layout}"] = mean
+    if layout == "channels_last" and "refine-nchw" in _MEANS:
+        benchmark.extra_info["speedup"] = _MEANS["refine-nchw"] / mean
+    benchmark.group = "refine-head-64"
