@@ -62,6 +62,8 @@ class SynthConfig:
     num_images: int = 1000
     image_size: int = 96
     seed: int = 0
+    val_images: int = 0  # images in the val split (0: a tenth of num_images)
+    test_images: int = 0  # images in the test split (0: a tenth of num_images)
 
 
 @dataclass
@@ -290,7 +292,12 @@ _PROBABILITIES = (
     "segment.models.box_threshold",
     "segment.models.text_threshold",
 )
-_NON_NEGATIVE = ("segment.simulate.jitter_px", "select.models.min_area")
+_NON_NEGATIVE = (
+    "segment.simulate.jitter_px",
+    "select.models.min_area",
+    "data.synth.val_images",
+    "data.synth.test_images",
+)
 _POSITIVE_INTS = (
     "data.batch_expressions",
     "data.synth.num_images",
@@ -593,6 +600,13 @@ def _check_values(cfg: RunConfig, source: str) -> None:
             f"{source}: 'data.synth.image_size' must be >= 32 (room for the shapes), "
             f"got {cfg.data.synth.image_size!r}"
         )
+    from .data.synthetic import split_sizes
+
+    sy = cfg.data.synth
+    try:
+        split_sizes(sy.num_images, sy.val_images, sy.test_images)
+    except ValueError as e:
+        raise ConfigError(f"{source}: 'data.synth': {e}") from None
     if cfg.select.models.sigma <= 0:
         raise ConfigError(
             f"{source}: 'select.models.sigma' must be > 0, got {cfg.select.models.sigma!r}"

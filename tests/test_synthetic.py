@@ -346,3 +346,64 @@ def test_generate_rejects_bad_sizes(tmp_path):
         generate(tmp_path, num_images=0)
     with pytest.raises(ValueError, match="image_size"):
         generate(tmp_path, image_size=8)
+
+
+def test_split_sizes_are_set_and_the_images_stay_the_same(tmp_path, synth):
+    """val_images/test_images relabel splits; with num_images fixed the images are the same."""
+    _, folder, refer = synth
+    other = generate(tmp_path, seed=0, num_images=N_IMAGES, val_images=12, test_images=5)
+    r2 = Refer(tmp_path, "synthetic", "synthetic", other / "images")
+    # Counted from the refs: an image without a referred object is in no count.
+    images = {s: {r.image_id for r in r2.split_refs(s)} for s in r2.splits()}
+    assert 6 < len(images["val"]) <= 12 and 2 < len(images["test"]) <= 5
+    assert len(set().union(*images.values())) == sum(len(v) for v in images.values())
+    # Same pixels, objects and expressions; only the split labels moved.
+    a, b = _digest(folder), _digest(other)
+    assert {k for k in a if a[k] != b[k]} == {
+        "instances.json",  # its "info" holds the settings
+        "refs(synthetic).p",
+        "generator.json",
+    }
+    before = {r.ref_id: (r.ann_id, r.split) for r in refer.refs.values()}
+    after = {r.ref_id: (r.ann_id, r.split) for r in r2.refs.values()}
+    assert before.keys() == after.keys()
+    assert all(before[k][0] == after[k][0] for k in before)
+    assert any(before[k][1] != after[k][1] for k in before)
+    stored = (other / "generator.json").read_text()
+    assert '"val_images": 12' in stored and '"test_images": 5' in stored
+    assert "val_images" not in (folder / "generator.json").read_text()  # the tenths: as before
+
+
+def test_split_sizes_count_images_exactly():
+    from sssc.data.synthetic import _image_splits, split_sizes
+
+    assert split_sizes(1100, 200, 100) == (200, 100)
+    assert split_sizes(1000) == (100, 100) and split_sizes(5) == (1, 1)
+    names = _image_splits(1100, np.random.default_rng(0), 200, 100)
+    assert (names.count("val"), names.count("test"), names.count("train")) == (200, 100, 800)
+    with pytest.raises(ValueError, match="no train image"):
+        split_sizes(10, 6, 4)
+    with pytest.raises(ValueError, match=">= 0"):
+        split_sizes(10, -1, 0)
+
+
+@pytest.mark.parametrize(
+    "sets, match",
+    [
+        (["data.synth.val_images=-1"], "'data.synth.val_images' must be >= 0"),
+        (["data.synth.num_images=10", "data.synth.val_images=9"], "no train image"),
+    ],
+)
+def test_bad_split_sizes_are_config_errors(sets, match):
+    from sssc.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, sets)
+
+
+def test_other_split_sizes_are_other_settings(tmp_path):
+    overrides = [f"data.root={tmp_path}", "data.synth.num_images=12"]
+    Refer.from_config(load_config(None, overrides).data)
+    cfg = load_config(None, [*overrides, "data.synth.val_images=3"])
+    with pytest.raises(DatasetError, match="val_images: 1 there, 3 now"):
+        Refer.from_config(cfg.data)

@@ -29,6 +29,8 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=defaults[0])
     s.add_argument("--num-images", type=int, default=defaults[1])
     s.add_argument("--image-size", type=int, default=defaults[2])
+    s.add_argument("--val-images", type=int, default=0, help="val images (0: a tenth)")
+    s.add_argument("--test-images", type=int, default=0, help="test images (0: a tenth)")
     s.set_defaults(func=_synth)
 
     c = sub.add_parser(
@@ -64,7 +66,14 @@ def _synth(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     try:
-        folder = generate(args.out, args.seed, args.num_images, args.image_size)
+        folder = generate(
+            args.out,
+            args.seed,
+            args.num_images,
+            args.image_size,
+            val_images=args.val_images,
+            test_images=args.test_images,
+        )
         refer = Refer(args.out, "synthetic", "synthetic", folder / "images")
     except (ValueError, OSError, DatasetError) as e:
         print(f"sssc data synth: {e}", file=sys.stderr)

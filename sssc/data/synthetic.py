@@ -22,7 +22,8 @@ cut into non-overlapping rectangles along pixel edges (each row's runs of pixels
 rows while they stay the same), which pycocotools rasterises back to exactly those pixels (checked
 for every annotation as it is written).
 Annotations also carry ``"shape"`` and ``"color"``.
-Splits are by image: about 80% train, 10% val, 10% test.
+Splits are by image: by default about 80% train, 10% val, 10% test (``val_images`` and
+``test_images`` set other sizes; the embedded default's val holds 200 of 1,100 images).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-__all__ = ["COLORS", "SHAPES", "ensure_generated", "generate", "mask_polygons"]
+__all__ = ["COLORS", "SHAPES", "ensure_generated", "generate", "mask_polygons", "split_sizes"]
 
 SHAPES = ("circle", "square", "triangle")
 COLORS = {  # RGB, far apart so that a colour name is never in doubt
@@ -82,6 +83,8 @@ def generate(
     num_images: int = 1000,
     image_size: int = 96,
     replace: bool = True,
+    val_images: int = 0,
+    test_images: int = 0,
 ) -> Path:
     """Write the synthetic dataset under ``out_dir`` in the REFER layout.
 
@@ -100,6 +103,8 @@ def generate(
         image_size: side of the square images, in pixels (at least 32).
         replace: replace an earlier sssc-generated folder; if false, one that appeared while
             this one was written (another run) is kept and this one discarded.
+        val_images: images in the val split (0: a tenth of ``num_images``).
+        test_images: images in the test split (0: a tenth of ``num_images``).
 
     Returns:
         The dataset folder ``<out>/synthetic``.
@@ -111,6 +116,7 @@ def generate(
         raise ValueError(
             f"generate: need num_images >= 1 and image_size >= 32, got {num_images}, {image_size}"
         )
+    split_sizes(num_images, val_images, test_images)  # raises on sizes that do not fit
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     final = out / "synthetic"
@@ -119,7 +125,7 @@ def generate(
     _sweep_dead_temporaries(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".synthetic.tmp-{os.getpid()}-", dir=out))
     try:
-        _write(tmp, seed, num_images, image_size)
+        _write(tmp, seed, num_images, image_size, val_images, test_images)
         try:
             os.replace(tmp, final)  # only succeeds when final is absent (or an empty folder)
         except OSError:
@@ -176,53 +182,84 @@ def ensure_generated(data_cfg: Any) -> Path:
     from .refer import DatasetError
 
     synth = data_cfg.synth
-    settings = _settings(synth.seed, synth.num_images, synth.image_size)
+    settings = _settings(
+        synth.seed, synth.num_images, synth.image_size, synth.val_images, synth.test_images
+    )
     folder = Path(data_cfg.root) / "synthetic"
     if folder.exists():
         stored = _stored_settings(folder)
         if stored is None:
             raise DatasetError(_foreign(folder))
         if stored != settings:
+            there, now = _with_split_sizes(stored), _with_split_sizes(settings)
             diff = ", ".join(
-                f"{k}: {stored.get(k)!r} there, {v!r} now"
-                for k, v in settings.items()
-                if stored.get(k) != v
+                f"{k}: {there.get(k)!r} there, {v!r} now"
+                for k, v in now.items()
+                if there.get(k) != v
             )
             raise DatasetError(
                 f"{folder}: generated with other data.synth settings ({diff}); it may be in use "
                 "by another run, so it is not replaced. Set data.root to another folder for these "
                 f"settings, or regenerate it with `sssc data synth --out {data_cfg.root} "
                 f"--seed {synth.seed} --num-images {synth.num_images} --image-size "
-                f"{synth.image_size}`"
+                f"{synth.image_size} --val-images {synth.val_images} --test-images "
+                f"{synth.test_images}`"
             )
         return folder
     print(
         f"sssc: generating the synthetic dataset in {folder} "
-        f"(seed={synth.seed}, num_images={synth.num_images}, image_size={synth.image_size})",
+        f"(seed={synth.seed}, num_images={synth.num_images}, image_size={synth.image_size}, "
+        f"val_images={synth.val_images}, test_images={synth.test_images})",
         file=sys.stderr,
     )
     try:
         return generate(
-            data_cfg.root, synth.seed, synth.num_images, synth.image_size, replace=False
+            data_cfg.root,
+            synth.seed,
+            synth.num_images,
+            synth.image_size,
+            replace=False,
+            val_images=synth.val_images,
+            test_images=synth.test_images,
         )
     except ValueError as e:
         raise DatasetError(str(e)) from None
 
 
-def _settings(seed: int, num_images: int, image_size: int) -> dict:
-    return {
+def _settings(
+    seed: int, num_images: int, image_size: int, val_images: int = 0, test_images: int = 0
+) -> dict:
+    out = {
         "generator": "sssc.data.synthetic",
         "version": _VERSION,
         "seed": seed,
         "num_images": num_images,
         "image_size": image_size,
     }
+    # Split sizes other than a tenth each are recorded (a folder made before they could be set
+    # holds the tenths, and its generator.json stays valid).
+    n_val, n_test = split_sizes(num_images, val_images, test_images)
+    tenth = split_sizes(num_images, 0, 0)
+    if (n_val, n_test) != tenth:
+        out.update(val_images=n_val, test_images=n_test)
+    return out
 
 
-def _write(folder: Path, seed: int, num_images: int, image_size: int) -> None:
+def _with_split_sizes(settings: dict) -> dict:
+    """Settings with the split sizes spelled out (a tenth each where they are not recorded)."""
+    out = dict(settings)
+    n = out.get("num_images")
+    if isinstance(n, int) and n >= 1 and "val_images" not in out:
+        out["val_images"], out["test_images"] = split_sizes(n)
+    return out
+
+
+def _write(
+    folder: Path, seed: int, num_images: int, image_size: int, val_images: int, test_images: int
+) -> None:
     rng = np.random.default_rng(seed)
     (folder / "images").mkdir()
-    splits = _image_splits(num_images, rng)
+    splits = _image_splits(num_images, rng, *split_sizes(num_images, val_images, test_images))
     images, anns, refs = [], [], []
     cat_id = {s: i + 1 for i, s in enumerate(SHAPES)}
     sent_id = 0
@@ -272,7 +309,7 @@ def _write(folder: Path, seed: int, num_images: int, image_size: int) -> None:
                 }
             )
     coco = {
-        "info": _settings(seed, num_images, image_size),
+        "info": _settings(seed, num_images, image_size, val_images, test_images),
         "images": images,
         "annotations": anns,
         "categories": [{"id": cat_id[s], "name": s, "supercategory": "shape"} for s in SHAPES],
@@ -280,7 +317,9 @@ def _write(folder: Path, seed: int, num_images: int, image_size: int) -> None:
     (folder / "instances.json").write_text(json.dumps(coco))
     # Protocol 2, as the published REFER files (written by Python 2).
     (folder / "refs(synthetic).p").write_bytes(pickle.dumps(refs, protocol=2))
-    (folder / "generator.json").write_text(json.dumps(_settings(seed, num_images, image_size)))
+    (folder / "generator.json").write_text(
+        json.dumps(_settings(seed, num_images, image_size, val_images, test_images))
+    )
 
 
 def mask_polygons(mask: np.ndarray) -> list[list[int]]:
@@ -320,9 +359,28 @@ def mask_polygons(mask: np.ndarray) -> list[list[int]]:
     return polys
 
 
-def _image_splits(n: int, rng: np.random.Generator) -> list[str]:
-    n_val = n // 10 if n >= 10 else int(n >= 2)
-    n_test = n // 10 if n >= 10 else int(n >= 3)
+def split_sizes(num_images: int, val_images: int = 0, test_images: int = 0) -> tuple[int, int]:
+    """The val and test image counts of the synthetic dataset (0: a tenth of the images each).
+
+    Raises:
+        ValueError: a negative count, or no image left for train.
+    """
+    if val_images < 0 or test_images < 0:
+        raise ValueError(
+            f"val_images and test_images must be >= 0, got {val_images} and {test_images}"
+        )
+    n = num_images
+    n_val = val_images or (n // 10 if n >= 10 else int(n >= 2))
+    n_test = test_images or (n // 10 if n >= 10 else int(n >= 3))
+    if n_val + n_test >= n:
+        raise ValueError(
+            f"val_images ({n_val}) and test_images ({n_test}) leave no train image of {n} "
+            "(num_images)"
+        )
+    return n_val, n_test
+
+
+def _image_splits(n: int, rng: np.random.Generator, n_val: int, n_test: int) -> list[str]:
     names = ["val"] * n_val + ["test"] * n_test + ["train"] * (n - n_val - n_test)
     return [names[i] for i in rng.permutation(n)]
 
