@@ -23,7 +23,7 @@ rows while they stay the same), which pycocotools rasterises back to exactly tho
 for every annotation as it is written).
 Annotations also carry ``"shape"`` and ``"color"``.
 Splits are by image: by default about 80% train, 10% val, 10% test (``val_images`` and
-``test_images`` set other sizes; the embedded default's val holds 200 of 1,100 images).
+``test_images`` set other sizes).
 """
 
 from __future__ import annotations
