@@ -5,21 +5,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 from pathlib import Path
 
 import pytest
 import torch
+from ddp import spawn
 
 from sssc.config import load_config
 
 SHARD = 2  # images per shard, so that 10 images make 5 shards to split between 2 ranks
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _sets(tmp: Path, models: bool) -> list[str]:
@@ -60,11 +54,7 @@ def _worker(rank, world, port, tmp, sets, run, kill_rank, kill_after):
 
 
 def _spawn(tmp, sets, run, kill_rank=-1, kill_after=0):
-    torch.multiprocessing.spawn(
-        _worker,
-        args=(2, _free_port(), str(tmp), sets, run, kill_rank, kill_after),
-        nprocs=2,
-    )
+    spawn(_worker, (str(tmp), sets, run, kill_rank, kill_after))
 
 
 def _files(d: Path) -> dict[str, bytes]:
@@ -94,8 +84,9 @@ def test_two_ranks_write_one_store_equal_to_one_process(tmp_path, monkeypatch, m
     assert len([k for k in one["segment"] if k.startswith("shards/")]) >= 4
 
     # Rank 1 is killed after its first Stage 1 shard; torchrun (here: spawn) ends the job.
-    with pytest.raises(Exception):  # noqa: B017 - the spawn reports the killed process
+    with pytest.raises(torch.multiprocessing.ProcessExitedException) as e:
         _spawn(tmp_path, sets, "ddp", kill_rank=1, kill_after=1)
+    assert (e.value.error_index, e.value.signal_name) == (1, "SIGKILL"), str(e.value)
     shards = tmp_path / "ddp" / "segment" / "shards"
     survived = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.jsonl")}
     assert "shard-00001.jsonl" in survived  # rank 1's first shard (shard k goes to rank k % 2)

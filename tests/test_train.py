@@ -3,11 +3,11 @@
 import json
 import os
 import shutil
-import socket
 
 import pytest
 import torch
 import yaml
+from ddp import spawn
 
 from sssc.cli import train_main
 from sssc.config import embedded_config_path, load_config
@@ -125,12 +125,6 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(base, tmp_path, monke
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank, world, port, sets, run):
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
@@ -145,7 +139,7 @@ def test_ddp_two_ranks_gloo_equals_one_process_with_the_same_global_batch(base, 
     cfg = load_config(None, sets)
     refer = Refer.from_config(cfg.data)
     assert min(len(b) for b in pack_images(refer, "train", 24, shuffle=True, seed=0)) >= 2
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), sets, run), nprocs=2)
+    spawn(_ddp_worker, (sets, run))
     ddp, _ = _losses(run / "bootstrap" / "log.jsonl")
 
     one = tmp_path / "one"

@@ -1,0 +1,27 @@
+"""Two-rank gloo runs in one test: ``spawn`` picks a free port for torch's rendezvous and retries
+with a new one when another process took it between the pick and the bind (the only failure it
+retries; every other one reaches the test unchanged)."""
+
+from __future__ import annotations
+
+import socket
+
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(fn, args: tuple, nprocs: int = 2, tries: int = 3) -> None:
+    """``mp.spawn(fn, args=(nprocs, port, *args))``; a rank that failed to listen on ``port``
+    (EADDRINUSE) makes it try again on a fresh port, at most ``tries`` times."""
+    for attempt in range(tries):
+        try:
+            mp.spawn(fn, args=(nprocs, free_port(), *args), nprocs=nprocs)
+            return
+        except mp.ProcessRaisedException as e:
+            if "EADDRINUSE" not in str(e) or attempt == tries - 1:
+                raise
