@@ -59,11 +59,11 @@ class ConfigError(ValueError):
 class SynthConfig:
     """The embedded synthetic dataset, generated under ``data.root`` when missing."""
 
-    num_images: int = 1000
+    num_images: int = 2200
     image_size: int = 96
     seed: int = 0
-    val_images: int = 0  # images in the val split (0: a tenth of num_images)
-    test_images: int = 0  # images in the test split (0: a tenth of num_images)
+    val_images: int = 100  # images in the val split (0: a tenth of num_images)
+    test_images: int = 100  # images in the test split (0: a tenth of num_images)
 
 
 @dataclass
@@ -375,7 +375,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def _check_whole(cfg: RunConfig, source: str) -> None:
-    """Rules across sections, checked once every override is in."""
+    """Rules across keys, checked once every override is in (so that ``--set num_images=12
+    --set val_images=0`` works in that order too)."""
+    from .data.synthetic import split_sizes
+
+    sy = cfg.data.synth
+    try:
+        split_sizes(sy.num_images, sy.val_images, sy.test_images)
+    except ValueError as e:
+        raise ConfigError(f"{source}: 'data.synth': {e}") from None
     for stage in ("segment", "select"):
         sec = getattr(cfg, stage)
         if (
@@ -600,13 +608,6 @@ def _check_values(cfg: RunConfig, source: str) -> None:
             f"{source}: 'data.synth.image_size' must be >= 32 (room for the shapes), "
             f"got {cfg.data.synth.image_size!r}"
         )
-    from .data.synthetic import split_sizes
-
-    sy = cfg.data.synth
-    try:
-        split_sizes(sy.num_images, sy.val_images, sy.test_images)
-    except ValueError as e:
-        raise ConfigError(f"{source}: 'data.synth': {e}") from None
     if cfg.select.models.sigma <= 0:
         raise ConfigError(
             f"{source}: 'select.models.sigma' must be > 0, got {cfg.select.models.sigma!r}"

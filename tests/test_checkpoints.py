@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_data import synth_sets
 from torch import Tensor
 
 from sssc.cli import main
@@ -385,7 +386,7 @@ def test_predict_and_eval_take_a_published_checkpoint(official, tiny_bert_cfg, t
     data = tmp_path / "data"
     sets = [f"data.root={data}", f"data.image_dir={data}/synthetic/images"]
     sets += [
-        "data.synth.num_images=6",
+        *synth_sets(6),
         "data.synth.image_size=32",
         f"train.bert_weights={bert_dir}",
     ]
@@ -421,7 +422,7 @@ def test_eval_names_a_split_that_does_not_exist(official, tiny_bert_cfg, tmp_pat
     sets = [
         f"data.root={data}",
         f"data.image_dir={data}/synthetic/images",
-        "data.synth.num_images=4",
+        *synth_sets(4),
     ]
     sets += ["data.synth.image_size=32", f"train.bert_weights={tiny_bert_cfg[1]}"]
     argv = ["eval", "--checkpoint", str(pub), "--model", str(tiny_bert_cfg[0]), "--split", "testA"]

@@ -8,6 +8,7 @@ import re
 
 import pytest
 import yaml
+from tiny_data import synth_sets
 
 from sssc.config import (
     ConfigError,
@@ -160,7 +161,7 @@ def test_overrides_apply_in_order_with_yaml_values():
     cfg = load_config(
         None,
         [
-            "data.synth.num_images=10",
+            *synth_sets(10),
             "data.class_names=[a, b]",
             "train.lr=0.001",
             "train.class_weights=[1, 2]",

@@ -23,7 +23,25 @@ def _counts(out: str) -> dict[str, tuple[int, int, int]]:
 
 @pytest.fixture()
 def synth_root(tmp_path, capsys):
-    assert main(["data", "synth", "--out", str(tmp_path), "--seed", "2", "--num-images", "30"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                "--out",
+                str(tmp_path),
+                "--seed",
+                "2",
+                "--num-images",
+                "30",
+                "--val-images",
+                "0",
+                "--test-images",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
     return tmp_path
 

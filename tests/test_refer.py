@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
+from tiny_data import TENTHS
 
 from sssc.data import DatasetError, Refer, load_refs_pickle, pack_images
 from sssc.data.synthetic import generate
@@ -490,7 +491,7 @@ def test_python2_pickle_with_latin1_bytes(tmp_path):
 @pytest.fixture(scope="module")
 def synth_refer(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
-    folder = generate(root, seed=3, num_images=80)
+    folder = generate(root, seed=3, num_images=80, **TENTHS)
     return Refer(root, "synthetic", "synthetic", folder / "images")
 
 

@@ -20,6 +20,7 @@ import torch
 for _mod in ("groundingdino", "segment_anything", "open_clip"):
     pytest.importorskip(_mod, reason="Stage 1/2 models are in the segment and select extras")
 
+from tiny_data import synth_sets  # noqa: E402
 from tiny_models import models_overrides  # noqa: E402
 
 from sssc import stages  # noqa: E402
@@ -34,7 +35,7 @@ def _overrides(tmp: Path) -> list[str]:
     return models_overrides(tmp / "models") + [
         f"data.root={tmp / 'data'}",
         f"data.image_dir={tmp / 'data' / 'synthetic' / 'images'}",
-        "data.synth.num_images=8",
+        *synth_sets(8),
     ]
 
 
@@ -200,7 +201,7 @@ def test_official_detector_rules_run_end_to_end(tmp_path):
         "segment.models.gdino_labels=exact",
         "segment.models.gdino_retry=official",
         "segment.models.query=most_likely",
-        "data.synth.num_images=4",
+        *synth_sets(4),
     ]
     cfg = load_config(None, ov)
     stages.run_stage("select", cfg, tmp_path / "run")

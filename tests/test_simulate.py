@@ -5,6 +5,7 @@ import types
 import numpy as np
 import pytest
 from scipy import ndimage
+from tiny_data import TENTHS
 
 from sssc.data import masks
 from sssc.data.refer import Refer
@@ -17,7 +18,7 @@ from sssc.store import ImageRecord
 @pytest.fixture(scope="module")
 def refer(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
-    generate(root, seed=3, num_images=300, image_size=64)
+    generate(root, seed=3, num_images=300, image_size=64, **TENTHS)
     return Refer(root, "synthetic", "synthetic", root / "synthetic" / "images")
 
 

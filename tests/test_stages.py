@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from tiny_data import synth_args
 
 from sssc.cli import main, train_main
 from sssc.config import load_config
@@ -30,8 +31,7 @@ def sets(tmp_path, monkeypatch):
         f"data.root={root}",
         "--set",
         f"data.image_dir={root}/synthetic/images",
-        "--set",
-        "data.synth.num_images=60",
+        *synth_args(60),
     ]
 
 

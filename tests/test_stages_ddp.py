@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from ddp import spawn
+from tiny_data import synth_sets
 
 from sssc.config import load_config
 
@@ -17,7 +18,7 @@ SHARD = 2  # images per shard, so that 10 images make 5 shards to split between 
 
 
 def _sets(tmp: Path, models: bool) -> list[str]:
-    sets = [f"data.root={tmp / 'data'}", "data.synth.num_images=12"]
+    sets = [f"data.root={tmp / 'data'}", *synth_sets(12)]
     if models:
         from tiny_models import models_overrides
 

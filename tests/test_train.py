@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 from ddp import spawn
+from tiny_data import synth_sets
 
 from sssc.cli import train_main
 from sssc.config import embedded_config_path, load_config
@@ -39,7 +40,7 @@ def base(tmp_path_factory):
     sets = [
         f"data.root={d}/data",
         f"data.image_dir={d}/data/synthetic/images",
-        "data.synth.num_images=24",
+        *synth_sets(24),
         "data.batch_expressions=24",
         "train.image_size=32",
         "train.bootstrap_epochs=2",

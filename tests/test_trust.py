@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_data import TENTHS, synth_args
 
 from sssc.cli import main, train_main
 from sssc.config import load_config
@@ -34,6 +35,8 @@ def _sets(data: Path, **extra) -> list[str]:
     sets = {
         "data.root": str(data),
         "data.synth.num_images": 24,
+        "data.synth.val_images": 0,
+        "data.synth.test_images": 0,
         "data.batch_expressions": 12,
         "train.image_size": 32,
         "train.bootstrap_epochs": 2,
@@ -389,7 +392,7 @@ def test_store_manifest_without_a_key_is_named(done_run, tmp_path, capsys):
 def _tiny_dataset(tmp_path, edit=None):
     from sssc.data.synthetic import generate
 
-    folder = generate(tmp_path, num_images=6)
+    folder = generate(tmp_path, num_images=6, **TENTHS)
     if edit is not None:
         refs = pickle.loads((folder / "refs(synthetic).p").read_bytes())
         coco = json.loads((folder / "instances.json").read_text())
@@ -519,7 +522,7 @@ def test_torchrun_passes_run_dir_through(tmp_path):
 def test_data_root_elsewhere_works_and_viz_never_writes_data(tmp_path, monkeypatch, capsys):
     elsewhere = tmp_path / "elsewhere"
     run = tmp_path / "run"
-    sets = ["--set", f"data.root={elsewhere}", "--set", "data.synth.num_images=12"]
+    sets = ["--set", f"data.root={elsewhere}", *synth_args(12)]
     assert train_main(["--stage", "select", "--run", str(run), *sets]) == 0
     other = tmp_path / "cwd"
     other.mkdir()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from tiny_data import synth_sets
 
 from sssc import stages, viz
 from sssc.cli import main
@@ -17,7 +18,7 @@ def test_viz_panels_choice_and_exit_codes(tmp_path, capsys):
     ov = [
         f"data.root={tmp_path / 'data'}",
         f"data.image_dir={tmp_path / 'data' / 'synthetic' / 'images'}",
-        "data.synth.num_images=6",
+        *synth_sets(6),
     ]
     cfg = load_config(None, ov)
     run = tmp_path / "run"

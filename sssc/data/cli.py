@@ -9,6 +9,7 @@ naming the bad file or item and exits 2.
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -23,14 +24,22 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("data", help="prepare and check datasets")
     sub = p.add_subparsers(dest="data_cmd", required=True)
 
-    defaults = generate.__defaults__  # (seed, num_images, image_size)
-    s = sub.add_parser("synth", help="write the synthetic dataset (REFER layout)")
+    default = {k: v.default for k, v in inspect.signature(generate).parameters.items()}
+    s = sub.add_parser(
+        "synth",
+        help="write the synthetic dataset (REFER layout)",
+        description="With no options: the embedded default's dataset.",
+    )
     s.add_argument("--out", required=True, help="dataset root; writes OUT/synthetic/")
-    s.add_argument("--seed", type=int, default=defaults[0])
-    s.add_argument("--num-images", type=int, default=defaults[1])
-    s.add_argument("--image-size", type=int, default=defaults[2])
-    s.add_argument("--val-images", type=int, default=0, help="val images (0: a tenth)")
-    s.add_argument("--test-images", type=int, default=0, help="test images (0: a tenth)")
+    s.add_argument("--seed", type=int, default=default["seed"])
+    s.add_argument("--num-images", type=int, default=default["num_images"])
+    s.add_argument("--image-size", type=int, default=default["image_size"])
+    s.add_argument(
+        "--val-images", type=int, default=default["val_images"], help="val images (0: a tenth)"
+    )
+    s.add_argument(
+        "--test-images", type=int, default=default["test_images"], help="test images (0: a tenth)"
+    )
     s.set_defaults(func=_synth)
 
     c = sub.add_parser(
