@@ -23,25 +23,8 @@ def _counts(out: str) -> dict[str, tuple[int, int, int]]:
 
 @pytest.fixture()
 def synth_root(tmp_path, capsys):
-    assert (
-        main(
-            [
-                "data",
-                "synth",
-                "--out",
-                str(tmp_path),
-                "--seed",
-                "2",
-                "--num-images",
-                "30",
-                "--val-images",
-                "0",
-                "--test-images",
-                "0",
-            ]
-        )
-        == 0
-    )
+    argv = "--seed 2 --num-images 30 --val-images 0 --test-images 0".split()
+    assert main(["data", "synth", "--out", str(tmp_path), *argv]) == 0
     assert "wrote" in capsys.readouterr().out
     return tmp_path
 
