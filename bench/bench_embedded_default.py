@@ -37,8 +37,12 @@ KEYS = ("mIoU", "oIoU", "prec@0.5")
 _TRAIN = [str(Path(sys.executable).with_name("sssc-train"))]
 
 
-def run_default(seed: int, extra: list[str] | None = None) -> dict:
-    """One fresh ``sssc-train --stage correct`` (seed N: training and simulation seeds)."""
+def run_default(seed: int, extra: list[str] | None = None, stage: str = "correct") -> dict:
+    """One fresh ``sssc-train --stage STAGE`` (seed N: training and simulation seeds).
+
+    ``stage`` is ``correct`` (every row) or ``bootstrap`` (the rows up to ZSBootstrap).
+    """
+    rows = {"correct": ROWS, "bootstrap": ROWS[:3]}[stage]
     sets = (
         []
         if seed == 0
@@ -48,17 +52,17 @@ def run_default(seed: int, extra: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         p = subprocess.run(
-            [*_TRAIN, "--stage", "correct", *args], cwd=d, capture_output=True, text=True
+            [*_TRAIN, "--stage", stage, *args], cwd=d, capture_output=True, text=True
         )
         wall = time.perf_counter() - t0
         if p.returncode:
             raise RuntimeError(f"sssc-train failed:\n{p.stderr[-3000:]}")
         table = {
             name: {
-                k: json.loads((Path(d) / "runs/default" / stage / "metrics.json").read_text())[k]
+                k: json.loads((Path(d) / "runs/default" / phase / "metrics.json").read_text())[k]
                 for k in KEYS
             }
-            for stage, name in ROWS
+            for phase, name in rows
         }
         cpu = os.times()
     return {

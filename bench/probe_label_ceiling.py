@@ -8,8 +8,9 @@ S+S (the labels), ZSBootstrap (the model trained on them) and the ratio ZSBootst
 mIoU on val. If the ratio stays put as the labels get cleaner, the shortfall is the model's (what
 lavt-tiny learns in the default's epochs), not the noise of S2.
 
-Seed N sets the training seed and both simulation seeds, as ``bench_embedded_default.py`` does.
-Runs go ``--jobs`` at a time (default 2, each with ``train.bootstrap_threads=1``: the 2 cores)::
+Seed N sets the training seed and both simulation seeds, as ``bench_embedded_default.py`` does
+(its ``run_default`` runs each). Runs go ``--jobs`` at a time (default 2, each with
+``train.bootstrap_threads=1``: the 2 cores)::
 
     .venv/bin/python bench/probe_label_ceiling.py --seeds 0 1 2 --p-correct 1.0 0.6 [--set k=v]
 """
@@ -18,43 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-_TRAIN = str(Path(sys.executable).with_name("sssc-train"))
-_ROWS = (("segment", "S1 oracle"), ("select", "S+S"), ("bootstrap", "ZSBootstrap"))
+from bench_embedded_default import run_default
 
 
 def run(seed: int, p_correct: float, sets: list[str], threads: int) -> dict:
-    """One fresh ``sssc-train --stage bootstrap``; the three rows' val mIoU and the wall time."""
-    sets = [
-        f"seed={seed}",
-        f"segment.simulate.seed={seed}",
-        f"select.simulate.seed={seed}",
-        f"select.simulate.p_correct={p_correct}",
-        f"train.bootstrap_threads={threads}",
-        *sets,
-    ]
-    args = [a for s in sets for a in ("--set", s)]
-    with tempfile.TemporaryDirectory(prefix="sssc-ceiling-") as d:
-        t0 = time.perf_counter()
-        p = subprocess.run(
-            [_TRAIN, "--stage", "bootstrap", *args], cwd=d, capture_output=True, text=True
-        )
-        wall = time.perf_counter() - t0
-        if p.returncode:
-            where = f"seed {seed}, p_correct {p_correct}"
-            raise RuntimeError(f"sssc-train failed ({where}):\n{p.stderr[-3000:]}")
-        runs = Path(d) / "runs/default"
-        miou = {
-            name: json.loads((runs / stage / "metrics.json").read_text())["mIoU"]
-            for stage, name in _ROWS
-        }
-    return {"seed": seed, "p_correct": p_correct, "wall_s": wall, "mIoU": miou}
+    """One fresh bootstrap; the S1 oracle, S+S and ZSBootstrap val mIoU and the wall time."""
+    first = [f"select.simulate.p_correct={p_correct}", f"train.bootstrap_threads={threads}"]
+    r = run_default(seed, [*first, *sets], stage="bootstrap")
+    miou = {name: row["mIoU"] for name, row in r["table"].items()}
+    return {"seed": seed, "p_correct": p_correct, "wall_s": r["wall_s"], "mIoU": miou}
 
 
 def main() -> None:
@@ -65,6 +41,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--json", help="also write every run's figures here")
     args = ap.parse_args()
+    if args.jobs < 1:
+        ap.error("--jobs must be at least 1")
     threads = 1 if args.jobs > 1 else 2
     todo = [(s, p) for p in args.p_correct for s in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
