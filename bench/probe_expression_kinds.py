@@ -107,7 +107,7 @@ def probe(
                 if label is not None:
                     s2[k].append(label)
     out = {}
-    for k in sorted(iou, key=_ORDER):
+    for k in sorted(iou, key=_row_order):
         row = {
             "n": len(iou[k]),
             "IoU": 100 * float(np.mean(iou[k])),
@@ -121,7 +121,7 @@ def probe(
     return out
 
 
-def _ORDER(k: str) -> tuple:
+def _row_order(k: str) -> tuple:
     """Kinds first (each superlative word under its kind), then the same-shape counts."""
     if k.endswith("of its shape"):
         return (1, k)
