@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from sssc.config import load_config
 from sssc.correct.data import preprocess_image
 from sssc.data.refer import Refer
+from sssc.eval.metrics import intersection_union
 from sssc.inference import load_predictor
 from sssc.store import Store
 from sssc.store.store import chosen_masks
@@ -65,7 +66,8 @@ def groups(sentence: str, same_shape: int) -> list[str]:
 
 
 def _iou(pred: np.ndarray, gt: np.ndarray) -> float:
-    return float((pred & gt).sum() / max((pred | gt).sum(), 1))
+    inter, union = intersection_union(pred, gt)
+    return inter / max(union, 1)
 
 
 def probe(
@@ -80,6 +82,7 @@ def probe(
     if run is not None:
         stores = (Store(Path(run) / "segment", kind="S1"), Store(Path(run) / "select", kind="S2"))
     iou, right, area, s2 = (collections.defaultdict(list) for _ in range(4))
+    chosen_of: dict[int, dict] = {}  # image id -> its objects' S2 masks, decoded once
     for ref in refer.split_refs(split):
         img = refer.load_image(ref.image_id)
         anns = refer.image_annotations(ref.image_id)
@@ -89,7 +92,9 @@ def probe(
         gt = gts[ref.ann_id]
         label = None
         if stores is not None:
-            chosen = chosen_masks(*stores, ref.image_id).get(ref.ann_id)
+            if ref.image_id not in chosen_of:
+                chosen_of[ref.image_id] = chosen_masks(*stores, ref.image_id)
+            chosen = chosen_of[ref.image_id].get(ref.ann_id)
             label = 0.0 if chosen is None else _iou(chosen, gt)
         texts = [s.raw for s in ref.sentences]
         ids, mask = p.tokenize(texts)
