@@ -62,6 +62,7 @@ def test_embedded_default_lists_every_key_with_its_default():
         "parallel_phases",
         "swin_weights",  # the shipped pretraining analogue (tests/test_pretrain.py)
         "backbone_lr_scale",  # the pretrained tiny Swin fine-tuned at 0.1 x lr
+        "iou_loss_weight",  # a soft IoU loss beside the cross-entropy (deviation 30)
     ):
         expected["train"][key] = got["train"][key]
     # A random tiny model on the CPU, on purpose; the schema's defaults are the safe ones.
@@ -285,6 +286,8 @@ def test_recipe_official_sets_every_official_behaviour_and_explicit_keys_win(tmp
         ("train.bootstrap_threads=-1", "'train.bootstrap_threads' must be >= 0"),
         ("train.backbone_lr_scale=-0.1", "'train.backbone_lr_scale' must be in [0, 1]"),
         ("train.backbone_lr_scale=2", "'train.backbone_lr_scale' must be in [0, 1]"),
+        ("train.iou_loss_weight=-1", "'train.iou_loss_weight' must be a finite weight >= 0"),
+        ("train.iou_loss_weight=.nan", "'train.iou_loss_weight' must be a finite number"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(override, key):

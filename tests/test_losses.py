@@ -9,7 +9,9 @@ import torch.nn.functional as F
 
 from sssc.correct.losses import (
     IGNORE,
+    batch_loss,
     match_targets,
+    soft_iou_loss_sums,
     weighted_ce,
     weighted_ce_sums,
 )
@@ -314,3 +316,132 @@ def test_samples_norm_is_the_official_mean_of_per_expression_losses():
     assert abs(float(num) - want) < 1e-5 and float(den) == 4.0
     with pytest.raises(ValueError, match="norm"):
         weighted_ce_sums(logits, target, W, norm="mean")
+
+
+def _iou_loss_ref(logits, target, sample_weight=None):
+    """float64, pixel by pixel: sum_b w_b (1 - (I + 1) / (U + 1)) over the expressions with a
+    target (I = sum p t, U = sum p + sum t - I), and sum_b w_b; ignored pixels count nowhere."""
+    p = torch.softmax(logits.double(), 1)[:, 1]
+    num = den = 0.0
+    for b in range(target.shape[0]):
+        inter = sp = st = 0.0
+        valid = False
+        for i, j in itertools.product(*(range(s) for s in target.shape[1:])):
+            y = int(target[b, i, j])
+            if y == IGNORE:
+                continue
+            valid = True
+            pv = float(p[b, i, j])
+            inter += pv * (y == 1)
+            sp += pv
+            st += y == 1
+        if not valid:
+            continue
+        w = 1.0 if sample_weight is None else float(sample_weight[b])
+        num += w * (1.0 - (inter + 1.0) / (sp + st - inter + 1.0))
+        den += w
+    return num, den
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "sample-weights"])
+def test_soft_iou_loss_sums_match_float64_formula(weighted):
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(5, 2, 6, 7, generator=g) * 3
+    target = (torch.rand(5, 6, 7, generator=g) > 0.7).long()
+    target[torch.rand(5, 6, 7, generator=g) < 0.3] = IGNORE
+    target[1] = IGNORE  # no target: not counted
+    target[3] = 0  # an empty target: the loss is the predicted area's share
+    sw = torch.tensor([2.0, 1.0, 0.5, 1.0, 1.0]) if weighted else None
+    num, den = soft_iou_loss_sums(logits, target, sw)
+    want_num, want_den = _iou_loss_ref(logits, target, sw)
+    assert abs(float(num) - want_num) < 1e-5 and abs(float(den) - want_den) < 1e-6
+    assert want_den == (4.5 if weighted else 4.0) and want_num > 0
+
+
+def test_soft_iou_loss_gradient_reaches_only_the_logits_of_non_ignored_pixels():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 2, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 2, (2, 4, 4), generator=g)
+    target[0, :2] = IGNORE
+    num, _ = soft_iou_loss_sums(logits, target)
+    num.backward()
+    assert torch.all(logits.grad[0, :, :2] == 0)
+    assert torch.all(logits.grad[:, :, 2:].abs().sum((0, 1)) > 0)
+    # A perfect, confident prediction has (almost) no loss; against the complement, 1 - 1/65.
+    tgt = torch.zeros(1, 8, 8, dtype=torch.int64)
+    tgt[0, 2:5, 2:5] = 1
+    sure = torch.stack([1 - tgt, tgt], 1).double() * 40 - 20
+    assert float(soft_iou_loss_sums(sure, tgt)[0]) < 1e-6
+    assert abs(float(soft_iou_loss_sums(sure, 1 - tgt)[0]) - (1 - 1 / (9 + 55 + 1))) < 1e-9
+
+
+def test_soft_iou_loss_prefers_the_more_frequent_label_to_the_union():
+    """Labels that disagree (object A 60% of the time, a larger B 40%): the expected soft IoU
+    loss of predicting A alone is below that of predicting both, while the foreground-weighted
+    cross-entropy ([0.5, 1.5], the embedded default's) prefers both."""
+    a = torch.zeros(1, 10, 10, dtype=torch.int64)
+    b = torch.zeros_like(a)
+    a[0, 1:4, 1:4] = 1  # 9 px
+    b[0, 5:9, 5:9] = 1  # 16 px
+
+    def expected(pred, fn):
+        logits = torch.stack([1 - pred, pred], 1).double() * 40 - 20
+        return 0.6 * fn(logits, a) + 0.4 * fn(logits, b)
+
+    def iou(lg, t):
+        return float(soft_iou_loss_sums(lg, t)[0])
+
+    def ce(lg, t):
+        num, den = weighted_ce_sums(lg, t, (0.5, 1.5))
+        return float(num / den)
+
+    both = a | b
+    assert expected(a, iou) < expected(both, iou)
+    assert expected(both, ce) < expected(a, ce)
+
+
+@pytest.mark.parametrize("iou_weight", [0.0, 3.0], ids=["ce", "ce+soft-iou"])
+@pytest.mark.parametrize("norm", ["pixels", "samples"])
+def test_batch_loss_split_over_two_ranks_has_the_whole_batch_gradient(iou_weight, norm):
+    """Two ranks with unequal shares of a batch (reduce: the sum over both), their gradients
+    averaged as DDP does, give the gradient and the value of the whole batch's loss in one
+    process: ce_num / ce_den + w * iou_num / iou_den over all its expressions."""
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(5, 2, 6, 6, generator=g, dtype=torch.float64)
+    target = (torch.rand(5, 6, 6, generator=g) > 0.7).long()
+    target[4] = IGNORE
+
+    def parts(lg, tg):
+        iou = soft_iou_loss_sums(lg, tg) if iou_weight else None
+        return weighted_ce_sums(lg, tg, W, norm=norm), iou
+
+    whole = logits.clone().requires_grad_(True)
+    loss, value = batch_loss(*parts(whole, target), iou_weight)
+    loss.backward()
+    ce_ref = _ce_ref(logits, target) if norm == "pixels" else None
+    if ce_ref is not None and not iou_weight:
+        assert abs(float(value) - ce_ref) < 1e-6  # the sums are float32
+    if iou_weight:
+        inum, iden = _iou_loss_ref(logits, target)
+        ce_only, _ = batch_loss(parts(logits, target)[0])
+        assert abs(float(value) - float(ce_only) - iou_weight * inum / iden) < 1e-6
+
+    shards = [slice(0, 1), slice(1, 5)]  # 1 and 4 expressions (one without a target)
+    leaves = [logits[s].clone().requires_grad_(True) for s in shards]
+
+    def rank_sums(lg, tg):  # [ce_num, ce_den, iou_num, iou_den] of one rank
+        (cn, cd), iou = parts(lg, tg)
+        iou = iou or (torch.zeros(()), torch.zeros(()))
+        return torch.stack([cn, cd, *iou]).detach().double()
+
+    total = sum(rank_sums(lf, target[s]) for lf, s in zip(leaves, shards, strict=True))
+    grads, values = [], []
+    for lf, s in zip(leaves, shards, strict=True):
+        reduce = lambda x: x.copy_(total)  # noqa: E731 (what all_reduce leaves on each rank)
+        rank_loss, rank_value = batch_loss(*parts(lf, target[s]), iou_weight, 2, reduce)
+        rank_loss.backward()
+        grads.append(lf.grad)
+        values.append(float(rank_value))
+    ddp_grad = torch.cat(grads) / 2  # DDP averages the ranks' gradients
+    assert values[0] == values[1] and abs(values[0] - float(value)) < 1e-6
+    assert _rel(ddp_grad, whole.grad) < 1e-5

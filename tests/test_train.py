@@ -134,9 +134,10 @@ def _ddp_worker(rank, world, port, sets, run):
     train_phase("bootstrap", load_config(None, sets), run)
 
 
-def test_ddp_two_ranks_gloo_equals_one_process_with_the_same_global_batch(base, tmp_path):
+@pytest.mark.parametrize("iou_loss", [0.0, 3.0], ids=["ce", "ce+soft-iou"])
+def test_ddp_two_ranks_gloo_equals_one_process_with_the_same_global_batch(base, tmp_path, iou_loss):
     run, sets = _run_copy(base, tmp_path)
-    sets = [*sets, "train.bootstrap_epochs=1"]
+    sets = [*sets, "train.bootstrap_epochs=1", f"train.iou_loss_weight={iou_loss}"]
     cfg = load_config(None, sets)
     refer = Refer.from_config(cfg.data)
     assert min(len(b) for b in pack_images(refer, "train", 24, shuffle=True, seed=0)) >= 2

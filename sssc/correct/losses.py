@@ -28,7 +28,9 @@ from sssc.kernels import greedy_match, pairwise_soft_iou
 __all__ = [
     "IGNORE",
     "MatchResult",
+    "batch_loss",
     "match_targets",
+    "soft_iou_loss_sums",
     "weighted_ce",
     "weighted_ce_sums",
 ]
@@ -89,6 +91,76 @@ def weighted_ce_sums(
     if sample_weight is not None:
         num = num * sample_weight.to(num.dtype)[:, None, None]
     return num.sum(), wy.sum().detach()
+
+
+def soft_iou_loss_sums(
+    logits: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The numerator and denominator of the batch's soft IoU loss (``train.iou_loss_weight``).
+
+    Not in LAVT or S+S+C, whose loss is the cross-entropy alone: an sssc option (deviation 30 in
+    the README). Per expression, over its non-ignored pixels, with ``p = softmax(logits)[:, 1]``
+    and ``t = (target == 1)``::
+
+        loss = 1 - (sum(p * t) + 1) / (sum(p) + sum(t) - sum(p * t) + 1)
+
+    (the 1 keeps an empty target with an empty prediction at 0 loss). ``num = sum(w * loss)`` and
+    ``den = sum(w)`` over the expressions that have a target (a pixel that is not
+    :data:`IGNORE`); ``w`` is ``sample_weight`` or 1. Data-parallel training adds the sums of all
+    ranks, as for :func:`weighted_ce_sums`.
+
+    A mask-level loss, unlike the per-pixel cross-entropy: every expression counts the same
+    whatever its object's size, and where one expression's labels disagree between two objects
+    (S2 right 60% of the time), predicting the more frequent object scores better than their
+    union, which the foreground class weight of the cross-entropy favours (README "Stage 3 on
+    the embedded default").
+    """
+    valid = target != IGNORE
+    p = logits.float().softmax(1)[:, 1] * valid
+    t = (target == 1).to(p.dtype)
+    inter = (p * t).flatten(1).sum(1)
+    union = p.flatten(1).sum(1) + t.flatten(1).sum(1) - inter
+    loss = 1.0 - (inter + 1.0) / (union + 1.0)
+    w = valid.flatten(1).any(1).to(loss.dtype)
+    if sample_weight is not None:
+        w = w * sample_weight.to(loss.dtype)
+    return (w * loss).sum(), w.sum().detach()
+
+
+def batch_loss(
+    ce: tuple[torch.Tensor, torch.Tensor],
+    iou: tuple[torch.Tensor, torch.Tensor] | None = None,
+    iou_weight: float = 0.0,
+    world: int = 1,
+    reduce=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's training loss and the global batch's loss value.
+
+    Args:
+        ce: ``(num, den)`` of :func:`weighted_ce_sums` over this rank's expressions.
+        iou: ``(num, den)`` of :func:`soft_iou_loss_sums`, or ``None`` (no IoU term).
+        iou_weight: the IoU term's weight (``train.iou_loss_weight``).
+        world: the number of ranks.
+        reduce: sums a 1-D tensor over the ranks in place (``dist.all_reduce``); ``None`` for one
+            process.
+
+    Returns:
+        ``(loss, value)``: ``loss`` is this rank's share of the global batch's
+        ``ce_num / ce_den + iou_weight * iou_num / iou_den`` (the sums over all ranks), times
+        ``world`` because data-parallel training averages the ranks' gradients; its gradient,
+        so averaged, is the global batch's. ``value`` is the global batch's loss (detached).
+    """
+    zero = ce[0].new_zeros(())
+    inum, iden = iou if iou is not None and iou_weight else (zero, zero)
+    sums = torch.stack([ce[0].detach(), ce[1], inum.detach(), iden]).detach()
+    if reduce is not None:
+        reduce(sums)  # the global batch's sums
+    loss = ce[0] / sums[1].clamp_min(1e-12) * world
+    value = sums[0] / sums[1].clamp_min(1e-12)
+    if iou is not None and iou_weight:
+        loss = loss + iou_weight * inum / sums[3].clamp_min(1e-12) * world
+        value = value + iou_weight * sums[2] / sums[3].clamp_min(1e-12)
+    return loss, value
 
 
 @dataclass

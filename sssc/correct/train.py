@@ -58,7 +58,7 @@ from ..rundir import (
 from ..store import Store
 from .checkpoints import CheckpointError
 from .data import ImageSet, collate, pack_samples, rank_keys
-from .losses import match_targets, weighted_ce_sums
+from .losses import batch_loss, match_targets, soft_iou_loss_sums, weighted_ce_sums
 from .trainutil import (
     append_log,
     cleanup_dist,
@@ -347,12 +347,12 @@ def train_phase(
                 target, sample_weight = m.target, m.weight
                 counts[1:] += torch.stack([m.unmatched.sum(), m.no_candidate.sum()])
             counts[0] += target.shape[0]
-            num, den = weighted_ce_sums(logits, target, weights, sample_weight, t.loss_norm)
-            sums = torch.stack([num.detach(), den])
-            if world > 1:
-                dist.all_reduce(sums)  # the global batch's loss and weight
-            loss = num / sums[1].clamp_min(1e-12) * world  # DDP averages gradients over ranks
-            value = float(sums[0] / sums[1].clamp_min(1e-12))  # host sync: NaN check and log
+            ce = weighted_ce_sums(logits, target, weights, sample_weight, t.loss_norm)
+            iou = soft_iou_loss_sums(logits, target, sample_weight) if t.iou_loss_weight else None
+            loss, value = batch_loss(
+                ce, iou, t.iou_loss_weight, world, dist.all_reduce if world > 1 else None
+            )
+            value = float(value)  # host sync: NaN check and log
             if not math.isfinite(value):
                 kept = None
                 if rank == 0:
