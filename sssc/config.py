@@ -202,9 +202,12 @@ class TrainConfig:
     weight_decay: float = 1e-2
     poly_power: float = 0.9  # lr * (1 - step / total) ** poly_power, per phase
     class_weights: list[float] = field(default_factory=lambda: [0.9, 1.1])  # background, object
-    # weight of a soft IoU loss added to the cross-entropy (0: LAVT's and S+S+C's loss, the
-    # cross-entropy alone; README, deviation row 30)
+    # weight of a soft IoU loss added to the cross-entropy in iou_loss_phases (0: LAVT's and
+    # S+S+C's loss, the cross-entropy alone; README, deviation row 30)
     iou_loss_weight: float = 0.0
+    # the phases that add it: those trained on fixed S2 labels; in correct, whose target is the
+    # candidate of highest soft IoU with the prediction, it reinforces the matching's own choice
+    iou_loss_phases: list[str] = field(default_factory=lambda: ["bootstrap", "plus_epochs"])
     grad_clip: float = 0.0  # max global grad norm; 0 = off (LAVT does not clip)
     unmatched: str = "ignore"  # object left without a candidate: ignore (in effect the official
     # code's: it draws a random candidate but adds no loss) | random (sssc: CE on a random one)
@@ -645,6 +648,12 @@ def _check_values(cfg: RunConfig, source: str) -> None:
         raise ConfigError(
             f"{source}: 'train.iou_loss_weight' must be a finite weight >= 0 (0: the "
             f"cross-entropy alone), got {t.iou_loss_weight!r}"
+        )
+    phases = ("bootstrap", "correct", "plus_epochs")
+    if not set(t.iou_loss_phases) <= set(phases):
+        raise ConfigError(
+            f"{source}: 'train.iou_loss_phases' must list phases among {list(phases)}, "
+            f"got {t.iou_loss_phases!r}"
         )
     res = cfg.eval.resolution
     if not (res == "original" or (isinstance(res, int) and res > 0)):

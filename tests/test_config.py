@@ -288,6 +288,7 @@ def test_recipe_official_sets_every_official_behaviour_and_explicit_keys_win(tmp
         ("train.backbone_lr_scale=2", "'train.backbone_lr_scale' must be in [0, 1]"),
         ("train.iou_loss_weight=-1", "'train.iou_loss_weight' must be a finite weight >= 0"),
         ("train.iou_loss_weight=.nan", "'train.iou_loss_weight' must be a finite number"),
+        ("train.iou_loss_phases=[bootstrap, select]", "'train.iou_loss_phases' must list"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(override, key):

@@ -250,6 +250,7 @@ def train_phase(
         cfg.data.text_field,
     )
     weights = torch.tensor(t.class_weights, device=device)
+    iou_weight = t.iou_loss_weight if phase in t.iou_loss_phases else 0.0
     tb = tensorboard(out) if rank == 0 else None
     amp = device.type == "cuda" and t.amp
     # expressions seen, unmatched, without candidates; kept by rank 0's checkpoint on resume
@@ -348,9 +349,9 @@ def train_phase(
                 counts[1:] += torch.stack([m.unmatched.sum(), m.no_candidate.sum()])
             counts[0] += target.shape[0]
             ce = weighted_ce_sums(logits, target, weights, sample_weight, t.loss_norm)
-            iou = soft_iou_loss_sums(logits, target, sample_weight) if t.iou_loss_weight else None
+            iou = soft_iou_loss_sums(logits, target, sample_weight) if iou_weight else None
             loss, value = batch_loss(
-                ce, iou, t.iou_loss_weight, world, dist.all_reduce if world > 1 else None
+                ce, iou, iou_weight, world, dist.all_reduce if world > 1 else None
             )
             value = float(value)  # host sync: NaN check and log
             if not math.isfinite(value):
