@@ -158,6 +158,29 @@ def test_ddp_two_ranks_gloo_equals_one_process_with_the_same_global_batch(base, 
     assert max(rel) < 2e-2, rel
 
 
+def test_iou_loss_is_added_in_the_phases_it_lists_only(base, tmp_path):
+    """train.iou_loss_phases: the default adds the soft IoU term in bootstrap (and +epochs), not
+    in correct; listing correct adds it there. Same model and batches, so the first logged
+    step's loss differs by the term alone (3 x a soft IoU loss near 1)."""
+    run, sets = _run_copy(base, tmp_path)
+    first = {}
+    for w in (0, 3):
+        cfg = load_config(None, [*sets, f"train.iou_loss_weight={w}", "train.resume=false"])
+        train_phase("bootstrap", cfg, run)
+        first[w] = _losses(run / "bootstrap" / "log.jsonl")[0][0]
+    assert first[3] > first[0] + 1.0
+    correct = {}
+    for name, extra in {
+        "none": ["train.iou_loss_weight=0"],
+        "default": ["train.iou_loss_weight=3"],
+        "listed": ["train.iou_loss_weight=3", "train.iou_loss_phases=[bootstrap, correct]"],
+    }.items():
+        train_phase("correct", load_config(None, [*sets, *extra, "train.resume=false"]), run)
+        correct[name] = _losses(run / "correct" / "log.jsonl")[0]
+    assert correct["default"] == correct["none"]
+    assert correct["listed"][0] > correct["none"][0] + 1.0
+
+
 def test_cli_correct_runs_every_stage_and_prints_the_table(base, tmp_path, capsys, monkeypatch):
     d, sets = base
     monkeypatch.chdir(tmp_path)
