@@ -150,14 +150,15 @@ def batch_loss(
         ``world`` because data-parallel training averages the ranks' gradients; its gradient,
         so averaged, is the global batch's. ``value`` is the global batch's loss (detached).
     """
+    use_iou = iou is not None and iou_weight != 0
     zero = ce[0].new_zeros(())
-    inum, iden = iou if iou is not None and iou_weight else (zero, zero)
+    inum, iden = iou if use_iou else (zero, zero)
     sums = torch.stack([ce[0].detach(), ce[1], inum.detach(), iden]).detach()
     if reduce is not None:
         reduce(sums)  # the global batch's sums
     loss = ce[0] / sums[1].clamp_min(1e-12) * world
     value = sums[0] / sums[1].clamp_min(1e-12)
-    if iou is not None and iou_weight:
+    if use_iou:
         loss = loss + iou_weight * inum / sums[3].clamp_min(1e-12) * world
         value = value + iou_weight * sums[2] / sums[3].clamp_min(1e-12)
     return loss, value
