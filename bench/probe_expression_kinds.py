@@ -105,10 +105,12 @@ def probe(
         for text, pred in zip(texts, (logits[:, 1] > logits[:, 0]).numpy(), strict=True):
             overlap = {a: (pred & g).sum() for a, g in gts.items()}
             best = max(overlap, key=overlap.get)
-            for k in groups(text, same):
-                iou[k].append(_iou(pred, gt))
-                right[k].append(best == ref.ann_id and overlap[best] > 0)
-                area[k].append(pred.sum() / gt.sum())
+            score, ratio = _iou(pred, gt), pred.sum() / gt.sum()
+            hit = best == ref.ann_id and overlap[best] > 0
+            for k in groups(text, same):  # one expression counts in several rows
+                iou[k].append(score)
+                right[k].append(hit)
+                area[k].append(ratio)
                 if label is not None:
                     s2[k].append(label)
     out = {}
