@@ -29,6 +29,8 @@ from typing import Any, Union
 
 import yaml
 
+from .rundir import TRAIN_PHASES
+
 __all__ = [
     "OFFICIAL_RECIPE",
     "ConfigError",
@@ -649,10 +651,9 @@ def _check_values(cfg: RunConfig, source: str) -> None:
             f"{source}: 'train.iou_loss_weight' must be a finite weight >= 0 (0: the "
             f"cross-entropy alone), got {t.iou_loss_weight!r}"
         )
-    phases = ("bootstrap", "correct", "plus_epochs")
-    if not set(t.iou_loss_phases) <= set(phases):
+    if not set(t.iou_loss_phases) <= set(TRAIN_PHASES):
         raise ConfigError(
-            f"{source}: 'train.iou_loss_phases' must list phases among {list(phases)}, "
+            f"{source}: 'train.iou_loss_phases' must list phases among {list(TRAIN_PHASES)}, "
             f"got {t.iou_loss_phases!r}"
         )
     res = cfg.eval.resolution

@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 STAGE_ORDER = ("segment", "select", "bootstrap", "correct", "plus_epochs")
+TRAIN_PHASES = STAGE_ORDER[2:]  # the phases of Stage 3, which train a model
 
 # What a stage or phase writes, by name: the only files sssc replaces or removes in it.
 OWN_FILES = (
