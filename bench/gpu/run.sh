@@ -4,7 +4,7 @@
 #
 # On the lent machine (device tool), from the repository root, with the wheels carried:
 #     bench/gpu/fetch_wheels.sh            # here, once: .whl/ (ignored by git)
-#     run(command="bash bench/gpu/run.sh", carry=[".whl"], timeout_s=540)
+#     run(command="bash bench/gpu/run.sh", carry=[".whl"], timeout_s=570)
 # Everything lands in $OUT (./gpu-out without one): log.txt, bench_cuda.json, report.md, tests.xml.
 #
 # Here, with a venv that mirrors the GPU image (see bench/RESULTS.md, "the GPU check"):
@@ -46,12 +46,12 @@ if [ "$dry" = 1 ]; then
 fi
 
 step "bench: bench/bench_cuda.py (every case beside its baseline, one run)"
-timeout "${BENCH_BUDGET:-420}" "$py" -m pytest bench/bench_cuda.py --benchmark-only -q \
+timeout "${BENCH_BUDGET:-360}" "$py" -m pytest bench/bench_cuda.py --benchmark-only -q \
   -p no:cacheprovider -rs --benchmark-json "$out/bench_cuda.json" --benchmark-columns=mean,median,min,rounds
 echo "bench exit $?"
 
 step "tests: the three kernels' tests on this device"
-timeout "${TEST_BUDGET:-150}" "$py" -m pytest -q -p no:cacheprovider -x \
+timeout "${TEST_BUDGET:-120}" "$py" -m pytest -q -p no:cacheprovider -x \
   tests/test_soft_iou.py tests/test_greedy_match.py tests/test_reverse_blur.py \
   --junitxml "$out/tests.xml" 2>&1 | tail -15
 echo "tests exit ${PIPESTATUS[0]}"
