@@ -18,44 +18,47 @@ py=${PYTHON:-python3}
 out=${OUT:-gpu-out}
 site=${SITE:-/tmp/sssc-gpu-site}
 mkdir -p "$out"
-exec > >(tee -a "$out/log.txt") 2>&1
 t0=$(date +%s)
 step() { echo; echo "== [$(($(date +%s) - t0)) s] $*"; }
 
-step "machine"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | head -3
-"$py" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
-git log -1 --format='commit %H %s' 2>/dev/null || true
+main() {
+  step "machine"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | head -3
+  "$py" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
+  git log -1 --format='commit %H %s' 2>/dev/null || true
 
-step "install: carried wheels into $site, then sssc (editable, no deps)"
-if compgen -G ".whl/*.whl" >/dev/null; then
-  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$site" .whl/*.whl || exit 1
-  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-else
-  echo "no .whl/: the scorer and Stage 1 cases skip (bench/gpu/fetch_wheels.sh makes it)"
-fi
-"$py" -m pip install -q --no-deps --no-build-isolation -e . || exit 1
-"$py" -c "import transformers; print('transformers', transformers.__version__)"
+  step "install: carried wheels into $site, then sssc (editable, no deps)"
+  if compgen -G ".whl/*.whl" >/dev/null; then
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$site" .whl/*.whl || exit 1
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+  else
+    echo "no .whl/: the scorer and Stage 1 cases skip (bench/gpu/fetch_wheels.sh makes it)"
+  fi
+  "$py" -m pip install -q --no-deps --no-build-isolation -e . || exit 1
+  "$py" -c "import transformers; print('transformers', transformers.__version__)"
 
-# A cold Triton cache, as on a new machine: a warm one can hide a compile that fails today.
-TRITON_CACHE_DIR=$(mktemp -d)
-export TRITON_CACHE_DIR
-if [ "$dry" = 1 ]; then
-  export SSSC_BENCH_DRY=1 TRITON_INTERPRET=1
-fi
+  # A cold Triton cache, as on a new machine: a warm one can hide a compile that fails today.
+  TRITON_CACHE_DIR=$(mktemp -d)
+  export TRITON_CACHE_DIR
+  if [ "$dry" = 1 ]; then
+    export SSSC_BENCH_DRY=1 TRITON_INTERPRET=1
+  fi
 
-step "bench: bench/bench_cuda.py (every case beside its baseline, one run)"
-timeout "${BENCH_BUDGET:-360}" "$py" -m pytest bench/bench_cuda.py --benchmark-only -q \
-  -p no:cacheprovider -rs --benchmark-json "$out/bench_cuda.json" --benchmark-columns=mean,median,min,rounds
-echo "bench exit $?"
+  step "bench: bench/bench_cuda.py (every case beside its baseline, one run)"
+  timeout "${BENCH_BUDGET:-360}" "$py" -m pytest bench/bench_cuda.py --benchmark-only -q \
+    -p no:cacheprovider -rs --benchmark-json "$out/bench_cuda.json" --benchmark-columns=mean,median,min,rounds
+  echo "bench exit $?"
 
-step "tests: the three kernels' tests on this device"
-timeout "${TEST_BUDGET:-120}" "$py" -m pytest -q -p no:cacheprovider -x \
-  tests/test_soft_iou.py tests/test_greedy_match.py tests/test_reverse_blur.py \
-  --junitxml "$out/tests.xml" 2>&1 | tail -15
-echo "tests exit ${PIPESTATUS[0]}"
+  step "tests: the three kernels' tests on this device"
+  timeout "${TEST_BUDGET:-120}" "$py" -m pytest -q -p no:cacheprovider \
+    tests/test_soft_iou.py tests/test_greedy_match.py tests/test_reverse_blur.py \
+    --junitxml "$out/tests.xml" --maxfail=5 2>&1 | tail -15
+  echo "tests exit ${PIPESTATUS[0]}"
 
-step "report"
-"$py" bench/gpu/report.py "$out/bench_cuda.json" --out "$out/report.md"
-step "done"
+  step "report"
+  "$py" bench/gpu/report.py "$out/bench_cuda.json" --out "$out/report.md"
+  step "done"
+}
+
+main 2>&1 | tee -a "$out/log.txt"
