@@ -261,7 +261,8 @@ def scorer_setup():
     items = []
     for i in range(images):
         hwc = np.ascontiguousarray(random_image(480, 640, seed=i).transpose(1, 2, 0))
-        items.append(item_from_arrays(i, hwc, blob_masks(cands, 480, 640, seed=i), [(i, [0])]))
+        masks = blob_masks(cands, 480, 640, seed=i)
+        items.append(item_from_arrays(i, hwc, masks, [(i, list(range(cands)))]))
     return name, clip, StreamingScorer(clip, sigma=50.0, batch_size=256), items
 
 

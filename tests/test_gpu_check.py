@@ -147,6 +147,9 @@ def test_dry_run_of_the_gpu_suite(tmp_path):
         "streaming",
         "paper_per_mask",
     }
+    for row in rows:  # every candidate of every image is prompted (dry run: 3 per image)
+        if row.group.startswith("scorer"):
+            assert row.extra["prompts"] == 3 * row.extra["images"], row
     assert {p for g, p in providers if g == "lavt"} == {
         "step@15",
         "matching@15",
