@@ -118,6 +118,23 @@ def test_projection_when_60_did_not_fit(tmp_path):
     assert "not measured" not in text
 
 
+def test_report_merges_the_parts_and_names_a_missing_one(tmp_path, capsys):
+    r = _report_module()
+    rows = _projection_rows(with_60=True)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = _write(tmp_path / "a", rows[:4])  # Stage 1
+    second = _write(tmp_path / "b", rows[4:])  # scorer and lavt
+    merged, _ = r.load(first, tmp_path / "cut_off.json", second)
+    assert [(x.group, x.provider) for x in merged] == [
+        (x["group"], x["extra_info"]["provider"]) for x in rows
+    ]
+    assert "cut_off.json" in capsys.readouterr().err
+    alone, _ = r.load(first)
+    assert r.projection(r.costs(merged), 4)["stage1"] == r.projection(r.costs(alone), 4)["stage1"]
+    assert r.projection(r.costs(alone), 4)["correct"] == (None, None)
+
+
 def test_projection_says_what_was_not_measured(tmp_path):
     r = _report_module()
     rows, _ = r.load(_write(tmp_path, _projection_rows(with_60=True)[4:]))  # no Stage 1 rows

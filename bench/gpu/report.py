@@ -1,6 +1,6 @@
 """Turn one ``bench/bench_cuda.py`` run (pytest-benchmark JSON) into the tables of RESULTS.md.
 
-    python bench/gpu/report.py bench_cuda.json [--out report.md]
+    python bench/gpu/report.py bench_kernels.json [bench_scorer.json ...] [--out report.md]
 
 Tables: the card's measured ceilings; every kernel's rows with the speed-up over each baseline of
 its group and the effective bandwidth as a fraction of the measured copy and of the card's
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,8 +33,23 @@ class Row:
     extra: dict = field(default_factory=dict)
 
 
-def load(path: str | Path) -> tuple[list[Row], dict]:
-    """Rows of a pytest-benchmark JSON and its header (machine, commit, date)."""
+def load(*paths: str | Path) -> tuple[list[Row], dict]:
+    """Rows of pytest-benchmark JSON files, in order, and the first one's header (machine,
+    commit, date). A file that is missing or unreadable (its run was cut off) is named and
+    skipped."""
+    rows, head = [], None
+    for path in paths:
+        try:
+            r, h = _load_one(path)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"report: skipping {path}: {e}", file=sys.stderr)
+            continue
+        rows += r
+        head = head or h
+    return rows, head or {"datetime": "", "commit": "", "cpu": ""}
+
+
+def _load_one(path: str | Path) -> tuple[list[Row], dict]:
     data = json.loads(Path(path).read_text())
     rows = [
         Row(
@@ -286,10 +302,10 @@ def report(rows: list[Row], head: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("json", help="bench_cuda.py's --benchmark-json output")
+    ap.add_argument("json", nargs="+", help="bench_cuda.py's --benchmark-json outputs")
     ap.add_argument("--out", help="also write the report here")
     args = ap.parse_args(argv)
-    text = report(*load(args.json))
+    text = report(*load(*args.json))
     if args.out:
         Path(args.out).write_text(text)
     print(text, end="")
