@@ -40,6 +40,7 @@ import pytest
 import torch
 from bench_reverse_blur import opencv_per_mask
 from bench_train_step import _batch as lavt_batch
+from bench_train_step import step_fns
 
 from sssc.kernels import (
     CLIP_STD,
@@ -331,8 +332,6 @@ def lavt_model():
     ids=["15-step", "15-matching", "60-step", "60-matching", "15-step_fp32"],
 )
 def test_lavt_base_step(benchmark, lavt_model, batch, part, amp):
-    from sssc.correct.losses import match_targets, weighted_ce
-
     name, model = lavt_model
     size = 64 if DRY else 480
     nominal, batch = batch, (3 if DRY else batch)
@@ -341,21 +340,8 @@ def test_lavt_base_step(benchmark, lavt_model, batch, part, amp):
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
     opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=1e-2)
-    images, ids, mask, cand, cgrp, elig, obj, grp = lavt_batch(size, DEVICE, batch // 3)
-    amp = amp and DEVICE == "cuda"
-
-    def forward():
-        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=amp):
-            return model(images, ids, mask)
-
-    def step():
-        logits = forward()
-        res = match_targets(logits, cand, cgrp, elig, obj, grp)
-        loss = weighted_ce(logits, res.target, (0.9, 1.1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        _sync()
+    tensors = lavt_batch(size, DEVICE, batch // 3)
+    forward, step, matching = step_fns(model, opt, tensors, DEVICE, amp and DEVICE == "cuda")
 
     if DEVICE == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -364,14 +350,14 @@ def test_lavt_base_step(benchmark, lavt_model, batch, part, amp):
         if part == "matching":
             with torch.no_grad():
                 logits = forward().detach()
-            fn = lambda: (match_targets(logits, cand, cgrp, elig, obj, grp), _sync())
+            fn = lambda: matching(logits)
         else:
             fn = step
         _pedantic(benchmark, group, fn, rounds=10 if part == "matching" else 3)
     except torch.cuda.OutOfMemoryError:
         oom = True
     if oom:  # free this case's memory before the next one
-        opt = images = cand = fn = None
+        opt = tensors = fn = forward = step = matching = logits = None
         gc.collect()
         torch.cuda.empty_cache()
         pytest.skip(f"{name} at batch {batch}, {size}x{size}: out of memory on {_card()}")

@@ -59,17 +59,11 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-@pytest.mark.parametrize("part", ["step", "matching"])
-@pytest.mark.parametrize("name, size, device", CASES)
-def test_train_step(benchmark, name, size, device, part):
-    if os.environ.get("SSSC_BENCH_THREADS"):
-        torch.set_num_threads(int(os.environ["SSSC_BENCH_THREADS"]))
-    n_images = 20
-    torch.manual_seed(0)
-    model = create_model(name).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=1e-2)
-    images, ids, mask, cand, cgrp, elig, obj, grp = _batch(size, device, n_images)
-    amp = device == "cuda"
+def step_fns(model, opt, batch, device, amp):
+    """``forward()`` -> logits; ``step()``: forward, the matching loss, backward, the optimizer
+    step; ``matching(logits)``: ``match_targets`` alone. ``batch`` is :func:`_batch`'s; ``amp``:
+    bf16 autocast. Each waits for the device before returning."""
+    images, ids, mask, cand, cgrp, elig, obj, grp = batch
 
     def forward():
         with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
@@ -84,6 +78,26 @@ def test_train_step(benchmark, name, size, device, part):
         opt.step()
         _sync(device)
 
+    def matching(logits):
+        match_targets(logits, cand, cgrp, elig, obj, grp)
+        _sync(device)
+
+    return forward, step, matching
+
+
+@pytest.mark.parametrize("part", ["step", "matching"])
+@pytest.mark.parametrize("name, size, device", CASES)
+def test_train_step(benchmark, name, size, device, part):
+    if os.environ.get("SSSC_BENCH_THREADS"):
+        torch.set_num_threads(int(os.environ["SSSC_BENCH_THREADS"]))
+    n_images = 20
+    torch.manual_seed(0)
+    model = create_model(name).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=1e-2)
+    batch = _batch(size, device, n_images)
+    forward, step, matching = step_fns(model, opt, batch, device, amp=False)
+    grp = batch[-1]
+
     benchmark.group = f"train_step-{name}"  # before timing: pytest-benchmark reads it then
     if part == "step":
         step()  # warm-up: kernels compiled, allocator primed
@@ -91,13 +105,8 @@ def test_train_step(benchmark, name, size, device, part):
     else:
         with torch.no_grad():
             logits = forward().detach()
-
-        def matching():
-            match_targets(logits, cand, cgrp, elig, obj, grp)
-            _sync(device)
-
-        matching()
-        benchmark.pedantic(matching, rounds=10, iterations=1)
+        matching(logits)
+        benchmark.pedantic(matching, (logits,), rounds=10, iterations=1)
     mean = benchmark.stats.stats.mean
     _MEANS[f"{name}-{part}"] = mean
     benchmark.extra_info["samples_per_s"] = grp.numel() / mean
