@@ -8,6 +8,9 @@
 # Everything lands in $OUT (./gpu-out without one): log.txt, bench_<part>.json, report.md,
 # tests.xml. Worst case (every cap reached) about 500 s; expected about half.
 #
+# A rerun of some parts only (what is left of the 15 device minutes after a first call):
+#     run(command="PARTS='lavt stage1' TESTS=0 bash bench/gpu/run.sh", carry=[".whl"], ...)
+#
 # Here, with a venv that mirrors the GPU image (see bench/RESULTS.md, "the GPU check"):
 #     PYTHON=/path/to/venv/bin/python bash bench/gpu/run.sh --dry-run
 # runs the same steps on the CPU at toy sizes, with Triton's interpreter: a check of the plumbing
@@ -56,6 +59,7 @@ main() {
   )
   for p in "${parts[@]}"; do
     IFS='|' read -r name sel budget <<<"$p"
+    [[ " ${PARTS:-kernels scorer lavt stage1} " == *" $name "* ]] || continue
     step "bench $name: bench/bench_cuda.py -k '$sel' (cap $budget s)"
     timeout "$budget" "$py" -m pytest bench/bench_cuda.py -k "$sel" --benchmark-only -q \
       -p no:cacheprovider -rs --benchmark-json "$out/bench_$name.json" \
@@ -63,11 +67,13 @@ main() {
     echo "bench $name exit $?"
   done
 
-  step "tests: the three kernels' tests on this device"
-  timeout "${TEST_BUDGET:-100}" "$py" -m pytest -q -p no:cacheprovider \
-    tests/test_soft_iou.py tests/test_greedy_match.py tests/test_reverse_blur.py \
-    --junitxml "$out/tests.xml" --maxfail=5 2>&1 | tail -15
-  echo "tests exit ${PIPESTATUS[0]}"
+  if [ "${TESTS:-1}" = 1 ]; then
+    step "tests: the three kernels' tests on this device"
+    timeout "${TEST_BUDGET:-100}" "$py" -m pytest -q -p no:cacheprovider \
+      tests/test_soft_iou.py tests/test_greedy_match.py tests/test_reverse_blur.py \
+      --junitxml "$out/tests.xml" --maxfail=5 2>&1 | tail -15
+    echo "tests exit ${PIPESTATUS[0]}"
+  fi
 
   step "report"
   "$py" bench/gpu/report.py "$out"/bench_*.json --out "$out/report.md"
