@@ -251,7 +251,8 @@ def projection_table(c: Costs) -> list[str]:
         "(one per object per epoch, the official sampler); on 4 GPUs a step costs one GPU's step "
         "at 15 (all-reduce not counted), on 1 GPU the 60 at once, or its timed parts one after "
         "another where 60 did not fit; data loading is not counted; the paper's way is the same "
-        "step in fp32.",
+        "step in fp32. The `+epochs` baseline (`train.plus_epochs`, off for RefCOCO) would cost "
+        "what bootstrap costs.",
     ]
     return out
 
