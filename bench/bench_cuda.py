@@ -39,6 +39,7 @@ import numpy as np
 import pytest
 import torch
 from bench_reverse_blur import opencv_per_mask
+from bench_soft_iou import dense_gemm
 from bench_train_step import _batch as lavt_batch
 from bench_train_step import step_fns
 
@@ -120,42 +121,28 @@ def test_ceiling_bf16_gemm(benchmark):
 
 @pytest.fixture(scope="module")
 def soft_batch():
+    """The batch on the device, and the float64 IoU of its first 8 predictions (on the host)."""
     kw = dict(images=2, max_cands=6, min_cands=3, height=32, width=40) if DRY else {}
-    return tuple(t.to(DEVICE) for t in iou_batch(**kw))
+    pred, cand, pg, cg = batch = tuple(t.to(DEVICE) for t in iou_batch(**kw))
+    return batch, dense_gemm(pred[:8].cpu().double(), cand.cpu())
 
 
-def _dense(pred, cand, eps=1e-7):
-    p = pred.flatten(1)
-    m = cand.flatten(1).to(p.dtype)
-    inter = p @ m.T
-    return inter / (p.sum(1)[:, None] + m.sum(1)[None, :] - inter).clamp_min(eps)
-
-
-_REF64: dict[int, torch.Tensor] = {}
-
-
-def _check_soft(out, pred, cand, pg, cg):
-    """Same-image entries against a float64 evaluation of the formula (first 8 predictions)."""
-    if id(pred) not in _REF64:
-        p = pred[:8].double().flatten(1).cpu()
-        m = cand.cpu().flatten(1).double()
-        inter = p @ m.T
-        _REF64[id(pred)] = inter / (p.sum(1)[:, None] + m.sum(1)[None, :] - inter).clamp_min(1e-7)
-    ref = _REF64[id(pred)]
+def _check_soft(out, ref64, pg, cg):
+    """Same-image entries of the first 8 predictions against the float64 formula."""
     same = (pg[:8, None] == cg[None, :]).cpu()
-    err = (out[:8].double().cpu() - ref)[same].abs().max()
+    err = (out[:8].double().cpu() - ref64)[same].abs().max()
     assert float(err) < 2e-3, f"soft IoU differs from float64 by {float(err)}"
 
 
 @pytest.mark.parametrize("provider", ["dense_gemm", "torch", "triton"])
 def test_soft_iou_forward(benchmark, soft_batch, provider):
-    pred, cand, pg, cg = soft_batch
+    (pred, cand, pg, cg), ref64 = soft_batch
     if provider == "dense_gemm":
-        fn = lambda: (_dense(pred, cand), _sync())[0]
+        fn = lambda: (dense_gemm(pred, cand), _sync())[0]
     else:
         fn = lambda: (pairwise_soft_iou(pred, cand, pg, cg, backend=provider), _sync())[0]
     out = fn()
-    _check_soft(out, pred, cand, pg, cg)
+    _check_soft(out, ref64, pg, cg)
     group = f"soft_iou forward N={pred.shape[0]} C={cand.shape[0]} {pred.shape[1]}x{pred.shape[2]}"
     _pedantic(benchmark, group, fn, rounds=10)
     nbytes = pred.numel() * pred.element_size() + cand.numel() * cand.element_size()
@@ -164,14 +151,14 @@ def test_soft_iou_forward(benchmark, soft_batch, provider):
 
 @pytest.mark.parametrize("provider", ["dense_gemm", "torch", "triton"])
 def test_soft_iou_forward_backward(benchmark, soft_batch, provider):
-    pred, cand, pg, cg = soft_batch
+    (pred, cand, pg, cg), _ = soft_batch
     same = pg[:, None] == cg[None, :]
-    weight = torch.rand(same.shape, device=DEVICE, generator=None) * same
+    weight = torch.rand(same.shape, device=DEVICE) * same
     p = pred.detach().clone().requires_grad_(True)
 
     def fn():
         out = (
-            _dense(p, cand)
+            dense_gemm(p, cand)
             if provider == "dense_gemm"
             else pairwise_soft_iou(p, cand, pg, cg, backend=provider)
         )
@@ -182,7 +169,9 @@ def test_soft_iou_forward_backward(benchmark, soft_batch, provider):
     grad = fn()
     if provider != "dense_gemm":  # against autograd through the dense formula
         pd = pred.detach().clone().requires_grad_(True)
-        (ref,) = torch.autograd.grad((_dense(pd, cand).masked_fill(~same, 0.0) * weight).sum(), pd)
+        (ref,) = torch.autograd.grad(
+            (dense_gemm(pd, cand).masked_fill(~same, 0.0) * weight).sum(), pd
+        )
         rel = float((grad - ref).norm() / ref.norm().clamp_min(1e-30))
         assert rel < 1e-3, f"gradient differs from autograd by {rel} (relative)"
     _pedantic(benchmark, f"soft_iou forward+backward N={pred.shape[0]} C={cand.shape[0]}", fn, 5)

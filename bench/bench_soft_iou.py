@@ -42,9 +42,10 @@ def per_pair_loop(pred, cand, pred_group, cand_group, eps=1e-7):
 
 
 def dense_gemm(pred, cand, eps=1e-7):
-    """The baseline: one GEMM over every pair, with a float copy of the candidates."""
+    """The baseline: one GEMM over every pair, with a float copy of the candidates (in pred's
+    dtype: float64 inputs give the float64 reference)."""
     p = pred.flatten(1)
-    m = cand.flatten(1).float()
+    m = cand.flatten(1).to(p.dtype)
     inter = p @ m.T
     union = p.sum(1)[:, None] + m.sum(1)[None, :] - inter
     return inter / union.clamp_min(eps)
