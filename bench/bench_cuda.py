@@ -42,6 +42,7 @@ from bench_reverse_blur import opencv_per_mask
 from bench_soft_iou import dense_gemm
 from bench_train_step import _batch as lavt_batch
 from bench_train_step import step_fns
+from benchutil import mean_seconds
 
 from sssc.kernels import (
     CLIP_STD,
@@ -71,7 +72,7 @@ def _card() -> str:
 
 def _record(benchmark, provider: str, **info) -> float:
     """Store what the report reads; returns the mean seconds."""
-    mean = benchmark.stats.stats.mean
+    mean = mean_seconds(benchmark)
     benchmark.extra_info.update(provider=provider, card=_card(), dry=DRY, **info)
     if "min_bytes" in info:
         benchmark.extra_info["effective_GB_per_s"] = info["min_bytes"] / mean / 1e9

@@ -20,6 +20,7 @@ import os
 
 import pytest
 import torch
+from benchutil import mean_seconds
 
 from sssc.correct.lavt import create_model
 from sssc.correct.losses import match_targets, weighted_ce
@@ -107,7 +108,7 @@ def test_train_step(benchmark, name, size, device, part):
             logits = forward().detach()
         matching(logits)
         benchmark.pedantic(matching, (logits,), rounds=10, iterations=1)
-    mean = benchmark.stats.stats.mean
+    mean = mean_seconds(benchmark)
     _MEANS[f"{name}-{part}"] = mean
     benchmark.extra_info["samples_per_s"] = grp.numel() / mean
     benchmark.extra_info["batch"] = grp.numel()
@@ -166,7 +167,7 @@ def test_tiny_step_at_64(benchmark, variant):
     step()
     benchmark.group = "train_step-lavt-tiny-64"
     benchmark.pedantic(step, rounds=10, iterations=1)
-    mean = benchmark.stats.stats.mean
+    mean = mean_seconds(benchmark)
     _MEANS[f"tiny64-{variant}"] = mean
     benchmark.extra_info["samples_per_s"] = 20 / mean
     if variant != "window6-baseline" and "tiny64-window6-baseline" in _MEANS:
@@ -200,7 +201,7 @@ def test_refine_head_layout(benchmark, layout):
     step()
     benchmark.group = "refine-head-64"
     benchmark.pedantic(step, rounds=20, iterations=1)
-    mean = benchmark.stats.stats.mean
+    mean = mean_seconds(benchmark)
     _MEANS[f"refine-{layout}"] = mean
     if layout == "channels_last" and "refine-nchw" in _MEANS:
         benchmark.extra_info["speedup"] = _MEANS["refine-nchw"] / mean
