@@ -132,3 +132,73 @@ def test_one_environment_backend_serves_all_three_ops(monkeypatch, name):
     monkeypatch.setenv("SSSC_KERNEL_BACKEND", "cuda-magic")
     with pytest.raises(ValueError, match="SSSC_KERNEL_BACKEND"):
         reverse_blur(img, masks)
+
+
+@pytest.mark.parametrize(
+    "triton_version, numpy_version, fails",
+    [  # measured on this project's kernels in Triton's interpreter, 2026-12-06
+        ("3.3.1", "2.4.6", True),
+        ("3.5.1", "2.4.6", True),
+        ("3.6.0", "2.4.6", True),
+        ("3.6.0+git9f3a", "2.4.0rc1", True),
+        ("3.3.1", "2.3.5", False),
+        ("3.6.0", "2.3.5", False),
+        ("3.7.0", "2.4.6", False),
+        ("3.8.0", "2.4.6", False),
+        ("3.10.0", "3.0.0", False),  # compared as numbers, not strings
+    ],
+)
+def test_interpreter_problem_matches_the_measured_versions(triton_version, numpy_version, fails):
+    from sssc.kernels._backend import interpreter_problem
+
+    problem = interpreter_problem(triton_version, numpy_version)
+    assert (problem is not None) == fails
+    if fails:
+        assert triton_version in problem and numpy_version in problem and "triton>=3.7" in problem
+
+
+def test_interpreter_problem_is_a_clear_error_for_the_ops_that_have_it(monkeypatch):
+    """soft IoU and greedy matching (loop bounds from tl.program_id) refuse an interpreter that
+    cannot run them, before launching; reverse_blur's kernel has no such loop and is not refused;
+    a CUDA tensor is never refused (compiled kernels are not affected)."""
+    import numpy as np
+    import torch
+
+    from sssc.kernels import (
+        _backend,
+        greedy_match,
+        pairwise_soft_iou,
+        reverse_blur,
+        reverse_blur_reference,
+    )
+    from sssc.kernels.testing import blob_masks, random_image
+
+    if not _backend.HAS_TRITON:
+        pytest.skip("triton is not installed")
+    # Triton picks interpreting at kernel definition: the real runs below need the README's
+    # TRITON_INTERPRET=1 from the start; the refusals happen before any launch either way.
+    interpreting = _backend.triton_interpret()
+    real_problem = _backend.interpreter_problem(*_backend._versions())
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(_backend, "_versions", lambda: ("3.6.0", "2.4.6"))
+    with pytest.raises(RuntimeError, match=r"pairwise_soft_iou: .*Triton 3\.6\.0.*NumPy 2\.4\.6"):
+        pairwise_soft_iou(torch.rand(2, 4, 4), torch.rand(2, 4, 4) > 0.5, backend="triton")
+    s = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    with pytest.raises(RuntimeError, match=r"greedy_match: .*triton>=3\.7"):
+        greedy_match(s, torch.tensor([0, 1]), backend="triton")
+    cuda = _backend.resolve_backend(
+        "pairwise_soft_iou", "triton", torch.device("cuda"), ("triton",), "numba", True
+    )
+    assert cuda == "triton"
+    if not interpreting:
+        return
+    img = torch.from_numpy(random_image(24, 32))
+    masks = torch.from_numpy(blob_masks(2, 24, 32))
+    out = reverse_blur(img, masks, sigma=3, size=16, backend="triton")  # not refused
+    assert (out - reverse_blur_reference(img, masks, 3, 16)).abs().mean() < 0.05
+    if real_problem is not None:  # this interpreter cannot run them: its kernel tests say so
+        return
+    # With versions that work, the same calls run.
+    monkeypatch.setattr(_backend, "_versions", lambda: ("3.8.0", "2.4.6"))
+    got = greedy_match(s, torch.tensor([0, 1]), backend="triton")
+    np.testing.assert_array_equal(got.numpy(), [0, 1])

@@ -9,14 +9,18 @@ that backend keeps its ``auto`` choice. An unknown name is an error; an explicit
 argument always wins.
 
 Triton on CPU tensors is only possible in Triton's interpreter (``TRITON_INTERPRET=1``); that is how
-the Triton kernels are tested on machines without a GPU.
+the Triton kernels are tested on machines without a GPU. The interpreter of Triton < 3.7 cannot
+run a kernel whose loop bounds come from ``tl.program_id`` under NumPy >= 2.4 (soft IoU and greedy
+matching have such loops); :func:`resolve_backend` says so instead of failing inside the kernel.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 
+import numpy as np
 import torch
 
 ENV_BACKEND = "SSSC_KERNEL_BACKEND"
@@ -37,8 +41,48 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
+def _release(version: str) -> tuple[int, int]:
+    """``(major, minor)`` of a version string such as ``"3.6.0+git9f3a"`` or ``"2.4.0rc1"``."""
+    m = re.match(r"(\d+)\.(\d+)", version)
+    if m is None:
+        raise ValueError(f"cannot read a version from {version!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def interpreter_problem(triton_version: str, numpy_version: str) -> str | None:
+    """Why Triton's interpreter cannot run a kernel with ``tl.program_id``-derived loop bounds
+    under these versions, or None when it can.
+
+    Triton < 3.7's interpreter holds ``tl.program_id`` (and all arithmetic on it) as a 1-element
+    array, and ``range()`` turns a bound into an int with ``int(array)``, which NumPy >= 2.4 refuses
+    for arrays that are not 0-d. Measured on this project's kernels (CPU, 2026-12-06): Triton 3.3.1,
+    3.5.1 and 3.6.0 pass with NumPy 2.3.5 and fail with NumPy 2.4.6; 3.7.0, 3.7.1 and 3.8.0 pass
+    with both. Compiled kernels are not affected.
+    """
+    if _release(triton_version) < (3, 7) and _release(numpy_version) >= (2, 4):
+        return (
+            f"Triton {triton_version}'s interpreter cannot run this kernel with NumPy "
+            f"{numpy_version}: Triton < 3.7 interprets loop bounds derived from tl.program_id as "
+            "1-element arrays, which NumPy >= 2.4 does not convert to int. Interpret with "
+            "triton>=3.7 or numpy<2.4, or run on a CUDA device"
+        )
+    return None
+
+
+def _versions() -> tuple[str, str]:
+    """The installed Triton's and NumPy's versions (a function, so that tests can replace it)."""
+    import triton
+
+    return triton.__version__, np.__version__
+
+
 def resolve_backend(
-    op: str, requested: str, device: torch.device, choices: tuple[str, ...], cpu_default: str
+    op: str,
+    requested: str,
+    device: torch.device,
+    choices: tuple[str, ...],
+    cpu_default: str,
+    pid_loop_bounds: bool = False,
 ) -> str:
     """Turn ``backend="auto"`` (or an env override) into a concrete backend name.
 
@@ -49,6 +93,8 @@ def resolve_backend(
         choices: the backends this op implements (always including ``"triton"`` and
             ``"reference"``).
         cpu_default: the backend ``auto`` picks for CPU inputs.
+        pid_loop_bounds: the op's Triton kernel has loops whose bounds come from
+            ``tl.program_id``; in the interpreter, :func:`interpreter_problem` then applies.
 
     Returns:
         One of ``choices``.
@@ -77,6 +123,10 @@ def resolve_backend(
                 f"{op}: backend='triton' got {device.type} tensors; Triton runs on CUDA, or on the "
                 "CPU in its interpreter (set TRITON_INTERPRET=1 before importing sssc.kernels)"
             )
+        if device.type != "cuda" and pid_loop_bounds:
+            problem = interpreter_problem(*_versions())
+            if problem is not None:
+                raise RuntimeError(f"{op}: backend='triton': {problem}")
     return name
 
 

@@ -69,13 +69,17 @@ def greedy_match(scores, ref_object, ref_group=None, cand_group=None, backend: s
             or an object whose expressions lie in different groups (not checked for CUDA tensors
             on the Triton backend, where it would need a host synchronisation; such input then
             gives an unspecified matching).
+        RuntimeError: ``backend="triton"`` on CPU tensors in a Triton interpreter that cannot run
+            the kernel (Triton < 3.7 with NumPy >= 2.4; see ``_backend.interpreter_problem``).
     """
     is_torch = isinstance(scores, torch.Tensor)
     device = scores.device if is_torch else torch.device("cpu")
     scores, ref_object, ref_group, cand_group = _validate(
         scores, ref_object, ref_group, cand_group, is_torch
     )
-    name = resolve_backend(_OP, backend, device, _BACKENDS, cpu_default="numba")
+    name = resolve_backend(
+        _OP, backend, device, _BACKENDS, cpu_default="numba", pid_loop_bounds=True
+    )
     R, C = scores.shape
     if name != "triton" or device.type == "cpu":
         # On the host the ids are cheap to inspect; on CUDA the check would cost a host sync.

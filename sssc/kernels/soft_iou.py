@@ -114,9 +114,13 @@ def pairwise_soft_iou(pred, cand, pred_group=None, cand_group=None, eps=1e-7, ba
     Raises:
         ValueError: for wrong ranks, mismatched ``H x W``, group lengths that do not match, one
             group argument without the other, a bad ``eps``, or an unusable backend.
+        RuntimeError: ``backend="triton"`` on CPU tensors in a Triton interpreter that cannot run
+            the kernel (Triton < 3.7 with NumPy >= 2.4; see ``_backend.interpreter_problem``).
     """
     _validate(pred, cand, pred_group, cand_group, eps)
-    name = resolve_backend(_OP, backend, pred.device, _BACKENDS, cpu_default="numba")
+    name = resolve_backend(
+        _OP, backend, pred.device, _BACKENDS, cpu_default="numba", pid_loop_bounds=True
+    )
     if name == "numba" and pred.device.type != "cpu":
         raise ValueError(f"{_OP}: backend='numba' needs CPU tensors, got {pred.device.type}")
     if name == "reference":
