@@ -56,8 +56,8 @@ def interpreter_problem(triton_version: str, numpy_version: str) -> str | None:
     Triton < 3.7's interpreter holds ``tl.program_id`` (and all arithmetic on it) as a 1-element
     array, and ``range()`` turns a bound into an int with ``int(array)``, which NumPy >= 2.4 refuses
     for arrays that are not 0-d. Measured on this project's kernels (CPU, 2026-12-06): Triton 3.3.1,
-    3.5.1 and 3.6.0 pass with NumPy 2.3.5 and fail with NumPy 2.4.6; 3.7.0, 3.7.1 and 3.8.0 pass
-    with both. Compiled kernels are not affected.
+    3.5.1 and 3.6.0 pass with NumPy 2.3.5 and fail with NumPy 2.4.6; 3.7.0 passes with both, 3.7.1
+    and 3.8.0 with NumPy 2.4.6. Compiled kernels are not affected.
     """
     if _release(triton_version) < (3, 7) and _release(numpy_version) >= (2, 4):
         return (
