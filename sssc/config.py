@@ -229,7 +229,9 @@ class TrainConfig:
     # parallel_phases, the cores that correct and +epochs share later
     bootstrap_threads: int = 0
     cache_data: bool = False  # keep decoded images and masks in memory (small datasets)
-    sentences_per_object: int = 0  # expressions of an object per epoch (LAVT: 1); 0 = all
+    # expressions of an object per epoch, drawn anew each epoch: 1 (official: S+S+C trains with
+    # --one-sentence-per-item, one random expression per object and image); 0 = all of them
+    sentences_per_object: int = 1
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: per epoch)
     eval_every: int = 1  # evaluate on data.eval_split every N epochs (and always at the end)
     log_every: int = 10  # steps between log lines

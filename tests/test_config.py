@@ -228,6 +228,47 @@ def test_dataset_configs(name):
     assert "train2014" in cfg.data.image_dir
 
 
+@pytest.mark.parametrize("recipe", ["sssc", "official"])
+@pytest.mark.parametrize("name", sorted(DATASET_CONFIGS))
+def test_dataset_configs_train_each_object_once_an_epoch(name, recipe, tmp_path):
+    """S+S+C's training set has one item per image and, with ``--one-sentence-per-item`` (which its
+    README's training commands pass), gives each of the image's objects one of its expressions,
+    drawn at random (LAVT's own draws one per object too). So a RefCOCO-family config's epoch
+    holds each train object once, with one of its expressions, whichever batching it uses
+    (``samples`` is the official recipe's)."""
+    from tiny_data import TENTHS
+
+    from sssc.correct.data import ImageSet, pack_samples
+    from sssc.data.refer import Refer
+    from sssc.data.synthetic import generate
+
+    generate(tmp_path, num_images=20, **TENTHS)
+    cfg = load_config(
+        name,
+        [
+            f"recipe={recipe}",
+            f"data.root={tmp_path}",
+            "data.dataset=synthetic",
+            "data.split_by=synthetic",
+            "data.image_dir=",
+            *synth_sets(20),
+        ],
+    )
+    refer = Refer.from_config(cfg.data)
+    refs = refer.split_refs(cfg.data.train_split)
+    assert sum(len(r.sentences) for r in refs) > len(refs)  # objects with several expressions
+    per = cfg.train.sentences_per_object
+    if cfg.data.batching == "samples":
+        batches = pack_samples(refer, cfg.data.train_split, 1, cfg.seed, 0, per)
+        sent_ids = [s for b in batches for _, s in b]
+    else:
+        ds = ImageSet(refer, cfg.data.train_split, 16, per_object=per, seed=cfg.seed)
+        ids = refer.split_image_ids(cfg.data.train_split)
+        sent_ids = [s for i in ids for s in ds[i]["sent_ids"]]
+    owner = {s.sent_id: r.ann_id for r in refs for s in r.sentences}
+    assert sorted(owner[s] for s in sent_ids) == sorted(r.ann_id for r in refs)
+
+
 def test_config_to_dict_is_json_and_round_trips(tmp_path):
     cfg = load_config(None, ["train.lr=0.1"])
     d = config_to_dict(cfg)
