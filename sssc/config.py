@@ -81,7 +81,12 @@ class DataConfig:
     eval_split: str = "val"
     batch_expressions: int = 60  # expressions per step (paper: 60)
     batching: str = "images"  # images (whole images up to the budget) | samples (official:
-    # exactly the budget from a shuffled list of expressions; images split across steps)
+    # shuffled images unfolded into expressions, cut into exactly the budget; an image is split
+    # where a cut falls inside it)
+    samples_gpus: int = 4  # samples: the official run's GPUs, each cutting its own images'
+    # expressions into batch_expressions / samples_gpus (4 x 15 = 60)
+    samples_images_per_load: int = 7  # samples: a GPU loads its images this many at a time
+    # (official --batch-size 7) and drops the last, smaller load of an epoch
     text_field: str = "raw"  # raw (LAVT tokenizes REFER's raw text) | sent (the cleaned one)
     polygon_overlap: str = "refer"  # GT of several polygons: refer (LAVT: overlaps are
     # background) | union
@@ -203,6 +208,9 @@ class TrainConfig:
     backbone_lr_scale: float = 1.0
     weight_decay: float = 1e-2
     poly_power: float = 0.9  # lr * (1 - step / total) ** poly_power, per phase
+    # total: steps (the phase's steps) | loads (official: epochs x a GPU's loads of
+    # data.samples_images_per_load images, fewer than its steps on RefCOCO; README row 32)
+    lr_horizon: str = "steps"
     class_weights: list[float] = field(default_factory=lambda: [0.9, 1.1])  # background, object
     # weight of a soft IoU loss added to the cross-entropy in iou_loss_phases (0: LAVT's and
     # S+S+C's loss, the cross-entropy alone; README, deviation row 30)
@@ -259,6 +267,7 @@ OFFICIAL_RECIPE: dict[str, Any] = {
     "select.models.channel_order": "bgr",
     "train.single_candidate": "always",
     "train.match_ties": "official",
+    "train.lr_horizon": "loads",
     # Not train.selection=best_gt: model selection on GT masks is only ever set by name.
 }
 
@@ -280,6 +289,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "select.models.channel_order": ("rgb", "bgr"),
     "train.single_candidate": ("compete", "always"),
     "train.match_ties": ("sssc", "official"),
+    "train.lr_horizon": ("steps", "loads"),
     "train.drop_path": ("both", "attention"),
     "train.selection": ("last", "best_gt"),
     "train.loss_norm": ("samples", "pixels"),
@@ -310,6 +320,8 @@ _NON_NEGATIVE = (
 )
 _POSITIVE_INTS = (
     "data.batch_expressions",
+    "data.samples_gpus",
+    "data.samples_images_per_load",
     "data.synth.num_images",
     "data.synth.image_size",
     "segment.models.gdino_size",
@@ -394,6 +406,13 @@ def _check_whole(cfg: RunConfig, source: str) -> None:
         split_sizes(sy.num_images, sy.val_images, sy.test_images)
     except ValueError as e:
         raise ConfigError(f"{source}: 'data.synth': {e}") from None
+    d = cfg.data
+    if d.batching == "samples" and d.batch_expressions % d.samples_gpus:
+        raise ConfigError(
+            f"{source}: 'data.batch_expressions' ({d.batch_expressions}) must be a multiple of "
+            f"'data.samples_gpus' ({d.samples_gpus}) with data.batching=samples: each GPU's cut "
+            "is an equal share"
+        )
     for stage in ("segment", "select"):
         sec = getattr(cfg, stage)
         if (

@@ -89,7 +89,12 @@ _OPERATIONAL = {
     "select.models.num_workers",
     "select.models.batch_size",
 }
-_TRAINING_DATA = {"data.batch_expressions", "data.batching"}
+_TRAINING_DATA = {
+    "data.batch_expressions",
+    "data.batching",
+    "data.samples_gpus",
+    "data.samples_images_per_load",
+}
 _CORRECT_ONLY = {
     "train.correct_epochs",
     "train.unmatched",

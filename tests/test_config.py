@@ -258,15 +258,17 @@ def test_dataset_configs_train_each_object_once_an_epoch(name, recipe, tmp_path)
     refs = refer.split_refs(cfg.data.train_split)
     assert sum(len(r.sentences) for r in refs) > len(refs)  # objects with several expressions
     per = cfg.train.sentences_per_object
+    owner = {s.sent_id: r.ann_id for r in refs for s in r.sentences}
     if cfg.data.batching == "samples":
-        batches = pack_samples(refer, cfg.data.train_split, 1, cfg.seed, 0, per)
-        sent_ids = [s for b in batches for _, s in b]
+        # One GPU cutting steps of one expression: all but the last (a buffer keeps it).
+        batches = pack_samples(refer, cfg.data.train_split, 1, cfg.seed, 0, per, 1, 1)
+        objects = [owner[s] for b in batches for _, s in b]
+        assert len(objects) == len(set(objects)) == len(refs) - 1
     else:
         ds = ImageSet(refer, cfg.data.train_split, 16, per_object=per, seed=cfg.seed)
         ids = refer.split_image_ids(cfg.data.train_split)
-        sent_ids = [s for i in ids for s in ds[i]["sent_ids"]]
-    owner = {s.sent_id: r.ann_id for r in refs for s in r.sentences}
-    assert sorted(owner[s] for s in sent_ids) == sorted(r.ann_id for r in refs)
+        objects = [owner[s] for i in ids for s in ds[i]["sent_ids"]]
+        assert sorted(objects) == sorted(r.ann_id for r in refs)
 
 
 def test_config_to_dict_is_json_and_round_trips(tmp_path):
@@ -384,3 +386,14 @@ def test_simulated_backend_on_real_data_needs_an_explicit_allow(tmp_path):
         load_config(_write(tmp_path, text), sets)
     cfg = load_config(_write(tmp_path, text), [*sets, "select.simulate.allow_real_data=true"])
     assert cfg.segment.backend == "simulated"
+
+
+def test_sample_batches_split_evenly_over_the_official_gpus():
+    base = ["data.batching=samples", "data.batch_expressions=6"]
+    with pytest.raises(ConfigError, match=r"multiple of 'data.samples_gpus' \(4\)"):
+        load_config(None, base)
+    for order in ([*base, "data.samples_gpus=2"], ["data.samples_gpus=3", *base]):
+        assert load_config(None, order).data.batch_expressions == 6
+    assert load_config(None, ["data.batch_expressions=6"]).data.batching == "images"  # no rule
+    with pytest.raises(ConfigError, match="'data.samples_images_per_load' must be a positive"):
+        load_config(None, ["data.samples_images_per_load=0"])

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -413,51 +414,153 @@ def test_selection_best_gt_keeps_the_best_val_epoch_and_says_so(base, tmp_path):
     assert load_config(None, ["recipe=official"]).train.selection == "last"
 
 
-def test_official_sample_batches(base):
-    """data.batching=samples: every object once per epoch with one of its expressions (the
-    draw ImageSet makes), exactly the budget per step, the remainder dropped, and a rank's share
-    interleaved over the global batch."""
+def _official_unfold_and_cut(refer, order, gpus, per_load, per_gpu, drawn, has_target):
+    """The official S+S+C epoch, step by step as its training loop runs it: each GPU takes every
+    gpus-th image of the padded permutation, loads them per_load at a time (dropping a last,
+    smaller load), appends each loaded image's objects' expressions (drawn: image id -> the
+    epoch's sent ids) to its buffer, and trains on the first per_gpu while the buffer holds more.
+    Returns per GPU its list of steps."""
+    ids = refer.split_image_ids("train")
+    padded = order + order[: (gpus - len(order) % gpus) % gpus]
+    out = []
+    for g in range(gpus):
+        mine = padded[g::gpus]
+        loads = [mine[k : k + per_load] for k in range(0, len(mine), per_load)]
+        loads = [ld for ld in loads if len(ld) == per_load]
+        buffer, steps = [], []
+        for load in loads:
+            for i in load:
+                sents = drawn(ids[i])
+                for r in refer.image_refs(ids[i], "train"):
+                    if has_target(r.ann_id):
+                        buffer += [(ids[i], s.sent_id) for s in r.sentences if s.sent_id in sents]
+            while len(buffer) > per_gpu:
+                steps.append(buffer[:per_gpu])
+                buffer = buffer[per_gpu:]
+        out.append(steps)
+    return out
+
+
+@pytest.mark.parametrize("gpus, per_load, per_gpu", [(2, 2, 3), (3, 1, 4), (1, 3, 5), (4, 2, 2)])
+def test_official_sample_batches(base, gpus, per_load, per_gpu):
+    """data.batching=samples follows the official loop: shuffled images dealt to the GPUs,
+    loaded per_load at a time, unfolded into one drawn expression per object with a target, and
+    cut into per_gpu while a GPU's buffer holds more; step i is every GPU's i-th cut, as many
+    steps as the GPU with the fewest; each rank gets whole GPU cuts."""
     from sssc.correct.data import ImageSet, pack_samples, rank_keys
 
     d, sets = base
     cfg = load_config(None, sets)
     refer = Refer.from_config(cfg.data)
     refs = refer.split_refs("train")
+    n_images = len(refer.split_image_ids("train"))
+    skipped = {r.ann_id for r in refs[::5]}  # objects whose pseudo-label mask is empty
     for epoch in (0, 1):
-        batches = pack_samples(refer, "train", 7, seed=3, epoch=epoch, per_object=1)
-        flat = [s for b in batches for s in b]
-        assert all(len(b) == 7 for b in batches) and len(batches) == len(refs) // 7
-        sent_obj = {s.sent_id: r.ann_id for r in refs for s in r.sentences}
-        objs = [sent_obj[s] for _, s in flat]
-        assert len(objs) == len(set(objs))  # no object twice in an epoch
+        batches = pack_samples(
+            refer, "train", gpus * per_gpu, 3, epoch, 1, gpus, per_load, lambda a: a not in skipped
+        )
         ds = ImageSet(refer, "train", 16, per_object=1, seed=3)
         ds.set_epoch(epoch)
-        drawn = {s for r in refs for s in ds[r.image_id]["sent_ids"]}
-        assert {s for _, s in flat} <= drawn  # the same expression as whole-image batching
-        keys = [rank_keys(batches[0], r, 2) for r in (0, 1)]
-        got = sorted((i, s) for k in keys for i, ss in k for s in ss)
-        assert got == sorted(batches[0])
-        assert [s for i, ss in keys[1] for s in ss] == [s for _, s in batches[0][1::2]]
+        order = np.random.default_rng([3, epoch, 1]).permutation(n_images).tolist()
+        per = _official_unfold_and_cut(
+            refer,
+            order,
+            gpus,
+            per_load,
+            per_gpu,
+            lambda i, ds=ds: set(ds[i]["sent_ids"]),
+            lambda a: a not in skipped,
+        )
+        steps = min(len(p) for p in per)
+        assert steps > 0
+        assert batches == [[x for p in per for x in p[i]] for i in range(steps)]
+        sent_obj = {s.sent_id: r.ann_id for r in refs for s in r.sentences}
+        assert not {sent_obj[s] for b in batches for _, s in b} & skipped
+        for b in batches:
+            objs = [sent_obj[s] for _, s in b]
+            assert len(objs) == len(set(objs))  # one expression per object
+            # A rank of as many as the GPUs trains on one GPU's cut, grouped by image in order.
+            for g in range(gpus):
+                keys = rank_keys(b, g, gpus)
+                assert [(i, s) for i, ss in keys for s in ss] == b[g * per_gpu : (g + 1) * per_gpu]
+            halves = [rank_keys(b, r, 2) for r in (0, 1)]
+            assert sorted((i, s) for k in halves for i, ss in k for s in ss) == sorted(b)
 
 
-def test_training_with_official_sample_batches(base, tmp_path):
+def test_training_with_official_sample_batches(base, tmp_path, monkeypatch):
+    """The training loop runs pack_samples' plan: every step holds exactly the budget, and only
+    the objects with a target (an eligible S1 candidate, read here from the store) enter one."""
+    from sssc.correct.data import pack_samples
+    from sssc.store import Store
+
     run, sets = _run_copy(base, tmp_path)
     cfg = load_config(
         None,
         [
             *sets,
             "data.batching=samples",
-            "data.batch_expressions=5",
+            "data.batch_expressions=6",
+            "data.samples_gpus=2",
+            "data.samples_images_per_load=2",
             "train.bootstrap_epochs=1",
             "train.sentences_per_object=1",
         ],
     )
     train_phase("bootstrap", cfg, run)
+    refer = Refer.from_config(cfg.data)
+    s1 = Store(run / "segment", kind="S1")
+    images = refer.split_image_ids("train")
+    with_cands = {o.ann_id for i in images for o in s1.get(i).objects if o.eligible}
+    # This tiny run's S1 gives every object a candidate; take some away, as if their masks
+    # were empty, to see that the loop skips them.
+    gone = set(sorted(with_cands)[::4])
+    real = train_mod._objects_with_targets
+
+    def fewer(*args):
+        found = real(*args)
+        assert found == with_cands
+        return found - gone
+
+    monkeypatch.setattr(train_mod, "_objects_with_targets", fewer)
     m = train_phase("correct", cfg, run)
-    n_objects = len(Refer.from_config(cfg.data).split_refs("train"))
+    plans = [
+        pack_samples(refer, "train", 6, cfg.seed, e, 1, 2, 2, lambda a: a in with_cands - gone)
+        for e in range(cfg.train.correct_epochs)
+    ]
+    everything = [
+        pack_samples(refer, "train", 6, cfg.seed, e, 1, 2, 2)
+        for e in range(cfg.train.correct_epochs)
+    ]
+    assert sum(len(p) for p in plans) < sum(len(p) for p in everything)
     steps = [r for r in _losses(run / "correct" / "log.jsonl")[0]]
-    assert len(steps) == n_objects // 5  # exactly 5 expressions per step, remainder dropped
-    assert m["unmatched"]["expressions_seen"] == 5 * len(steps)
+    assert len(steps) == sum(len(p) for p in plans) > 0
+    assert m["unmatched"]["expressions_seen"] == 6 * len(steps)
+
+
+def test_official_lr_horizon_counts_image_loads(base, tmp_path):
+    """train.lr_horizon=loads: the poly decay's total is the epochs times a GPU's image loads
+    (the official len(data_loader) x epochs), not the steps taken; past it the factor stays 0
+    (the official code's base goes negative there, and its power is a complex number)."""
+    run, sets = _run_copy(base, tmp_path)
+    cfg = load_config(
+        None,
+        [
+            *sets,
+            "data.batching=samples",
+            "data.batch_expressions=6",
+            "data.samples_gpus=2",
+            "data.samples_images_per_load=2",
+            "train.lr_horizon=loads",
+        ],
+    )
+    train_phase("bootstrap", cfg, run)
+    n = len(Refer.from_config(cfg.data).split_image_ids("train"))
+    total = cfg.train.bootstrap_epochs * ((n + 1) // 2 // 2)  # 2 GPUs, loads of 2 images
+    recs = [json.loads(x) for x in (run / "bootstrap" / "log.jsonl").read_text().splitlines()]
+    lrs = [(r["global_step"], r["lr"]) for r in recs if "loss" in r]
+    assert len(lrs) > total  # more steps than loads: the lr reaches 0 before the end
+    for s, lr in lrs:
+        assert lr == pytest.approx(cfg.train.lr * max(0.0, 1 - s / total) ** 0.9, abs=1e-12)
 
 
 def test_a_failed_correct_phase_stops_plus_epochs_beside_it(base, tmp_path, monkeypatch):

@@ -174,6 +174,10 @@ def _copy(done_run, tmp_path):
             ],
         ),
         (["select.simulate.p_correct=0.9"], ["select.simulate.p_correct: 0.6 there, 0.9 now"]),
+        (
+            ["data.samples_gpus=2", "train.lr_horizon=loads"],
+            ["data.samples_gpus: 4 there, 2 now", 'train.lr_horizon: "steps" there, "loads" now'],
+        ),
     ],
 )
 def test_a_rerun_with_other_settings_is_refused_naming_the_keys(
@@ -189,6 +193,17 @@ def test_a_rerun_with_other_settings_is_refused_naming_the_keys(
         assert n in cap.err
     assert "--no-resume" in cap.err and "mIoU" not in cap.out  # no old table printed as new
     assert (run / "bootstrap" / "metrics.json").read_bytes() == before
+
+
+def test_training_data_settings_do_not_redo_stages_1_2(done_run, tmp_path, capsys):
+    """How Stage 3 batches its samples does not define the S1 and S2 stores."""
+    run, sets = _copy(done_run, tmp_path)
+    before = [(run / s / "store.json").read_bytes() for s in ("segment", "select")]
+    change = ["data.batching=samples", "data.samples_gpus=2", "data.samples_images_per_load=3"]
+    extra = [x for c in change for x in ("--set", c)]
+    assert train_main(["--stage", "select", "--run", str(run), *sets, *extra]) == 0
+    assert "other settings" not in capsys.readouterr().err
+    assert [(run / s / "store.json").read_bytes() for s in ("segment", "select")] == before
 
 
 def test_no_resume_redoes_the_stage_and_equals_a_fresh_run(done_run, tmp_path):

@@ -3,9 +3,10 @@
 A training *sample* is one expression. A *batch* (``data.batching``) is, by default
 (``images``), whole images packed up to ``data.batch_expressions`` expressions
 (:func:`sssc.data.refer.pack_images`), so that the matching loss sees every object of an image at
-once; or (``samples``, the official code's) exactly ``data.batch_expressions`` expressions drawn
-from a shuffled list of all of them (:func:`pack_samples`), so that an image's objects may be
-split across steps and ranks. :class:`ImageSet` returns one image (or the chosen expressions of
+once; or (``samples``, the official code's) exactly ``data.batch_expressions`` expressions: the
+shuffled images unfolded into their expressions on each of the official run's GPUs and cut
+into equal shares (:func:`pack_samples`), so that an image's objects are split where a cut falls
+inside them. :class:`ImageSet` returns one image (or the chosen expressions of
 one) with everything they need, :func:`collate` turns a list of those into a batch:
 
 * ``bootstrap`` (``targets="s2"``): each expression's target is its object's S2 choice;
@@ -203,35 +204,73 @@ def _take_rows(item: dict, keep: list[int]) -> dict:
 
 
 def pack_samples(
-    refer: Refer, split: str, budget: int, seed: int, epoch: int, per_object: int = 1
+    refer: Refer,
+    split: str,
+    budget: int,
+    seed: int,
+    epoch: int,
+    per_object: int = 1,
+    gpus: int = 4,
+    images_per_load: int = 7,
+    has_target: Callable[[int], bool] | None = None,
 ) -> list[list[tuple[int, int]]]:
-    """The official code's batches: ``budget`` expressions each, from one shuffled list.
+    """The official S+S+C batches (``data.batching: samples``): ``budget`` expressions each.
 
-    Every object contributes ``per_object`` of its expressions (drawn as :class:`ImageSet`
-    draws them; 0: all), the ``(image_id, sent_id)`` samples are shuffled with ``(seed, epoch)``
-    and cut into batches of exactly ``budget``; the last, shorter one is dropped (LAVT's
-    ``drop_last=True``).
+    The official training shuffles the split's images and deals them to its ``gpus`` GPUs
+    (``DistributedSampler``: the permutation padded with its first images to a multiple of
+    ``gpus``, GPU ``g`` taking every ``gpus``-th from the ``g``-th). Each GPU loads its images
+    ``images_per_load`` at a time (the last, smaller load of an epoch is dropped), unfolds each
+    image into its objects' expressions in ref order (``per_object`` of each, drawn as
+    :class:`ImageSet` draws them; 0: all; an object without a target is skipped), appends them
+    to its buffer, and trains on the first ``budget / gpus`` whenever the buffer holds more than
+    that; what is left at the end of the epoch is dropped. So an image's expressions stay
+    together in one step unless a cut falls inside them.
+
+    Step ``i`` is the ``i``-th cut of every GPU, GPU 0's first, for as many steps as the GPU with
+    the fewest cuts has (data parallelism needs the same number on every GPU; the official code
+    leaves this case undefined). :func:`rank_keys` gives each rank whole GPU cuts.
+
+    Args:
+        has_target: whether an object (ann id) has a target in this phase (the official code
+            skips an object whose pseudo-label mask is empty); None: every object has one.
 
     Returns:
         Per batch, its ``(image_id, sent_id)`` samples.
     """
-    samples = []
-    for r in refer.split_refs(split):
-        n = len(r.sentences)
-        use = _drawn(seed, epoch, r.ann_id, n, per_object) if per_object > 0 else np.ones(n, bool)
-        samples += [(r.image_id, s.sent_id) for s, u in zip(r.sentences, use, strict=True) if u]
-    order = np.random.default_rng([seed, epoch, 1]).permutation(len(samples))
-    samples = [samples[i] for i in order]
-    return [samples[i : i + budget] for i in range(0, len(samples) - budget + 1, budget)]
+    if budget % gpus:
+        raise ValueError(f"pack_samples: budget {budget} is not a multiple of gpus {gpus}")
+    per_gpu = budget // gpus
+    ids = refer.split_image_ids(split)
+    order = np.random.default_rng([seed, epoch, 1]).permutation(len(ids)).tolist()
+    pad = -len(order) % gpus
+    order += order[:pad]  # DistributedSampler's padding (the split has at least `gpus` images)
+    cuts = []
+    for g in range(gpus):
+        mine = order[g::gpus]
+        mine = mine[: len(mine) - len(mine) % images_per_load]
+        seq = []
+        for i in mine:
+            for r in refer.image_refs(ids[i], split):
+                if has_target is not None and not has_target(r.ann_id):
+                    continue
+                n = len(r.sentences)
+                use = _drawn(seed, epoch, r.ann_id, n, per_object) if per_object else np.ones(n)
+                seq += [(ids[i], s.sent_id) for s, u in zip(r.sentences, use, strict=True) if u]
+        # The buffer is cut while it holds more than per_gpu: the last 1..per_gpu are left.
+        cuts.append([seq[k : k + per_gpu] for k in range(0, len(seq) - per_gpu, per_gpu)])
+    steps = min(len(c) for c in cuts)
+    return [[x for c in cuts for x in c[i]] for i in range(steps)]
 
 
 def rank_keys(batch: list, rank: int, world: int) -> list:
     """A rank's share of one step: whole images ``batch[rank::world]`` (``images`` batching),
-    or its samples ``batch[rank::world]`` grouped by image as ``(image_id, sent_ids)`` keys
-    (``samples``: LAVT's DistributedSampler interleaves the global batch over the ranks)."""
-    mine = batch[rank::world]
-    if not mine or not isinstance(mine[0], tuple):
-        return mine
+    or (``samples``) the ``rank``-th of ``world`` equal, consecutive slices of its samples,
+    grouped by image as ``(image_id, sent_ids)`` keys: with as many ranks as the official run's
+    GPUs, each rank trains on one GPU's cut, as there."""
+    if not batch or not isinstance(batch[0], tuple):
+        return batch[rank::world]
+    n = len(batch)
+    mine = batch[rank * n // world : (rank + 1) * n // world]
     by_image: dict[int, list[int]] = {}
     for image_id, sent_id in mine:
         by_image.setdefault(image_id, []).append(sent_id)

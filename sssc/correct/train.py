@@ -20,7 +20,8 @@ evaluation), TensorBoard scalars under ``tb/`` when tensorboard is installed, ``
 matplotlib is, and ``metrics.json`` (the last epoch's model on ``data.eval_split``).
 
 Data parallel: run under ``torchrun``; every rank packs the same global batches and takes every
-``world``-th image of each. The loss is normalised by the global batch's weight (one all-reduce),
+``world``-th image of each (``images``), or its consecutive share of the samples (``samples``: with
+as many ranks as ``data.samples_gpus``, one official GPU's cut each). The loss is normalised by the global batch's weight (one all-reduce),
 and batch norm is synchronised, so the losses equal a one-process run of the same global batch.
 
 Host syncs per step: the loss is read once for the NaN/inf check and the log (``float(...)``);
@@ -181,6 +182,7 @@ def train_phase(
 
     # Every epoch's packing is known up front: the schedule's length and the sampler position.
     if cfg.data.batching == "samples":
+        with_target = _objects_with_targets(refer, cfg.data.train_split, s1, s2)
         plans = [
             pack_samples(
                 refer,
@@ -189,6 +191,9 @@ def train_phase(
                 cfg.seed,
                 e,
                 t.sentences_per_object,
+                cfg.data.samples_gpus,
+                cfg.data.samples_images_per_load,
+                with_target.__contains__,
             )
             for e in range(epochs)
         ]
@@ -205,6 +210,8 @@ def train_phase(
             for e in range(epochs)
         ]
     total = max(1, sum(len(p) for p in plans))
+    if t.lr_horizon == "loads":  # the official horizon: the image loads, not the steps
+        total = max(1, epochs * official_loads(refer, cfg.data))
     opt = build_optimizer(model, t)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: max(0.0, 1.0 - s / total) ** t.poly_power
@@ -467,6 +474,27 @@ def train_phase(
         dist.barrier()
     cleanup_dist(own_pg)
     return read_json(out / "metrics.json", "metrics")
+
+
+def official_loads(refer: Refer, data: Any) -> int:
+    """A GPU's image loads per epoch in the official code (``len(data_loader)``): its share of the
+    train images (``DistributedSampler``: ``ceil(images / data.samples_gpus)``) in loads of
+    ``data.samples_images_per_load``, the last, smaller one dropped. Its poly schedule decays over
+    ``epochs`` times this many steps, while it takes a step per 15 unfolded expressions."""
+    n = len(refer.split_image_ids(data.train_split))
+    return math.ceil(n / data.samples_gpus) // data.samples_images_per_load
+
+
+def _objects_with_targets(refer: Refer, split: str, s1: Store, s2: Store | None) -> set[int]:
+    """The objects (ann ids) with a target in this phase: an S2 choice (``s2`` given) or else an
+    eligible S1 candidate. The official code skips the others (their mask files are empty)."""
+    out = set()
+    for image_id in refer.split_image_ids(split):
+        if s2 is not None:
+            out.update(o.ann_id for o in s2.get(image_id).objects if o.chosen is not None)
+        else:
+            out.update(o.ann_id for o in s1.get(image_id).objects if o.eligible)
+    return out
 
 
 def _gap_recovered(run_dir: Path, miou: float) -> float | None:
