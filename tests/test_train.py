@@ -537,6 +537,15 @@ def test_training_with_official_sample_batches(base, tmp_path, monkeypatch):
     assert m["unmatched"]["expressions_seen"] == 6 * len(steps)
 
 
+def test_sample_batches_need_ranks_that_take_whole_gpu_cuts(base, tmp_path, monkeypatch):
+    run, sets = _run_copy(base, tmp_path)
+    cfg = load_config(None, [*sets, "data.batching=samples", "data.batch_expressions=8"])
+    monkeypatch.setattr(train_mod, "setup_dist", lambda: (0, 3, False))  # 3 ranks, 4 GPU cuts
+    with pytest.raises(TrainError, match="samples_gpus=4 GPU shares, which 3 ranks cannot"):
+        train_phase("bootstrap", cfg, run)
+    assert not (run / "bootstrap").exists()
+
+
 def test_official_lr_horizon_counts_image_loads(base, tmp_path):
     """train.lr_horizon=loads: the poly decay's total is the epochs times a GPU's image loads
     (the official len(data_loader) x epochs), not the steps taken; past it the factor stays 0

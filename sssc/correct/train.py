@@ -20,9 +20,10 @@ evaluation), TensorBoard scalars under ``tb/`` when tensorboard is installed, ``
 matplotlib is, and ``metrics.json`` (the last epoch's model on ``data.eval_split``).
 
 Data parallel: run under ``torchrun``; every rank packs the same global batches and takes every
-``world``-th image of each (``images``), or its consecutive share of the samples (``samples``: with
-as many ranks as ``data.samples_gpus``, one official GPU's cut each). The loss is normalised by the global batch's weight (one all-reduce),
-and batch norm is synchronised, so the losses equal a one-process run of the same global batch.
+``world``-th image of each (``images``), or its consecutive share of the samples (``samples``:
+whole official GPU cuts, one each with as many ranks as ``data.samples_gpus``). The loss is
+normalised by the global batch's weight (one all-reduce), and batch norm is synchronised, so the
+losses equal a one-process run of the same global batch.
 
 Host syncs per step: the loss is read once for the NaN/inf check and the log (``float(...)``);
 everything else stays on the device until a log line.
@@ -119,6 +120,13 @@ def train_phase(
     targets, init, epochs_key = PHASES[phase]
     epochs, out = getattr(t, epochs_key), run_dir / phase
     rank, world, own_pg = setup_dist()
+    if cfg.data.batching == "samples" and cfg.data.samples_gpus % world:
+        cleanup_dist(own_pg)
+        raise TrainError(
+            f"data.batching=samples cuts each step into data.samples_gpus={cfg.data.samples_gpus} "
+            f"GPU shares, which {world} ranks cannot take whole (an image would be split between "
+            "ranks); run with a number of ranks that divides it"
+        )
     dev = resolve_device(cfg.device)
     device = torch.device(
         dev if world == 1 or dev != "cuda" else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
