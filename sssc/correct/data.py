@@ -243,7 +243,7 @@ def pack_samples(
     ids = refer.split_image_ids(split)
     order = np.random.default_rng([seed, epoch, 1]).permutation(len(ids)).tolist()
     pad = -len(order) % gpus
-    order += order[:pad]  # DistributedSampler's padding (the split has at least `gpus` images)
+    order += (order * (pad // max(1, len(order)) + 1))[:pad]  # DistributedSampler's padding
     cuts = []
     for g in range(gpus):
         mine = order[g::gpus]

@@ -219,7 +219,7 @@ def train_phase(
         ]
     total = max(1, sum(len(p) for p in plans))
     if t.lr_horizon == "loads":  # the official horizon: the image loads, not the steps
-        total = max(1, epochs * official_loads(refer, cfg.data))
+        total = max(1, epochs * _official_loads(refer, cfg.data))
     opt = build_optimizer(model, t)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: max(0.0, 1.0 - s / total) ** t.poly_power
@@ -484,7 +484,7 @@ def train_phase(
     return read_json(out / "metrics.json", "metrics")
 
 
-def official_loads(refer: Refer, data: Any) -> int:
+def _official_loads(refer: Refer, data: Any) -> int:
     """A GPU's image loads per epoch in the official code (``len(data_loader)``): its share of the
     train images (``DistributedSampler``: ``ceil(images / data.samples_gpus)``) in loads of
     ``data.samples_images_per_load``, the last, smaller one dropped. Its poly schedule decays over
