@@ -143,9 +143,10 @@ def _ddp_worker(rank, world, port, sets, run, sgd=False):
     train_phase("bootstrap", load_config(None, sets), run)
 
 
+# Official sample batches on 2 GPUs of 3 expressions each, loading 2 images at a time.
 SAMPLES = [
     "data.batching=samples",
-    "data.batch_expressions=8",
+    "data.batch_expressions=6",
     "data.samples_gpus=2",
     "data.samples_images_per_load=2",
 ]
@@ -511,10 +512,7 @@ def test_training_with_official_sample_batches(base, tmp_path, monkeypatch):
         None,
         [
             *sets,
-            "data.batching=samples",
-            "data.batch_expressions=6",
-            "data.samples_gpus=2",
-            "data.samples_images_per_load=2",
+            *SAMPLES,
             "train.bootstrap_epochs=1",
             "train.sentences_per_object=1",
         ],
@@ -568,10 +566,7 @@ def test_official_lr_horizon_counts_image_loads(base, tmp_path):
         None,
         [
             *sets,
-            "data.batching=samples",
-            "data.batch_expressions=6",
-            "data.samples_gpus=2",
-            "data.samples_images_per_load=2",
+            *SAMPLES,
             "train.lr_horizon=loads",
         ],
     )
