@@ -306,6 +306,34 @@ class _Stop(Exception):
     pass
 
 
+def test_an_error_mid_epoch_closes_the_progress_bar_first(base, tmp_path, monkeypatch):
+    """Else the bar, left open, is drawn again when it is collected, after the error's message
+    (which, in a terminal, would also start on the bar's line)."""
+    run, sets = _run_copy(base, tmp_path)
+    bars = []
+
+    class Bar:
+        closed = False
+
+        def update(self, n):
+            assert not self.closed
+
+        def set_postfix(self, **kw):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(train_mod, "progress_bar", lambda *a: bars.append(Bar()) or bars[-1])
+
+    def stop(gstep):
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        train_phase("bootstrap", load_config(None, sets), run, on_step=stop)
+    assert len(bars) == 1 and bars[0].closed
+
+
 def test_bootstrap_runs_on_train_bootstrap_threads_and_the_other_phases_on_train_threads(
     base, tmp_path, monkeypatch
 ):

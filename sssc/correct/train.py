@@ -339,97 +339,103 @@ def train_phase(
         if not t.bert_dropout:  # LAVT's BERT stays in eval mode: no dropout in the text encoder
             model.bert.eval()
         bar = progress_bar(len(plans[epoch]), step, f"{phase} {epoch + 1}/{epochs}", rank)
-        for batch in loader:
-            t0 = time.perf_counter()
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = net(batch["images"], batch["input_ids"], batch["attention_mask"])
-            if targets == "s2":
-                target, sample_weight = batch["target"], None
-            else:
-                m = match_targets(
-                    logits,
-                    batch["candidates"],
-                    batch["cand_group"],
-                    batch["eligible"],
-                    batch["ref_object"],
-                    batch["ref_group"],
-                    t.unmatched,
-                    t.match_size,
-                    gen,
-                    t.single_candidate,
-                    t.match_ties,
+        try:  # the bar is closed on an error too, so that its message starts a line
+            for batch in loader:
+                t0 = time.perf_counter()
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    logits = net(batch["images"], batch["input_ids"], batch["attention_mask"])
+                if targets == "s2":
+                    target, sample_weight = batch["target"], None
+                else:
+                    m = match_targets(
+                        logits,
+                        batch["candidates"],
+                        batch["cand_group"],
+                        batch["eligible"],
+                        batch["ref_object"],
+                        batch["ref_group"],
+                        t.unmatched,
+                        t.match_size,
+                        gen,
+                        t.single_candidate,
+                        t.match_ties,
+                    )
+                    target, sample_weight = m.target, m.weight
+                    counts[1:] += torch.stack([m.unmatched.sum(), m.no_candidate.sum()])
+                counts[0] += target.shape[0]
+                ce = weighted_ce_sums(logits, target, weights, sample_weight, t.loss_norm)
+                iou = soft_iou_loss_sums(logits, target, sample_weight) if iou_weight else None
+                loss, value = batch_loss(
+                    ce, iou, iou_weight, world, dist.all_reduce if world > 1 else None
                 )
-                target, sample_weight = m.target, m.weight
-                counts[1:] += torch.stack([m.unmatched.sum(), m.no_candidate.sum()])
-            counts[0] += target.shape[0]
-            ce = weighted_ce_sums(logits, target, weights, sample_weight, t.loss_norm)
-            iou = soft_iou_loss_sums(logits, target, sample_weight) if iou_weight else None
-            loss, value = batch_loss(
-                ce, iou, iou_weight, world, dist.all_reduce if world > 1 else None
-            )
-            value = float(value)  # host sync: NaN check and log
-            if not math.isfinite(value):
-                kept = None
-                if rank == 0:
-                    # the bare model in eval mode: rank 0 alone checks, no collective may run
-                    kept = _keep_good_checkpoint(model, batch, ckpt_path, amp, device)
-                    atomic_write_text(
-                        stop_path,
-                        json.dumps(
-                            {
-                                "reason": "non-finite loss",
-                                "loss": str(value),
-                                "epoch": epoch + 1,
-                                "step": step,
-                                "kept": kept,
-                            }
+                value = float(value)  # host sync: NaN check and log
+                if not math.isfinite(value):
+                    kept = None
+                    if rank == 0:
+                        # the bare model in eval mode: rank 0 alone checks, no collective may run
+                        kept = _keep_good_checkpoint(model, batch, ckpt_path, amp, device)
+                        atomic_write_text(
+                            stop_path,
+                            json.dumps(
+                                {
+                                    "reason": "non-finite loss",
+                                    "loss": str(value),
+                                    "epoch": epoch + 1,
+                                    "step": step,
+                                    "kept": kept,
+                                }
+                            )
+                            + "\n",
                         )
-                        + "\n",
-                    )
-                cleanup_dist(own_pg)
-                where = f"{phase}: loss is {value} at epoch {epoch + 1}, step {step}; stopped. "
-                if kept is None and rank == 0:
+                    cleanup_dist(own_pg)
+                    where = f"{phase}: loss is {value} at epoch {epoch + 1}, step {step}; stopped. "
+                    if kept is None and rank == 0:
+                        raise TrainError(
+                            where + "No checkpoint from before the divergence exists; rerun with "
+                            "--no-resume and a lower train.lr (or train.grad_clip)"
+                        )
                     raise TrainError(
-                        where + "No checkpoint from before the divergence exists; rerun with "
-                        "--no-resume and a lower train.lr (or train.grad_clip)"
+                        where + f"The last good checkpoint, {kept}, is kept in {ckpt_path}; resume "
+                        "from it with a lower train.lr (or a train.grad_clip), e.g. --set "
+                        f"train.lr={t.lr / 10:g}"
                     )
-                raise TrainError(
-                    where + f"The last good checkpoint, {kept}, is kept in {ckpt_path}; resume "
-                    "from it with a lower train.lr (or a train.grad_clip), e.g. --set "
-                    f"train.lr={t.lr / 10:g}"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            opt.step()
-            sched.step()
-            step, gstep = step + 1, gstep + 1
-            rate = len(target) * world / (time.perf_counter() - t0)
-            rec = {
-                "phase": phase,
-                "epoch": epoch + 1,
-                "step": step,
-                "global_step": gstep,
-                "loss": value,
-                # train.lr's value now (Swin's groups run at train.backbone_lr_scale of it)
-                "lr": next(g["lr"] for g in opt.param_groups if g.get("lr_scale", 1.0) == 1.0),
-                "samples_per_s": rate,
-            }
-            if rank == 0:
-                append_log(log_path, rec)
-                if tb is not None:
-                    tb.add_scalar(f"{phase}/loss", value, gstep)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if t.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                opt.step()
+                sched.step()
+                step, gstep = step + 1, gstep + 1
+                rate = len(target) * world / (time.perf_counter() - t0)
+                rec = {
+                    "phase": phase,
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "global_step": gstep,
+                    "loss": value,
+                    # train.lr's value now (Swin's groups run at train.backbone_lr_scale of it)
+                    "lr": next(g["lr"] for g in opt.param_groups if g.get("lr_scale", 1.0) == 1.0),
+                    "samples_per_s": rate,
+                }
+                if rank == 0:
+                    append_log(log_path, rec)
+                    if tb is not None:
+                        tb.add_scalar(f"{phase}/loss", value, gstep)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{value:.4f}", samples_s=f"{rate:.0f}")
+                if (
+                    t.checkpoint_every
+                    and step % t.checkpoint_every == 0
+                    and step < len(plans[epoch])
+                ):
+                    save()
+                if on_step is not None:
+                    on_step(gstep)
+        finally:
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{value:.4f}", samples_s=f"{rate:.0f}")
-            if t.checkpoint_every and step % t.checkpoint_every == 0 and step < len(plans[epoch]):
-                save()
-            if on_step is not None:
-                on_step(gstep)
-        if bar is not None:
-            bar.close()
+                bar.close()
         epoch, step = epoch + 1, 0
         # best_gt: the official code scores every epoch on val to keep the best one.
         if epoch % t.eval_every == 0 or epoch == epochs or t.selection == "best_gt":
