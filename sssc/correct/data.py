@@ -254,7 +254,9 @@ def pack_samples(
                 if has_target is not None and not has_target(r.ann_id):
                     continue
                 n = len(r.sentences)
-                use = _drawn(seed, epoch, r.ann_id, n, per_object) if per_object else np.ones(n)
+                use = np.ones(n, bool)
+                if per_object:
+                    use = _drawn(seed, epoch, r.ann_id, n, per_object)
                 seq += [(ids[i], s.sent_id) for s, u in zip(r.sentences, use, strict=True) if u]
         # The buffer is cut while it holds more than per_gpu: the last 1..per_gpu are left.
         cuts.append([seq[k : k + per_gpu] for k in range(0, len(seq) - per_gpu, per_gpu)])
