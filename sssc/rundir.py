@@ -102,6 +102,24 @@ _CORRECT_ONLY = {
     "train.match_ties",
     "train.match_size",
 }
+# Keys with no effect unless another key has a value: ``prefix -> (key, test of its value)``. A key
+# that is inert in both configs is not compared, so a change that cannot alter the outputs (or a
+# key an older stored config lacks) does not refuse a resume.
+_ONLY_WHEN: dict[str, tuple[str, Any]] = {
+    "data.samples_gpus": ("data.batching", "samples".__eq__),
+    "data.samples_images_per_load": ("data.batching", "samples".__eq__),
+    "data.synth.": ("data.dataset", "synthetic".__eq__),
+    "segment.simulate.": ("segment.backend", "simulated".__eq__),
+    "segment.models.": ("segment.backend", "models".__eq__),
+    "select.simulate.": ("select.backend", "simulated".__eq__),
+    "select.models.": ("select.backend", "models".__eq__),
+    "train.iou_loss_phases": ("train.iou_loss_weight", bool),
+}
+# Keys added after runs existed, with the value that gives the behaviour sssc had before: a stored
+# config without one is compared as if it held this value.
+_ADDED_LATER: dict[str, Any] = {
+    "train.lr_horizon": "steps",  # 2026-12-06; the poly decay's total was always the phase's steps
+}
 # After a NaN stop, a resume may lower the learning rate or add clipping.
 RESUMABLE_AFTER_DIVERGENCE = ("train.lr", "train.grad_clip")
 
@@ -295,12 +313,23 @@ def stage_config(cfg_dict: dict, stage: str) -> dict[str, Any]:
     return {k: v for k, v in _flat(cfg_dict).items() if stage_keys(stage, k)}
 
 
+def _inert(flat: dict[str, Any], keys: set[str]) -> set[str]:
+    """Those of ``keys`` that would have no effect under a flat config's values (present in it or
+    not; :data:`_ONLY_WHEN`)."""
+    off = [p for p, (key, test) in _ONLY_WHEN.items() if key in flat and not test(flat[key])]
+    return {k for k in keys if any(k == p or (p.endswith(".") and k.startswith(p)) for p in off)}
+
+
 def config_diff(stored: dict, cfg_dict: dict, stage: str) -> list[tuple[str, Any, Any]]:
-    """``(key, stored value, this run's value)`` for every defining key that differs."""
+    """``(key, stored value, this run's value)`` for every defining key that differs, leaving out
+    keys inert in both configs and reading a key absent from ``stored`` as :data:`_ADDED_LATER`
+    says."""
     old, new = stage_config(stored, stage), stage_config(cfg_dict, stage)
+    old |= {k: v for k, v in _ADDED_LATER.items() if k in new and k not in old}
+    keys = set(old) | set(new)
     return [
         (k, old.get(k, _ABSENT), new.get(k, _ABSENT))
-        for k in sorted(set(old) | set(new))
+        for k in sorted(keys - (_inert(old, keys) & _inert(new, keys)))
         if old.get(k, _ABSENT) != new.get(k, _ABSENT)
     ]
 

@@ -14,14 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from tiny_data import TENTHS, synth_args
 
 from sssc.cli import main, train_main
-from sssc.config import load_config
+from sssc.config import config_to_dict, load_config
 from sssc.correct import train as train_mod
 from sssc.correct.train import TrainError, train_phase
 from sssc.data.refer import DatasetError, Refer
-from sssc.rundir import RunDirError, RunLock
+from sssc.rundir import RunDirError, RunLock, config_diff
 
 KILLER = Path(__file__).with_name("killer.py")
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,8 +176,12 @@ def _copy(done_run, tmp_path):
         ),
         (["select.simulate.p_correct=0.9"], ["select.simulate.p_correct: 0.6 there, 0.9 now"]),
         (
-            ["data.samples_gpus=2", "train.lr_horizon=loads"],
-            ["data.samples_gpus: 4 there, 2 now", 'train.lr_horizon: "steps" there, "loads" now'],
+            ["data.batching=samples", "data.samples_gpus=2", "train.lr_horizon=loads"],
+            [
+                'data.batching: "images" there, "samples" now',
+                "data.samples_gpus: 4 there, 2 now",  # inert there, not here: compared
+                'train.lr_horizon: "steps" there, "loads" now',
+            ],
         ),
     ],
 )
@@ -204,6 +209,65 @@ def test_training_data_settings_do_not_redo_stages_1_2(done_run, tmp_path, capsy
     assert train_main(["--stage", "select", "--run", str(run), *sets, *extra]) == 0
     assert "other settings" not in capsys.readouterr().err
     assert [(run / s / "store.json").read_bytes() for s in ("segment", "select")] == before
+
+
+def test_settings_without_effect_do_not_refuse_a_resume(done_run, tmp_path, capsys):
+    """Keys that cannot change this run's outputs (the samples packer's under images batching, the
+    models backends' under simulated ones) are not compared: the phase is reused, not redone."""
+    run, sets = _copy(done_run, tmp_path)
+    stamp = (run / "bootstrap" / "checkpoint.pt").stat().st_mtime_ns
+    change = [
+        "data.samples_gpus=2",
+        "data.samples_images_per_load=3",
+        "segment.models.box_threshold=0.5",
+        "select.models.sigma=10",
+    ]
+    extra = [x for c in change for x in ("--set", c)]
+    capsys.readouterr()
+    assert train_main(["--stage", "bootstrap", "--run", str(run), *sets, *extra]) == 0
+    assert "other settings" not in capsys.readouterr().err
+    assert (run / "bootstrap" / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+
+def test_a_config_stored_before_a_key_existed(done_run, tmp_path, capsys):
+    """A phase whose stored config predates ``train.lr_horizon`` and the samples packer's keys
+    (an sssc before 2026-12-06) resumes under the behaviour it had: ``steps``, images batching."""
+    run, sets = _copy(done_run, tmp_path)
+    path = run / "bootstrap" / "config.yaml"
+    stored = yaml.safe_load(path.read_text())
+    del stored["train"]["lr_horizon"]
+    del stored["data"]["samples_gpus"], stored["data"]["samples_images_per_load"]
+    path.write_text(yaml.safe_dump(stored, sort_keys=False))
+    stamp = (run / "bootstrap" / "checkpoint.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    for change, named in [
+        ("train.lr_horizon=loads", 'train.lr_horizon: "steps" there, "loads" now'),
+        ("data.batching=samples", "data.samples_gpus: (absent) there, 4 now"),
+    ]:
+        assert train_main(["--stage", "bootstrap", "--run", str(run), *sets, "--set", change]) == 2
+        assert named in capsys.readouterr().err
+    assert train_main(["--stage", "bootstrap", "--run", str(run), *sets]) == 0
+    assert (run / "bootstrap" / "checkpoint.pt").stat().st_mtime_ns == stamp
+    stored = yaml.safe_load(path.read_text())  # written again, whole, by the resumed run
+    assert stored["train"]["lr_horizon"] == "steps" and stored["data"]["samples_gpus"] == 4
+
+
+@pytest.mark.parametrize(
+    "weights, named",
+    [
+        ((0, 0), []),  # no IoU loss in either: the phases it would be added in do not count
+        ((3, 3), ["train.iou_loss_phases"]),
+        ((0, 3), ["train.iou_loss_phases", "train.iou_loss_weight"]),
+    ],
+)
+def test_iou_loss_phases_count_only_beside_an_iou_loss(weights, named):
+    a, b = (
+        config_to_dict(
+            load_config(None, [f"train.iou_loss_weight={w}", f"train.iou_loss_phases={p}"])
+        )
+        for w, p in zip(weights, ("[bootstrap]", "[correct]"), strict=True)
+    )
+    assert [k for k, _, _ in config_diff(a, b, "bootstrap")] == named
 
 
 def test_no_resume_redoes_the_stage_and_equals_a_fresh_run(done_run, tmp_path):
