@@ -169,6 +169,10 @@ class SelectModelsConfig:
 @dataclass
 class SelectConfig:
     backend: str = "simulated"  # simulated | models
+    # the S1 candidates as Stages 2-3 see them: whole (Stage 1's masks) | painted (official: each
+    # object's candidates drawn into one label map in detection order, later on top, read back
+    # by colour; README rows 33-34, sssc.store.pools)
+    candidates: str = "whole"
     simulate: SimS2Config = field(default_factory=SimS2Config)
     models: SelectModelsConfig = field(default_factory=SelectModelsConfig)
 
@@ -208,6 +212,10 @@ class TrainConfig:
     backbone_lr_scale: float = 1.0
     weight_decay: float = 1e-2
     poly_power: float = 0.9  # lr * (1 - step / total) ** poly_power, per phase
+    # with select.candidates=painted, the region of a label map Stage 3 reads as background:
+    # minimum (what the maps mean) | largest (official: Pillow numbers a PNG's colours by
+    # frequency, so an S2 mask over half the image trains inverted; README row 34)
+    label_background: str = "minimum"
     # total: steps (the phase's steps) | loads (official: epochs x a GPU's loads of
     # data.samples_images_per_load images, fewer than its steps on RefCOCO; README row 32)
     lr_horizon: str = "steps"
@@ -268,6 +276,8 @@ OFFICIAL_RECIPE: dict[str, Any] = {
     "train.single_candidate": "always",
     "train.match_ties": "official",
     "train.lr_horizon": "loads",
+    "select.candidates": "painted",
+    "train.label_background": "largest",
     # Not train.selection=best_gt: model selection on GT masks is only ever set by name.
 }
 
@@ -290,6 +300,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "train.single_candidate": ("compete", "always"),
     "train.match_ties": ("sssc", "official"),
     "train.lr_horizon": ("steps", "loads"),
+    "select.candidates": ("whole", "painted"),
+    "train.label_background": ("minimum", "largest"),
     "train.drop_path": ("both", "attention"),
     "train.selection": ("last", "best_gt"),
     "train.loss_norm": ("samples", "pixels"),
@@ -412,6 +424,12 @@ def _check_whole(cfg: RunConfig, source: str) -> None:
             f"{source}: 'data.batch_expressions' ({d.batch_expressions}) must be a multiple of "
             f"'data.samples_gpus' ({d.samples_gpus}) with data.batching=samples: each GPU's cut "
             "is an equal share"
+        )
+    if cfg.train.label_background != "minimum" and cfg.select.candidates != "painted":
+        raise ConfigError(
+            f"{source}: 'train.label_background' ({cfg.train.label_background}) reads the "
+            "official label maps: it needs 'select.candidates: painted' (it is "
+            f"{cfg.select.candidates})"
         )
     for stage in ("segment", "select"):
         sec = getattr(cfg, stage)

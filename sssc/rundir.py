@@ -119,6 +119,8 @@ _ONLY_WHEN: dict[str, tuple[str, Any]] = {
 # config without one is compared as if it held this value.
 _ADDED_LATER: dict[str, Any] = {
     "train.lr_horizon": "steps",  # 2026-12-06; the poly decay's total was always the phase's steps
+    "select.candidates": "whole",  # 2026-12-07; the pools were always Stage 1's masks
+    "train.label_background": "minimum",  # 2026-12-07
 }
 # After a NaN stop, a resume may lower the learning rate or add clipping.
 RESUMABLE_AFTER_DIVERGENCE = ("train.lr", "train.grad_clip")

@@ -347,7 +347,7 @@ def _run_segment(refer: Refer, cfg: Any, run_dir: Path, ranks: _Ranks) -> dict:
 def _run_select(refer: Refer, cfg: Any, run_dir: Path, ranks: _Ranks) -> dict:
     from .select.simulated import SimulatedSelector
 
-    s1 = Store(run_dir / "segment", kind="S1")
+    s1 = Store(run_dir / "segment", kind="S1", pools=cfg.select.candidates)
     d, log, fresh = _prepare("select", cfg, run_dir, ranks)
     if cfg.select.backend == "models":
         from .select.runner import ModelsSelector

@@ -117,7 +117,9 @@ def add_viz_command(subparsers) -> None:
     p.add_argument("--run", required=True, help="run directory (as given to sssc-train --run)")
     p.add_argument("--image-id", type=int, action="append", default=[], help="image id(s)")
     p.add_argument("--first", type=int, default=0, help="draw the store's first N images")
-    add_config_args(p, "YAML config (default: <run>/segment/config.yaml)")
+    add_config_args(
+        p, "YAML config (default: <run>/select/config.yaml, else <run>/segment/config.yaml)"
+    )
     p.add_argument("--out", help="output folder (default: <run>/viz)")
     p.set_defaults(func=viz_main)
 
@@ -130,10 +132,12 @@ def viz_main(args: argparse.Namespace) -> int:
 
     run = Path(args.run)
     try:
-        cfg = load_run_config(run, "segment", args.config, args.set)
+        selected = (run / "select" / "store.json").exists()
+        cfg = load_run_config(run, "select" if selected else "segment", args.config, args.set)
         refer = Refer.from_config(cfg.data, generate=False)
-        s1 = Store(run / "segment", kind="S1")
-        s2 = Store(run / "select", kind="S2") if (run / "select" / "store.json").exists() else None
+        # the pools as Stage 2 read them, so that its choice names the candidate drawn
+        s1 = Store(run / "segment", kind="S1", pools=cfg.select.candidates if selected else "whole")
+        s2 = Store(run / "select", kind="S2") if selected else None
         ids = list(args.image_id) + s1.image_ids()[: max(0, args.first)]
         if not ids:
             print("sssc viz: give --image-id N or --first N", file=sys.stderr)

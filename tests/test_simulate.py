@@ -22,7 +22,7 @@ def refer(tmp_path_factory):
     return Refer(root, "synthetic", "synthetic", root / "synthetic" / "images")
 
 
-_S1 = types.SimpleNamespace(producer={"name": "x"})  # an S1 store's producer
+_S1 = types.SimpleNamespace(labels_producer={"name": "x"})  # an S1 store, as read
 
 
 def s1cfg(p_drop=0.0, jitter_px=0.0, p_false_positive=0.0, seed=0):

@@ -28,6 +28,7 @@ import torch
 
 from ..data.masks import resize_mask
 from ..data.refer import Refer
+from ..store.pools import binary_target
 from .lavt import IMAGENET_MEAN, IMAGENET_STD  # the model owns its input normalisation
 
 __all__ = [
@@ -90,6 +91,9 @@ class ImageSet(torch.utils.data.Dataset):
         seed: the draws' seed (see :meth:`set_epoch`).
         text_field: which REFER text the model reads: ``"raw"`` (as typed, LAVT's choice) or
             ``"sent"`` (REFER's cleaned, lower-cased text).
+        label_background: ``"largest"``: an S2 target over half the image is inverted, as the
+            official loader reads its binary PNGs (``train.label_background``); the S1 pools
+            are read that way by the store (:func:`sssc.store.pools.paint_pools`).
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class ImageSet(torch.utils.data.Dataset):
         per_object: int = 0,
         seed: int = 0,
         text_field: str = "raw",
+        label_background: str = "minimum",
     ):
         if targets not in (None, "s1", "s2"):
             raise ValueError(f"targets must be None, 's1' or 's2', got {targets!r}")
@@ -115,6 +120,7 @@ class ImageSet(torch.utils.data.Dataset):
         self.targets, self.s1, self.s2 = targets, s1, s2
         self.cache: dict[int, dict] | None = {} if cache else None
         self.per_object, self.seed, self.epoch = per_object, seed, 0
+        self.label_background = label_background
 
     def set_epoch(self, epoch: int) -> None:
         """Which expressions an epoch uses (with ``per_object``); the same on every rank."""
@@ -168,7 +174,8 @@ class ImageSet(torch.utils.data.Dataset):
             masks = {}
             for o in choice.objects:  # decode each chosen candidate once (objects may collide)
                 if o.chosen is not None and o.chosen not in masks:
-                    masks[o.chosen] = resize_mask(pool.candidate(o.chosen).decode(), size)
+                    m = binary_target(pool.candidate(o.chosen).decode(), self.label_background)
+                    masks[o.chosen] = resize_mask(m, size)
             target = np.full((len(item["ann_ids"]), *size), 255, dtype=np.uint8)  # 255: ignore
             for k, ann_id in enumerate(item["ann_ids"]):
                 chosen = choice.object(ann_id).chosen

@@ -151,9 +151,11 @@ def train_phase(
     if world > 1:
         dist.barrier()
     refer = refer or Refer.from_config(cfg.data)
-    s1 = Store(run_dir / "segment", kind="S1")
+    # S2's ids name candidates as Stage 2 read them; the pools are read as Stage 3 reads them
+    background = t.label_background if targets == "s1" else "minimum"
+    s1 = Store(run_dir / "segment", kind="S1", pools=cfg.select.candidates, background=background)
     s2 = Store(run_dir / "select", kind="S2") if targets == "s2" else None
-    producer = (s2 or s1).producer
+    producer = s2.producer if s2 else s1.labels_producer
 
     threads = t.bootstrap_threads if phase == "bootstrap" and t.bootstrap_threads else t.threads
     if threads > 0:
@@ -263,6 +265,7 @@ def train_phase(
         t.sentences_per_object,
         cfg.seed,
         cfg.data.text_field,
+        t.label_background,
     )
     weights = torch.tensor(t.class_weights, device=device)
     iou_weight = t.iou_loss_weight if phase in t.iou_loss_phases else 0.0

@@ -56,7 +56,9 @@ def evaluate_stage(
     run_dir = Path(run_dir)
     refer = refer or Refer.from_config(cfg.data)
     split = split or cfg.data.eval_split
-    s1 = Store(run_dir / "segment", kind="S1")
+    # S+S reads the pools as Stage 2 did; the S1 oracle scores Stage 1's own masks
+    pools = cfg.select.candidates if stage == "select" else "whole"
+    s1 = Store(run_dir / "segment", kind="S1", pools=pools)
     s2 = Store(run_dir / "select", kind="S2") if stage == "select" else None
     store = s2 or s1
     refs = refer.split_refs(split)

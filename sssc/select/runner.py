@@ -65,7 +65,7 @@ class ModelsSelector:
     ):
         check_weights("select.models", {"clip_weights": m.clip_weights})
         self.refer, self.m, self.s1 = refer, m, s1
-        self.producer = select_producer(m, s1.producer)
+        self.producer = select_producer(m, s1.labels_producer)
         self.scorer = StreamingScorer(
             load_clip(m.clip_model, m.clip_weights, device, "select.models"),
             m.sigma,
@@ -90,7 +90,7 @@ class ModelsSelector:
         end = (p // self.shard_size + 1) * self.shard_size
         chunk = self.ids[p:end]
         paths = {i: str(self.refer.image_path(i)) for i in chunk}
-        ds = S1Images(self.s1.dir, chunk, paths)
+        ds = S1Images(self.s1.dir, chunk, paths, self.s1.pools)
         # Text embeddings of the whole chunk in a few large batches (cached per sent_id).
         anns = {o.ann_id for i in chunk for o in self.s1.get(i).objects}
         self.scorer.text_embeddings(s for a in sorted(anns) for s in self.sentences.get(a, []))

@@ -75,10 +75,14 @@ class S1Images(torch.utils.data.Dataset):
         s1_dir: the S1 store directory (each worker opens its own reader).
         image_ids: the images, in order.
         image_paths: image id -> image file.
+        pools: how the pools are read (``select.candidates``: ``whole`` or ``painted``).
     """
 
-    def __init__(self, s1_dir, image_ids: Sequence[int], image_paths: dict[int, str]):
+    def __init__(
+        self, s1_dir, image_ids: Sequence[int], image_paths: dict[int, str], pools: str = "whole"
+    ):
         self.s1_dir, self.ids, self.paths = str(s1_dir), list(image_ids), image_paths
+        self.pools = pools
         self._store = None
 
     def __len__(self) -> int:
@@ -89,7 +93,7 @@ class S1Images(torch.utils.data.Dataset):
         from ..store import Store
 
         if self._store is None:
-            self._store = Store(self.s1_dir, kind="S1")
+            self._store = Store(self.s1_dir, kind="S1", pools=self.pools)
         image_id = self.ids[i]
         rec = self._store.get(image_id)
         img = read_rgb(self.paths[image_id])

@@ -54,7 +54,7 @@ class SimulatedSelector:
             "p_correct": float(cfg.p_correct),
             "wrong_choice": str(cfg.wrong_choice),
             "seed": int(cfg.seed),
-            "segment": s1.producer,
+            "segment": s1.labels_producer,
         }
         self.s1 = s1
         self.counts: collections.Counter = collections.Counter()

@@ -31,7 +31,9 @@ Records (``kind`` S2)::
     {"image_id": 7, "objects": [{"ann_id": 31, "chosen": 2, "candidates": [0, 2],
                                  "scores": [0.21, 0.64]}, ...]}
 
-An S2 record names candidates of the S1 store of the same run; :func:`chosen_masks` joins them.
+An S2 record names candidates of the S1 store of the same run, as Stage 2 read it
+(``Store(pools=...)``: whole, or painted as the official code reads its pools back,
+:mod:`sssc.store.pools`); :func:`chosen_masks` joins them.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import numpy as np
 
 from ..data import masks as _masks
 from ..rundir import atomic_file, atomic_write_text
+from .pools import BACKGROUNDS, POOLS, paint_pools
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -470,10 +473,19 @@ class Store:
         stage_dir: the stage directory holding ``store.json`` and ``shards/``.
         kind: if given, the store must be of this kind.
         producer: if given, the stored producer must equal it.
+        pools: how an S1 store's records are read: ``whole`` (as stored) or ``painted`` (as the
+            official code reads its pools back; :func:`sssc.store.pools.paint_pools`).
+        background: with ``painted``, the region each object's label map loses to the
+            background: ``minimum`` (Stage 2's reader) or ``largest`` (Stage 3's).
     """
 
     def __init__(
-        self, stage_dir: str | os.PathLike, kind: str | None = None, producer: dict | None = None
+        self,
+        stage_dir: str | os.PathLike,
+        kind: str | None = None,
+        producer: dict | None = None,
+        pools: str = "whole",
+        background: str = "minimum",
     ):
         self.dir = Path(stage_dir)
         mpath = self.dir / "store.json"
@@ -488,9 +500,28 @@ class Store:
             raise StoreError(
                 f"{mpath}: made by producer {self.producer!r}, expected {_normalize(producer)!r}"
             )
+        if pools not in POOLS or background not in BACKGROUNDS:
+            raise ValueError(
+                f"pools must be one of {POOLS} and background one of {BACKGROUNDS}, "
+                f"got {pools!r} and {background!r}"
+            )
+        if pools != "whole" and self.kind != "S1":
+            raise StoreError(f"{mpath}: pools={pools!r} reads an S1 store, this one is {self.kind}")
+        self.pools, self.background = pools, background
         self.num_shards: int = self.manifest["num_shards"]
         self._shards: dict[int, _Shard] = {}
         self._index: dict[int, int] | None = None
+
+    @property
+    def labels_producer(self) -> dict:
+        """The producer of the labels as read: with ``"pools"`` when they are not the stored
+        ones (a producer downstream records this, so its output is never mixed with another)."""
+        if self.pools == "whole":
+            return self.producer
+        return {**self.producer, "pools": self.pools, "background": self.background}
+
+    def _read(self, rec: ImageRecord) -> ImageRecord:
+        return paint_pools(rec, self.background) if self.pools == "painted" else rec
 
     def __len__(self) -> int:
         return int(self.manifest["num_images"])
@@ -535,7 +566,7 @@ class Store:
         for k in range(self.num_shards):
             s = self.shard(k)
             for i in range(len(s)):
-                yield s.record(i)
+                yield self._read(s.record(i))
 
     def image_ids(self) -> list[int]:
         """The store's images in shard order (from the manifest; no shard is read)."""
@@ -555,7 +586,7 @@ class Store:
         if p is None:
             raise KeyError(f"{self.dir}: image {image_id} is not in the store")
         size = self.manifest["shard_size"]
-        return self.shard(p // size).record(p % size)
+        return self._read(self.shard(p // size).record(p % size))
 
 
 def chosen_masks(s1: Store, s2: Store, image_id: int) -> dict[int, np.ndarray | None]:

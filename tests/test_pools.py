@@ -1,0 +1,218 @@
+"""``select.candidates: painted`` against the official code's own way of storing pools.
+
+The reference runs what the official S+S+C code does, with the same libraries: paint the object's
+candidates into a zero map in detection order (``segment_from_image_and_nouns``), save it with
+``plt.imsave(cmap=gray)`` (``save_binary_object_mask``), read it back with PIL (``convert("L")`` in
+Stage 2: ``background="minimum"``; ``convert("P")`` in Stage 3: ``background="largest"``) and split
+it by value, 0 being background (``separate_instance_masks``).
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib import cm  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from sssc.data import masks as _masks  # noqa: E402
+from sssc.store import ImageRecord, Store, s1_record, write_store  # noqa: E402
+from sssc.store.pools import binary_target, paint_pools  # noqa: E402
+
+H, W = 24, 32
+
+
+def _official_pool(masks: list[np.ndarray], eligible, path, mode: str) -> list[np.ndarray]:
+    label = np.zeros(masks[0].shape)
+    index = 1
+    for c, m in enumerate(masks):  # detection order; the object's classes only
+        if c in eligible:
+            label[m] = index
+            index += 1
+    plt.imsave(path, label, cmap=cm.gray)
+    back = np.array(Image.open(path).convert(mode))
+    return [back == v for v in np.unique(back) if v != 0]
+
+
+def _raw(masks: list[np.ndarray], eligible: list[list[int]]) -> dict:
+    """Image 7: candidate c is ``masks[c]``, object ``100 + k`` may take ``eligible[k]``."""
+    cands = [
+        {"rle": _masks.encode(m), "box": [0, 0, 1, 1], "score": 0.5 + c / 100, "label": f"k{c}"}
+        for c, m in enumerate(masks)
+    ]
+    return s1_record(7, H, W, cands, [(100 + k, el) for k, el in enumerate(eligible)])
+
+
+def _record(masks: list[np.ndarray], eligible: list[list[int]]) -> ImageRecord:
+    return ImageRecord._from_json(_raw(masks, eligible))
+
+
+def _box(y0, y1, x0, x1) -> np.ndarray:
+    m = np.zeros((H, W), dtype=bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+FULL = _box(0, H, 0, W)
+CASES = {
+    "overlaps, a later candidate on top": (
+        [_box(2, 12, 2, 14), _box(8, 20, 10, 25), _box(0, 6, 20, 30)],
+        [[0, 1, 2], [0, 1, 2]],
+    ),
+    "one candidate fully covered": ([_box(4, 8, 4, 8), _box(2, 12, 2, 12)], [[0, 1]]),
+    "no background: the lowest label is lost": (
+        [_box(0, H, 0, 16), _box(0, H, 16, W), _box(5, 9, 5, 9)],
+        [[0, 1, 2]],
+    ),
+    "a whole-image candidate alone": ([FULL, _box(3, 9, 3, 9)], [[0], [1], []]),
+    "a whole-image candidate first, others on top": ([FULL, _box(3, 9, 3, 9)], [[0, 1]]),
+    "a candidate larger than the rest of the image": (
+        [_box(0, 20, 0, 30), _box(20, H, 0, 10)],
+        [[0, 1], [0]],
+    ),
+    "a background as large as a candidate": ([_box(0, H, 0, 16)], [[0]]),
+    "objects with other eligible sets": (
+        [_box(2, 12, 2, 14), _box(8, 20, 10, 25), _box(10, 22, 0, 12)],
+        [[0, 1], [1, 2], [0, 1], [0, 2]],
+    ),
+}
+
+
+def _random_case(seed: int):
+    rng = np.random.default_rng(seed)
+    masks = []
+    for _ in range(rng.integers(1, 7)):
+        y0, x0 = rng.integers(0, H - 2), rng.integers(0, W - 2)
+        masks.append(_box(y0, rng.integers(y0 + 1, H + 1), x0, rng.integers(x0 + 1, W + 1)))
+    c = len(masks)
+    eligible = [
+        sorted(rng.choice(c, size=rng.integers(0, c + 1), replace=False).tolist())
+        for _ in range(rng.integers(1, 5))
+    ]
+    return masks, eligible
+
+
+@pytest.mark.parametrize("mode", ["L", "P"])
+@pytest.mark.parametrize("case", [*CASES, *(f"random {s}" for s in range(40))])
+def test_painted_pools_equal_the_official_read_back(case, mode, tmp_path):
+    masks, eligible = CASES[case] if case in CASES else _random_case(int(case.split()[1]))
+    painted = paint_pools(_record(masks, eligible), {"L": "minimum", "P": "largest"}[mode])
+    got_masks = [c.decode() for c in painted.candidates]
+    for k, el in enumerate(eligible):
+        want = _official_pool(masks, el, tmp_path / f"pseudo_gt_mask_{k}.png", mode)
+        got = [got_masks[c] for c in painted.object(100 + k).eligible]
+        if mode == "P":  # the palette's order is the quantizer's; Stage 3 needs the masks only
+            got, want = sorted(m.tobytes() for m in got), sorted(m.tobytes() for m in want)
+        assert len(got) == len(want)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
+    # One candidate per distinct mask: the official matching excludes a candidate from another
+    # object exactly where the masks are equal.
+    flat = {m.tobytes() for m in got_masks}
+    assert len(flat) == len(got_masks) and all(m.any() for m in got_masks)
+
+
+def test_painted_candidates_keep_their_source_and_order():
+    masks, eligible = CASES["objects with other eligible sets"]
+    rec = paint_pools(_record(masks, eligible))
+    # Object 0 paints 0 then 1; object 1 paints 1 then 2; object 3 paints 0 then 2 (2 on top).
+    labels = [c.label for c in rec.candidates]
+    assert labels == sorted(labels)  # by source candidate
+    assert all(c.id == i for i, c in enumerate(rec.candidates))
+    for c in rec.candidates:
+        src = int(c.label[1:])
+        assert c.score == pytest.approx(0.5 + src / 100)
+        assert not (c.decode() & ~masks[src]).any()  # a part of its source
+        assert c.box == tuple(_masks.bbox(c.rle))
+    # Objects 0 and 2 have the same eligible set: the same candidates.
+    assert rec.object(100).eligible == rec.object(102).eligible
+
+
+def test_a_painted_store_reads_painted_records(tmp_path):
+    masks, eligible = CASES["no background: the lowest label is lost"]
+    rec = _record(masks, eligible)
+    producer = {"name": "test"}
+    d = tmp_path / "segment"
+    write_store(d, "S1", producer, [7], lambda i: _raw(masks, eligible), log=lambda s: None)
+    whole, painted = Store(d, kind="S1"), Store(d, kind="S1", pools="painted")
+    assert [c.rle for c in whole.get(7).candidates] == [c.rle for c in rec.candidates]
+    assert [c.rle for c in painted.get(7).candidates] == [
+        c.rle for c in paint_pools(rec).candidates
+    ]
+    assert [c.rle for c in next(iter(painted)).candidates] == [
+        c.rle for c in painted.get(7).candidates
+    ]
+    assert whole.labels_producer == producer
+    assert painted.labels_producer == producer | {"pools": "painted", "background": "minimum"}
+    with pytest.raises(ValueError, match="pools must be one of"):
+        Store(d, kind="S1", pools="visible")
+
+
+@pytest.mark.parametrize("frac", [0.1, 0.5, 0.55, 0.9])
+@pytest.mark.parametrize("background", ["minimum", "largest"])
+def test_binary_targets_equal_the_official_read_back(frac, background, tmp_path):
+    """The S2 mask the official bootstrap trains on: saved by ``save_binary_object_mask``, read
+    back by its Stage 3 loader (``convert("P")``, value 1) or as the mask means it (``"L"``)."""
+    m = np.zeros((H, W), dtype=bool)
+    m.flat[: round(frac * m.size)] = True
+    plt.imsave(tmp_path / "mask.png", m.astype(float), cmap=cm.gray)
+    mode = {"minimum": "L", "largest": "P"}[background]
+    back = np.array(Image.open(tmp_path / "mask.png").convert(mode))
+    want = back == back.max() if mode == "L" else back == 1
+    np.testing.assert_array_equal(binary_target(m, background), want)
+    assert (binary_target(m, background) == ~m).any() == (background == "largest" and frac > 0.5)
+
+
+def test_a_run_on_painted_pools(tmp_path, capsys, monkeypatch):
+    """Stage 2 chooses among the painted candidates and Stage 3 trains on them; the S2 store and
+    every metrics file say so; a rerun with whole pools is refused, Stage 1 is not redone."""
+    import json
+
+    from tiny_data import synth_args
+
+    from sssc.cli import train_main
+
+    monkeypatch.chdir(tmp_path)
+    sets = [*synth_args(24), "--set", f"data.root={tmp_path / 'data'}"]
+    for k, v in {
+        "data.batch_expressions": 12,
+        "train.image_size": 32,
+        "train.bootstrap_epochs": 1,
+        "train.correct_epochs": 1,
+        "train.threads": 1,
+        "select.candidates": "painted",
+        "train.label_background": "largest",
+    }.items():
+        sets += ["--set", f"{k}={v}"]
+    run = tmp_path / "run"
+    assert train_main(["--stage", "correct", "--run", str(run), *sets]) == 0
+    whole = Store(run / "segment", kind="S1")
+    painted = Store(run / "segment", kind="S1", pools="painted")
+    s2 = Store(run / "select", kind="S2")
+    assert s2.producer["segment"] == painted.labels_producer
+    n = 0
+    for image_id in s2.image_ids():
+        raw, seen = whole.get(image_id), painted.get(image_id)
+        masks = [c.decode() for c in raw.candidates]
+        for o in s2.get(image_id).objects:
+            if o.chosen is None:
+                continue
+            assert o.chosen in seen.object(o.ann_id).eligible
+            official = _official_pool(masks, raw.object(o.ann_id).eligible, tmp_path / "p.png", "L")
+            chosen = seen.candidate(o.chosen).decode()
+            assert chosen.tobytes() in {m.tobytes() for m in official}
+            n += 1
+    assert n > 20
+    read = Store(run / "segment", kind="S1", pools="painted", background="largest")
+    for phase, producer in (("bootstrap", s2.producer), ("correct", read.labels_producer)):
+        assert json.loads((run / phase / "metrics.json").read_text())["producer"] == producer
+    capsys.readouterr()
+    stamp = (run / "segment" / "store.json").stat().st_mtime_ns
+    args = ["--stage", "select", "--run", str(run), *sets, "--set", "select.candidates=whole"]
+    assert train_main([*args, "--set", "train.label_background=minimum"]) == 2
+    assert 'select.candidates: "painted" there, "whole" now' in capsys.readouterr().err
+    assert (run / "segment" / "store.json").stat().st_mtime_ns == stamp
