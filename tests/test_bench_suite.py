@@ -18,11 +18,17 @@ def test_cpu_benches_run_under_benchmark_disable():
     env["CUDA_VISIBLE_DEVICES"] = ""
     files = [
         str(ROOT / "bench" / f)
-        for f in ("bench_greedy_match.py", "bench_reverse_blur.py", "bench_train_step.py")
+        for f in (
+            "bench_greedy_match.py",
+            "bench_reverse_blur.py",
+            "bench_train_step.py",
+            "bench_pools.py",
+        )
     ]
+    cases = "20img or reverse_blur or tiny_step or refine or pool_readers"
     res = subprocess.run(
         [sys.executable, "-m", "pytest", *files, "-q", "--benchmark-disable",
-         "-p", "no:cacheprovider", "-k", "20img or reverse_blur or tiny_step or refine"],
+         "-p", "no:cacheprovider", "-k", cases],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]

@@ -16,8 +16,9 @@ each object's pool as one label image, and Stages 2 and 3 read the candidates ba
    * Stage 3 (``convert("P")``, index 0): Pillow turns an RGBA image into a palette image by
      quantizing, and numbers the colours by how many pixels have them (ties: the darker first).
      So the background is the map's *largest* region (``background="largest"``,
-     ``train.png_background``): where a candidate is larger than the rest of the image, it is
-     dropped and the true background becomes a candidate. (Measured with Pillow 9.5 to 13.0.)
+     ``train.label_background``): where a candidate is larger than the rest of the image, it is
+     dropped and the true background becomes a candidate. (Measured with Pillow 9.5.0, 10.0.1,
+     10.4.0, 11.0.0 and 13.0.0.)
 
 So an object's candidates are the visible parts of its map, and one fully covered vanishes. Stage
 3's matching keeps a candidate from two objects only where their masks are equal pixel for pixel:
@@ -95,10 +96,11 @@ def _regions(
     (``None``: the map's zeros), the background region left out."""
     if not masks:
         return []
-    label = np.zeros(masks[0].shape, dtype=np.uint8 if len(masks) < 256 else np.int32)
+    # Fortran order: each region comes out in the order pycocotools encodes, without a copy.
+    label = np.zeros(masks[0].shape, dtype=np.uint8 if len(masks) < 256 else np.int32, order="F")
     for v, m in enumerate(masks, 1):
         label[m] = v
-    counts = np.bincount(label.ravel(), minlength=len(masks) + 1)
+    counts = np.bincount(label.ravel(order="K"), minlength=len(masks) + 1)
     values = np.flatnonzero(counts)  # the colours present, darkest first
     drop = 0 if background == "minimum" else int(np.argmax(counts[values]))  # ties: the darker
     return [(_masks.encode(label == v), ids[v - 1] if v else None) for v in np.delete(values, drop)]
