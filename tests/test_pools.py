@@ -146,6 +146,9 @@ def test_a_painted_store_reads_painted_records(tmp_path):
     assert [c.rle for c in next(iter(painted)).candidates] == [
         c.rle for c in painted.get(7).candidates
     ]
+    assert [c.rle for c in painted.get(7, stored=True).candidates] == [
+        c.rle for c in rec.candidates
+    ]
     assert whole.labels_producer == producer
     assert painted.labels_producer == producer | {"pools": "painted", "background": "minimum"}
     with pytest.raises(ValueError, match="pools must be one of"):

@@ -213,3 +213,30 @@ def test_official_detector_rules_run_end_to_end(tmp_path):
             assert c.label in ("", *cfg.data.class_names)
         for o in rec.objects:
             assert all(rec.candidate(e).label in cfg.data.class_names for e in o.eligible)
+
+
+def test_models_select_on_painted_pools(run, tmp_path):
+    """Stage 2 with CLIP reads the pools painted (its loader's workers too): the S2 store names
+    and scores the painted candidates, Stage 1 is reused."""
+    tmp, cfg, _ = run
+    shutil.copytree(tmp / "run" / "segment", tmp_path / "run" / "segment")
+    ov = _overrides(tmp) + ["select.candidates=painted", "select.models.num_workers=1"]
+    stamp = (tmp_path / "run" / "segment" / "store.json").stat().st_mtime_ns
+    stages.run_stage("select", load_config(None, ov), tmp_path / "run")
+    assert (tmp_path / "run" / "segment" / "store.json").stat().st_mtime_ns == stamp
+    s1 = Store(tmp_path / "run" / "segment", kind="S1", pools="painted")
+    s2 = Store(tmp_path / "run" / "select", kind="S2")
+    assert s2.producer["segment"] == s1.labels_producer
+    changed = 0
+    for i in s1.image_ids():
+        r1, r2, whole = s1.get(i), s2.get(i), s1.get(i, stored=True)
+        for o1, o2 in zip(r1.objects, r2.objects, strict=True):
+            assert list(o2.eligible) == list(o1.eligible) and len(o2.scores) == len(o1.eligible)
+            if o1.eligible:
+                big = [e for e in o1.eligible if r1.candidate(e).area >= cfg.select.models.min_area]
+                pool = big or list(o1.eligible)
+                assert o2.chosen == max(pool, key=lambda e: o2.scores[o1.eligible.index(e)])
+            changed += [r1.candidate(e).rle for e in o1.eligible] != [
+                whole.candidate(e).rle for e in whole.object(o1.ann_id).eligible
+            ]
+    assert changed > 0  # the random detector's boxes overlap: painting cut some

@@ -92,7 +92,7 @@ class ModelsSelector:
         paths = {i: str(self.refer.image_path(i)) for i in chunk}
         ds = S1Images(self.s1.dir, chunk, paths, self.s1.pools)
         # Text embeddings of the whole chunk in a few large batches (cached per sent_id).
-        anns = {o.ann_id for i in chunk for o in self.s1.get(i).objects}
+        anns = {o.ann_id for i in chunk for o in self.s1.get(i, stored=True).objects}
         self.scorer.text_embeddings(s for a in sorted(anns) for s in self.sentences.get(a, []))
         self._stream = self.scorer.embed(self.scorer.loader(ds, self.m.num_workers))
 

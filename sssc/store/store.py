@@ -580,13 +580,15 @@ class Store:
             self._index = {int(i): p for p, i in enumerate(self.manifest["image_ids"])}
         return self._index.get(int(image_id))
 
-    def get(self, image_id: int) -> ImageRecord:
-        """The record of one image (reads and validates its shard only)."""
+    def get(self, image_id: int, stored: bool = False) -> ImageRecord:
+        """The record of one image (reads and validates its shard only), read as ``pools`` says
+        or, with ``stored``, as it is stored (the same objects, no painting)."""
         p = self._position(image_id)
         if p is None:
             raise KeyError(f"{self.dir}: image {image_id} is not in the store")
         size = self.manifest["shard_size"]
-        return self._read(self.shard(p // size).record(p % size))
+        rec = self.shard(p // size).record(p % size)
+        return rec if stored else self._read(rec)
 
 
 def chosen_masks(s1: Store, s2: Store, image_id: int) -> dict[int, np.ndarray | None]:
