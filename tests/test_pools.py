@@ -20,7 +20,14 @@ from matplotlib import cm  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from sssc.data import masks as _masks  # noqa: E402
-from sssc.store import ImageRecord, Store, s1_record, write_store  # noqa: E402
+from sssc.store import (  # noqa: E402
+    ImageRecord,
+    Store,
+    StoreError,
+    chosen_masks,
+    s1_record,
+    write_store,
+)
 from sssc.store.pools import binary_target, paint_pools  # noqa: E402
 
 H, W = 24, 32
@@ -197,6 +204,14 @@ def test_a_run_on_painted_pools(tmp_path, capsys, monkeypatch):
     painted = Store(run / "segment", kind="S1", pools="painted")
     s2 = Store(run / "select", kind="S2")
     assert s2.producer["segment"] == painted.labels_producer
+    first = s2.image_ids()[0]
+    with pytest.raises(StoreError, match="read with pools='painted', not pools='whole'"):
+        chosen_masks(whole, s2, first)  # whole records: the ids would name other masks
+    for a, m in chosen_masks(painted, s2, first).items():
+        chosen = s2.get(first).object(a).chosen
+        assert (m is None) == (chosen is None)
+        if m is not None:
+            np.testing.assert_array_equal(m, painted.get(first).candidate(chosen).decode())
     n = 0
     for image_id in s2.image_ids():
         raw, seen = whole.get(image_id), painted.get(image_id)

@@ -57,7 +57,7 @@ from ..rundir import (
     read_json,
     write_stage_config,
 )
-from ..store import Store
+from ..store import Store, check_join
 from .checkpoints import CheckpointError
 from .data import ImageSet, collate, pack_samples, rank_keys
 from .losses import batch_loss, match_targets, soft_iou_loss_sums, weighted_ce_sums
@@ -155,6 +155,8 @@ def train_phase(
     background = t.label_background if targets == "s1" else "minimum"
     s1 = Store(run_dir / "segment", kind="S1", pools=cfg.select.candidates, background=background)
     s2 = Store(run_dir / "select", kind="S2") if targets == "s2" else None
+    if s2 is not None:
+        check_join(s1, s2)
     producer = s2.producer if s2 else s1.labels_producer
 
     threads = t.bootstrap_threads if phase == "bootstrap" and t.bootstrap_threads else t.threads

@@ -17,7 +17,7 @@ from ..data import masks as _masks
 from ..data.masks import resize_mask
 from ..data.refer import Refer
 from ..rundir import RunDirError, check_stage_config, read_json
-from ..store import Store, StoreError
+from ..store import Store, StoreError, check_join
 from .metrics import eval_size, evaluate_masks
 
 __all__ = ["evaluate_stage", "gap_recovered", "oracle_derived", "stage3_table"]
@@ -60,6 +60,8 @@ def evaluate_stage(
     pools = cfg.select.candidates if stage == "select" else "whole"
     s1 = Store(run_dir / "segment", kind="S1", pools=pools)
     s2 = Store(run_dir / "select", kind="S2") if stage == "select" else None
+    if s2 is not None:
+        check_join(s1, s2)
     store = s2 or s1
     refs = refer.split_refs(split)
     missing = sorted({r.image_id for r in refs if r.image_id not in store})

@@ -61,6 +61,7 @@ __all__ = [
     "Store",
     "StoreError",
     "WriteReport",
+    "check_join",
     "chosen_masks",
     "shard_name",
     "store_complete",
@@ -591,8 +592,26 @@ class Store:
         return rec if stored else self._read(rec)
 
 
+def check_join(s1: Store, s2: Store) -> None:
+    """Refuse to join an S2 store to S1 records read otherwise than Stage 2 read them (its
+    producer records them as ``segment``): its candidate ids would name other masks."""
+    seg = s2.producer.get("segment")
+    if seg is not None and seg != s1.labels_producer:
+        how = seg.get("pools", "whole") if isinstance(seg, dict) else seg
+        raise StoreError(
+            f"{s2.dir}: its choices name the candidates of {s1.dir} read with pools={how!r}, "
+            f"not pools={s1.pools!r} (background={s1.background!r}); open the S1 store as "
+            "Stage 2 read it (select.candidates), or rerun Stage 2"
+        )
+
+
 def chosen_masks(s1: Store, s2: Store, image_id: int) -> dict[int, np.ndarray | None]:
-    """The S2 choice of every object of one image as a decoded mask (``None`` when none)."""
+    """The S2 choice of every object of one image as a decoded mask (``None`` when none).
+
+    Raises:
+        StoreError: ``s1`` is not read as Stage 2 read it (:func:`check_join`).
+    """
+    check_join(s1, s2)
     pool = s1.get(image_id)
     return {
         o.ann_id: None if o.chosen is None else pool.candidate(o.chosen).decode()
