@@ -26,6 +26,7 @@ from sssc.store import (  # noqa: E402
     StoreError,
     chosen_masks,
     s1_record,
+    s2_record,
     write_store,
 )
 from sssc.store.pools import binary_target, paint_pools  # noqa: E402
@@ -160,6 +161,39 @@ def test_a_painted_store_reads_painted_records(tmp_path):
     assert painted.labels_producer == producer | {"pools": "painted", "background": "minimum"}
     with pytest.raises(ValueError, match="pools must be one of"):
         Store(d, kind="S1", pools="visible")
+
+
+def test_a_painted_store_paints_an_image_once_for_its_objects(tmp_path, monkeypatch):
+    import sssc.store.store as store_mod
+
+    masks, eligible = CASES["objects with other eligible sets"]
+    d = tmp_path / "segment"
+    write_store(d, "S1", {"name": "test"}, [7], lambda i: _raw(masks, eligible), log=print)
+    calls = []
+    monkeypatch.setattr(store_mod, "paint_pools", lambda *a: calls.append(1) or paint_pools(*a))
+    st = Store(d, kind="S1", pools="painted")
+    recs = [st.get(7) for _ in eligible]  # as the S+S evaluation asks: once per object
+    assert len(calls) == 1 and all(r is recs[0] for r in recs)
+    assert st.get(7, stored=True) is not recs[0] and len(calls) == 1
+
+
+def test_joining_another_s1_store_is_refused(tmp_path):
+    masks, eligible = CASES["no background: the lowest label is lost"]
+    for name in ("a", "b"):
+        write_store(tmp_path / name, "S1", {"name": name}, [7], lambda i: _raw(masks, eligible))
+    a = Store(tmp_path / "a", kind="S1")
+    write_store(
+        tmp_path / "s2",
+        "S2",
+        {"name": "sel", "segment": a.labels_producer},
+        [7],
+        lambda i: s2_record(i, [(100, 0, [0], [1.0])]),
+        log=print,
+    )
+    s2 = Store(tmp_path / "s2", kind="S2")
+    assert chosen_masks(a, s2, 7)[100] is not None
+    with pytest.raises(StoreError, match="made from another S1 store"):
+        chosen_masks(Store(tmp_path / "b", kind="S1"), s2, 7)
 
 
 @pytest.mark.parametrize("frac", [0.1, 0.5, 0.55, 0.9])

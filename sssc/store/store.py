@@ -509,6 +509,7 @@ class Store:
         if pools != "whole" and self.kind != "S1":
             raise StoreError(f"{mpath}: pools={pools!r} reads an S1 store, this one is {self.kind}")
         self.pools, self.background = pools, background
+        self._painted: dict[int, ImageRecord] = {}  # the last few painted records
         self.num_shards: int = self.manifest["num_shards"]
         self._shards: dict[int, _Shard] = {}
         self._index: dict[int, int] | None = None
@@ -522,7 +523,13 @@ class Store:
         return {**self.producer, "pools": self.pools, "background": self.background}
 
     def _read(self, rec: ImageRecord) -> ImageRecord:
-        return paint_pools(rec, self.background) if self.pools == "painted" else rec
+        if self.pools == "whole":
+            return rec
+        if rec.image_id not in self._painted:  # readers ask for one image per object in a row
+            while len(self._painted) >= _CACHED_SHARDS:
+                self._painted.pop(next(iter(self._painted)))
+            self._painted[rec.image_id] = paint_pools(rec, self.background)
+        return self._painted[rec.image_id]
 
     def __len__(self) -> int:
         return int(self.manifest["num_images"])
@@ -596,13 +603,22 @@ def check_join(s1: Store, s2: Store) -> None:
     """Refuse to join an S2 store to S1 records read otherwise than Stage 2 read them (its
     producer records them as ``segment``): its candidate ids would name other masks."""
     seg = s2.producer.get("segment")
-    if seg is not None and seg != s1.labels_producer:
-        how = seg.get("pools", "whole") if isinstance(seg, dict) else seg
+    if seg is None or seg == s1.labels_producer:
+        return
+    seg = dict(seg)
+    pools = seg.pop("pools", "whole")
+    seg.pop("background", None)
+    if seg != s1.producer:
         raise StoreError(
-            f"{s2.dir}: its choices name the candidates of {s1.dir} read with pools={how!r}, "
-            f"not pools={s1.pools!r} (background={s1.background!r}); open the S1 store as "
-            "Stage 2 read it (select.candidates), or rerun Stage 2"
+            f"{s2.dir} was made from another S1 store than {s1.dir} (producer {seg!r}, not "
+            f"{s1.producer!r}); rerun Stage 2"
         )
+    raise StoreError(
+        f"{s2.dir}: its choices name the candidates of {s1.dir} read with "
+        f"pools={pools!r}, not pools={s1.pools!r} (background="
+        f"{s1.background!r}); open the S1 store as Stage 2 read it (select.candidates), or "
+        "rerun Stage 2"
+    )
 
 
 def chosen_masks(s1: Store, s2: Store, image_id: int) -> dict[int, np.ndarray | None]:
