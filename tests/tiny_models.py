@@ -46,7 +46,10 @@ def register_tiny_clip(folder: str | os.PathLike) -> str:
     if TINY_CLIP not in open_clip.list_models():
         p = Path(folder) / f"{TINY_CLIP}.json"
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(_CLIP_CFG))
+        # Renamed into place: ranks registering at once never read another's half-written file.
+        tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(_CLIP_CFG))
+        os.replace(tmp, p)
         open_clip.add_model_config(p)
     return TINY_CLIP
 
