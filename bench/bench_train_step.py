@@ -121,7 +121,7 @@ def test_train_step(benchmark, name, size, device, part):
 #   to 12x12), LAVT's decoder width (half of stage 4: 96), AdamW's for-loop update;
 # - window4-coords: windows of 4, which tile every stage's grid, and coordinate features;
 # - decoder48-fused: also a decoder 48 wide and the fused AdamW that training builds
-#   (sssc.correct.train.build_optimizer);
+#   (sssc.correct.optim.build_optimizer);
 # - refine8: the current one, also the refine head 8 wide (model config ``refine_hidden``), whose
 #   cost is the ``refine_cost`` of its row (time / decoder48-fused's).
 TINY_VARIANTS = {

@@ -234,7 +234,7 @@ def eval_checkpoint_main(args: argparse.Namespace) -> int:
     import torch
 
     from .config import ConfigError, load_config, resolve_device
-    from .correct.train import evaluate_model
+    from .correct.evaluate import evaluate_model
     from .data.refer import DatasetError, Refer
     from .eval.metrics import format_table
 

@@ -463,9 +463,9 @@ def test_training_optimizer_decays_only_what_lavt_decays_and_skips_frozen_bert()
 def test_backbone_lr_scale_moves_swin_by_that_fraction(scale):
     """train.backbone_lr_scale: Adam's first step moves every parameter by its lr times the sign
     of its gradient, so with unit gradients Swin moves by scale * lr and the rest by lr; the
-    poly schedule and a resume with a new lr (_set_base_lr) keep the fraction."""
+    poly schedule and a resume with a new lr (set_base_lr) keep the fraction."""
     from sssc.config import TrainConfig
-    from sssc.correct.train import _set_base_lr, build_optimizer
+    from sssc.correct.optim import build_optimizer, set_base_lr
 
     model = _tiny()
     lr = 0.01
@@ -491,7 +491,7 @@ def test_backbone_lr_scale_moves_swin_by_that_fraction(scale):
         return {(id(g["params"][0]) in swin, g["lr"]) for g in opt.param_groups}
 
     assert lrs() == {(True, scale * lr * 0.5), (False, lr * 0.5)}
-    _set_base_lr(opt, sched, 0.002)
+    set_base_lr(opt, sched, 0.002)
     assert lrs() == {(True, scale * 0.002 * 0.5), (False, 0.002 * 0.5)}
     plain = build_optimizer(model, TrainConfig(lr=lr))
     assert {g["lr"] for g in plain.param_groups} == {lr} and len(plain.param_groups) == 4

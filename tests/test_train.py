@@ -13,6 +13,7 @@ from tiny_data import synth_sets
 
 from sssc.cli import train_main
 from sssc.config import embedded_config_path, load_config
+from sssc.correct import phase as phase_mod
 from sssc.correct import train as train_mod
 from sssc.correct.train import TrainError, train_phase
 from sssc.data.refer import Refer, pack_images
@@ -553,14 +554,14 @@ def test_training_with_official_sample_batches(base, tmp_path, monkeypatch):
     # This tiny run's S1 gives every object a candidate; take some away, as if their masks
     # were empty, to see that the loop skips them.
     gone = set(sorted(with_cands)[::4])
-    real = train_mod._objects_with_targets
+    real = phase_mod.objects_with_targets
 
     def fewer(*args):
         found = real(*args)
         assert found == with_cands
         return found - gone
 
-    monkeypatch.setattr(train_mod, "_objects_with_targets", fewer)
+    monkeypatch.setattr(phase_mod, "objects_with_targets", fewer)
     m = train_phase("correct", cfg, run)
     plans = [
         pack_samples(refer, "train", 6, cfg.seed, e, 1, 2, 2, lambda a: a in with_cands - gone)

@@ -104,7 +104,7 @@ KILLS = [
     "sssc.stages:evaluate_stage:1:before",
     "sssc.correct.train:append_log:3",
     "torch:save:2",
-    "sssc.correct.train:evaluate_model:2:before",
+    "sssc.correct.evaluate:evaluate_model:2:before",
     "sssc.correct.train:match_targets:3",
     "sssc.correct.train:atomic_write_text:1",
 ]
@@ -405,6 +405,33 @@ def test_nan_stop_keeps_the_checkpoint_from_before_the_divergence(done_run, tmp_
     again = load_config(None, [s for s in sets if s != "--set"] + ["train.lr=1e-5"])
     with pytest.raises(TrainError, match="train.lr"):
         train_phase("bootstrap", again, run)
+
+
+def test_the_new_lr_survives_a_second_resume_before_any_checkpoint(done_run, tmp_path, monkeypatch):
+    """After the NaN stop, a resume with a lower lr is stopped before it writes a checkpoint;
+    the rerun (same lower lr, so config.yaml already agrees) must still run at the lower lr,
+    not at the one the kept checkpoint's optimizer holds."""
+    run, sets = _copy(done_run, tmp_path)
+    plain = [s for s in sets if s != "--set"]
+    import shutil
+
+    shutil.rmtree(run / "bootstrap")
+    monkeypatch.setattr(train_mod, "build_optimizer", _diverging_optimizer(3))
+    with pytest.raises(TrainError, match="loss is nan"):
+        train_phase("bootstrap", load_config(None, [*plain, "train.checkpoint_every=1"]), run)
+    monkeypatch.undo()
+    lower = load_config(None, [*plain, "train.lr=1e-4", "train.checkpoint_every=0"])
+
+    def stop(gstep):
+        raise KeyboardInterrupt  # as a Ctrl-C after the first resumed step
+
+    with pytest.raises(KeyboardInterrupt):
+        train_phase("bootstrap", lower, run, on_step=stop)
+    assert torch.load(run / "bootstrap" / "checkpoint.pt", weights_only=True)["global_step"] == 2
+    train_phase("bootstrap", lower, run)
+    log = [json.loads(x) for x in (run / "bootstrap" / "log.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in log if "lr" in r]
+    assert lrs[1] > 5e-4 and max(lrs[2:]) < 1.1e-4
 
 
 def test_nan_stop_before_any_checkpoint_says_so(done_run, tmp_path, monkeypatch):
