@@ -212,6 +212,45 @@ def test_ddp_gradient_of_the_soft_iou_term_equals_one_process(base, tmp_path, mo
     assert max(rel) < 1e-4, rel
 
 
+def _lr_worker(rank, world, port, sets, run):
+    """A rank that resumes ``bootstrap`` and writes the lr of each of its optimizer steps."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
+    )
+    torch.set_num_threads(1)
+    real, lrs = train_mod.build_optimizer, []
+
+    def build(model, t):
+        opt = real(model, t)
+        opt.register_step_pre_hook(lambda o, a, k: lrs.append(o.param_groups[0]["lr"]))
+        return opt
+
+    train_mod.build_optimizer = build
+    train_phase("bootstrap", load_config(None, sets), run)
+    (run / f"lrs{rank}.json").write_text(json.dumps(lrs))
+
+
+def test_ddp_resume_after_a_nan_stop_sets_the_new_lr_on_every_rank(base, tmp_path):
+    """Each rank's optimizer steps with its own lr: after a NaN stop, a resume with a lower
+    train.lr must lower it on every rank, not on rank 0 alone (their weights would drift)."""
+    run, sets = _run_copy(base, tmp_path)
+    sets = [*sets, "train.bootstrap_epochs=1"]
+
+    def stop(gstep):
+        if gstep == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_phase("bootstrap", load_config(None, [*sets, "train.checkpoint_every=1"]), run,
+                    on_step=stop)  # fmt: skip
+    # what the NaN stop leaves beside its kept checkpoint: it lets a resume change train.lr
+    (run / "bootstrap" / "stopped.json").write_text('{"reason": "non-finite loss"}\n')
+    spawn(_lr_worker, ([*sets, "train.lr=0.0001"], run))
+    lrs = [json.loads((run / f"lrs{r}.json").read_text()) for r in (0, 1)]
+    assert lrs[0] == lrs[1] and len(lrs[0]) > 1
+    assert 0 < min(lrs[0]) and max(lrs[0]) < 1.01e-4  # train.lr=0.001 before the stop
+
+
 def test_iou_loss_is_added_in_the_phases_it_lists_only(base, tmp_path):
     """train.iou_loss_phases: the default adds the soft IoU term in bootstrap (and +epochs), not
     in correct; listing correct adds it there. Same model and batches, so the first logged
