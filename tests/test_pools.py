@@ -20,6 +20,7 @@ from matplotlib import cm  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from sssc.data import masks as _masks  # noqa: E402
+from sssc.eval.stores import stage3_table  # noqa: E402
 from sssc.store import (  # noqa: E402
     ImageRecord,
     Store,
@@ -230,6 +231,8 @@ def test_a_run_on_painted_pools(tmp_path, capsys, monkeypatch):
         "train.threads": 1,
         "select.candidates": "painted",
         "train.label_background": "largest",
+        # false positives that overlap the objects: painting changes the val oracle
+        "segment.simulate.p_false_positive": 0.9,
     }.items():
         sets += ["--set", f"{k}={v}"]
     run = tmp_path / "run"
@@ -262,6 +265,46 @@ def test_a_run_on_painted_pools(tmp_path, capsys, monkeypatch):
     read = Store(run / "segment", kind="S1", pools="painted", background="largest")
     for phase, producer in (("bootstrap", s2.producer), ("correct", read.labels_producer)):
         assert json.loads((run / phase / "metrics.json").read_text())["producer"] == producer
+    # The correction's gap is measured against the oracle of the pools it trained on: the best
+    # candidate of each val object's official label image as Stage 3 reads it (convert("P")).
+    from sssc.config import load_config
+    from sssc.data.masks import resize_mask
+    from sssc.data.refer import Refer
+    from sssc.eval.metrics import eval_size, evaluate_masks
+
+    cfg = load_config(None, [s for s in sets if s != "--set"])
+    refer = Refer.from_config(cfg.data)
+    best = {}
+    for ref in refer.split_refs("val"):
+        raw = whole.get(ref.image_id)
+        masks = [c.decode() for c in raw.candidates]
+        eligible = raw.object(ref.ann_id).eligible
+        pool = _official_pool(masks, eligible, tmp_path / "p.png", "P") if eligible else []
+        # in label order (gray level), as sssc lists them: ties between equal IoUs, which move
+        # oIoU, go to the first, as np.argmax does
+        gray = np.array(Image.open(tmp_path / "p.png").convert("L")) if eligible else None
+        pool.sort(key=lambda r, gray=gray: int(gray[r].max()))
+        gt = refer.gt_mask(ref.ann_id)
+        g = resize_mask(gt, eval_size(cfg.eval.resolution, *gt.shape))
+
+        def iou(m, g=g):
+            p = resize_mask(m, g.shape)
+            return np.count_nonzero(p & g) / max(1, np.count_nonzero(p | g))
+
+        pick = max(pool, key=iou) if pool else np.zeros_like(gt)
+        best.update({s.sent_id: pick for s in ref.sentences})
+    want = evaluate_masks(refer, "val", best.__getitem__, resolution=cfg.eval.resolution)
+    m = json.loads((run / "correct" / "metrics.json").read_text())
+    assert m["oracle"]["pools"] == {"pools": "painted", "background": "largest"}
+    assert m["oracle"]["mIoU"] == pytest.approx(want["mIoU"], abs=1e-9)
+    assert m["oracle"]["oIoU"] == pytest.approx(want["oIoU"], abs=1e-9)
+    stage1 = json.loads((run / "segment" / "metrics.json").read_text())["mIoU"]
+    assert abs(m["oracle"]["mIoU"] - stage1) > 0.1  # Stage 1's oracle picks from whole masks
+    ss = json.loads((run / "select" / "metrics.json").read_text())["mIoU"]
+    gap = (m["mIoU"] - ss) / (m["oracle"]["mIoU"] - ss)
+    assert m["gap_recovered"] == pytest.approx(gap, rel=1e-12)
+    table = stage3_table(run)
+    assert "S1 oracle, painted" in table and "S+S -> painted S1-oracle mIoU gap" in table
     capsys.readouterr()
     stamp = (run / "segment" / "store.json").stat().st_mtime_ns
     args = ["--stage", "select", "--run", str(run), *sets, "--set", "select.candidates=whole"]

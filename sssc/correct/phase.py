@@ -37,6 +37,7 @@ __all__ = [
     "load_state",
     "load_weights",
     "open_stores",
+    "painted_oracle",
     "phase_metrics",
     "prepare_phase_dir",
     "schedule_horizon",
@@ -309,8 +310,9 @@ def keep_good_checkpoint(model, batch, ckpt_path: Path, amp: bool, device) -> st
 
 def phase_metrics(
     phase: str,
-    t: Any,
+    cfg: Any,
     run_dir: Path,
+    refer: Refer,
     last: dict,
     best: dict | None,
     epochs: int,
@@ -319,7 +321,13 @@ def phase_metrics(
 ) -> dict:
     """The ``metrics.json`` object of a finished phase: the kept model's scores (the last epoch's,
     or under ``train.selection: best_gt`` the best on GT, said so), what it was trained on, and for
-    S1 targets how many expressions the matching left unmatched or without a candidate."""
+    S1 targets how many expressions the matching left unmatched or without a candidate.
+
+    ``correct`` also gets ``gap_recovered``, the share of the S+S -> S1-oracle mIoU gap it closes.
+    With ``select.candidates: painted`` its oracle is scored on the pools it trained on (the painted
+    view, ``train.label_background`` dropped), recorded as ``oracle``; Stage 1's own oracle
+    (``segment/metrics.json``) picks from the whole masks, which this phase never saw."""
+    t = cfg.train
     n, unmatched, nocand = counts
     if t.selection == "best_gt" and best is not None:
         kept = {k: v for k, v in best.items() if k != "epoch"}
@@ -344,15 +352,42 @@ def phase_metrics(
         else None,
     }
     if phase == "correct":
-        metrics["gap_recovered"] = _gap_recovered(run_dir, kept["mIoU"])
+        if cfg.select.candidates == "whole":
+            oracle = _read_metrics(run_dir / "segment")
+        else:
+            oracle = metrics["oracle"] = painted_oracle(cfg, run_dir, refer)
+        zero_shot = _read_metrics(run_dir / "select")
+        metrics["gap_recovered"] = (
+            gap_recovered(oracle["mIoU"], zero_shot["mIoU"], kept["mIoU"])
+            if oracle and zero_shot
+            else None
+        )
     return metrics
 
 
-def _gap_recovered(run_dir: Path, miou: float) -> float | None:
-    """The share of the S+S -> S1-oracle mIoU gap that this model closes (None without both)."""
+def painted_oracle(cfg: Any, run_dir: Path, refer: Refer) -> dict | None:
+    """The S1 oracle over the pools the correct phase trained on, on ``data.eval_split``: its
+    mIoU, oIoU, prec@0.5 and the view (``None`` if the S1 store cannot be scored)."""
+    from ..eval.stores import evaluate_stage
+    from ..store import StoreError
+
     try:
-        oracle = read_json(run_dir / "segment" / "metrics.json", "metrics")["mIoU"]
-        zero_shot = read_json(run_dir / "select" / "metrics.json", "metrics")["mIoU"]
-    except (RunDirError, OSError, KeyError, TypeError):
+        m = evaluate_stage(
+            "segment",
+            cfg,
+            run_dir,
+            refer=refer,
+            pools=cfg.select.candidates,
+            background=cfg.train.label_background,
+        )
+    except StoreError as e:
+        print(f"no S1 oracle over the {cfg.select.candidates} pools: {e}")
         return None
-    return gap_recovered(oracle, zero_shot, miou)
+    return {k: m[k] for k in ("what", "split", "mIoU", "oIoU", "prec@0.5", "pools")}
+
+
+def _read_metrics(stage_dir: Path) -> dict | None:
+    try:
+        return read_json(stage_dir / "metrics.json", "metrics")
+    except (RunDirError, OSError):
+        return None

@@ -361,7 +361,9 @@ def _train_phase(phase, cfg, run_dir: Path, refer, on_step, rank: int, world: in
         last = evaluate()
     total_counts = [int(c) for c in global_counts(counts, world)]
     if rank == 0:
-        metrics = phase_metrics(phase, t, run_dir, last, best, epochs, producer, total_counts)
+        metrics = phase_metrics(
+            phase, cfg, run_dir, refer, last, best, epochs, producer, total_counts
+        )
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
         plot_curves(log_path, out / "curves.png")
         save(done=True)

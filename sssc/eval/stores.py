@@ -37,7 +37,13 @@ _ROWS = (
 
 
 def evaluate_stage(
-    stage: str, cfg: Any, run_dir: str | Path, split: str | None = None, refer: Refer | None = None
+    stage: str,
+    cfg: Any,
+    run_dir: str | Path,
+    split: str | None = None,
+    refer: Refer | None = None,
+    pools: str = "whole",
+    background: str = "minimum",
 ) -> dict:
     """Score a stage's store against the GT: the S1 oracle (``segment``) or S2 (``select``).
 
@@ -47,6 +53,10 @@ def evaluate_stage(
         run_dir: the run directory holding ``<stage>/store.json``.
         split: the split to score (default ``data.eval_split``); its images must be in the store.
         refer: the dataset, if already open.
+        pools, background: for ``segment``, the view of the pools the oracle picks from
+            (:class:`sssc.store.Store`): Stage 1's whole masks by default, which
+            ``sssc-train --stage segment`` scores, or the painted ones a correct phase trains on.
+            ``select`` reads them as Stage 2 did (``select.candidates``).
 
     Returns:
         The ``metrics.json`` object: ``stage``, ``what``, ``split``, ``resolution``, ``mIoU``,
@@ -56,9 +66,10 @@ def evaluate_stage(
     run_dir = Path(run_dir)
     refer = refer or Refer.from_config(cfg.data)
     split = split or cfg.data.eval_split
-    # S+S reads the pools as Stage 2 did; the S1 oracle scores Stage 1's own masks
-    pools = cfg.select.candidates if stage == "select" else "whole"
-    s1 = Store(run_dir / "segment", kind="S1", pools=pools)
+    # S+S reads the pools as Stage 2 did; the S1 oracle scores the pools it is given
+    if stage == "select":
+        pools, background = cfg.select.candidates, "minimum"
+    s1 = Store(run_dir / "segment", kind="S1", pools=pools, background=background)
     s2 = Store(run_dir / "select", kind="S2") if stage == "select" else None
     if s2 is not None:
         check_join(s1, s2)
@@ -87,6 +98,9 @@ def evaluate_stage(
         return m if m is not None else np.zeros((info.height, info.width), dtype=bool)
 
     out = {"stage": stage, "what": _WHAT[stage]}
+    if stage == "segment" and pools != "whole":
+        out["what"] += f" over the {pools} pools (background: {background})"
+        out["pools"] = {"pools": pools, "background": background}
     m = evaluate_masks(refer, split, predict, resolution=res, point_rule=cfg.eval.point_rule)
     warnings.update(m.pop("warnings"))
     out |= m
@@ -158,6 +172,8 @@ def stage3_table(run_dir: str | Path, cfg: Any = None) -> str:
                 stale.append(name)
                 continue
         rows.append((name, read_json(path, "metrics")))
+        if name == "S+S+C" and rows[-1][1].get("oracle"):  # the pools it trained on: painted
+            rows.insert(-1, ("S1 oracle, painted", rows[-1][1]["oracle"]))
     if not rows:
         return "(no metrics yet)"
     m0 = next((m for name, m in rows if name == "S+S"), rows[0][1])
@@ -181,10 +197,12 @@ def stage3_table(run_dir: str | Path, cfg: Any = None) -> str:
     if any(str(m.get("selection", "")).startswith("selected on GT") for _, m in rows):
         lines.append("* selected on GT: the epoch with the best val oIoU (train.selection=best_gt)")
     got = {name: m["mIoU"] for name, m in rows}
-    if {"S1 oracle", "S+S", "S+S+C"} <= set(got):
-        f = gap_recovered(got["S1 oracle"], got["S+S"], got["S+S+C"])
+    oracle = next((n for n in ("S1 oracle, painted", "S1 oracle") if n in got), None)
+    if oracle and {"S+S", "S+S+C"} <= set(got):
+        f = gap_recovered(got[oracle], got["S+S"], got["S+S+C"])
+        which = "painted S1-oracle" if oracle.endswith("painted") else "S1-oracle"
         if f is not None:
-            lines.append(f"S+S+C closes {f:.2f} of the S+S -> S1-oracle mIoU gap (the paper: 0.78)")
+            lines.append(f"S+S+C closes {f:.2f} of the S+S -> {which} mIoU gap (the paper: 0.78)")
     if stale:
         lines.append(f"(not shown: {', '.join(stale)}, made with other settings in {run_dir})")
     return "\n".join(lines)
