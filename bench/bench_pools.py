@@ -24,7 +24,7 @@ from benchutil import mean_seconds
 from sssc.data import masks as _masks
 from sssc.kernels.testing import blob_masks
 from sssc.store import ImageRecord, s1_record
-from sssc.store.pools import paint_pools
+from sssc.store.pools import paint_pools, painted_nonempty
 
 IMAGES, CANDS, HEIGHT, WIDTH = 16, 12, 480, 640
 OBJECTS = [[0, 2, 4, 6, 8, 10], [0, 2, 4, 6, 8, 10], [1, 3, 5, 7, 9, 11]]
@@ -105,3 +105,31 @@ def test_pool_readers(benchmark, pools, provider):
         for got_img, want_img in zip(out, want, strict=True):
             for got, w in zip(got_img, want_img, strict=True):
                 assert [g.tobytes() for g in got] == [m.tobytes() for m in w]
+
+
+def _check_by_painting(pools):
+    """Which objects keep a candidate, by painting every pool (sssc before the tenth session)."""
+    return [
+        {o.ann_id for o in paint_pools(ImageRecord._from_json(line)).objects if o.eligible}
+        for line, _ in pools
+    ]
+
+
+def _check_by_areas(pools):
+    """The same from the candidates' areas (``painted_nonempty``, what the plan uses now)."""
+    return [painted_nonempty(ImageRecord._from_json(line)) for line, _ in pools]
+
+
+@pytest.mark.parametrize("provider", ["by_painting", "by_areas"])
+def test_which_pools_keep_a_candidate(benchmark, pools, provider):
+    """The check a ``samples`` plan makes of every train image at a correct phase's start under
+    painted pools: which objects have a target."""
+    benchmark.group = f"target check of {IMAGES} images, 480x640, painted pools"
+    fn = {"by_painting": _check_by_painting, "by_areas": _check_by_areas}[provider]
+    out = benchmark.pedantic(fn, (pools,), rounds=3, iterations=1)
+    mean = mean_seconds(benchmark)
+    _MEANS[f"check_{provider}"] = mean
+    benchmark.extra_info["ms_per_image"] = 1e3 * mean / IMAGES
+    if provider == "by_areas" and "check_by_painting" in _MEANS:
+        benchmark.extra_info["speedup_over_painting"] = _MEANS["check_by_painting"] / mean
+    assert out == _check_by_painting(pools)

@@ -30,7 +30,7 @@ from sssc.store import (  # noqa: E402
     s2_record,
     write_store,
 )
-from sssc.store.pools import binary_target, paint_pools  # noqa: E402
+from sssc.store.pools import binary_target, paint_pools, painted_nonempty  # noqa: E402
 
 H, W = 24, 32
 
@@ -178,6 +178,52 @@ def test_a_painted_store_paints_an_image_once_for_its_objects(tmp_path, monkeypa
     assert st.get(7, stored=True) is not recs[0] and len(calls) == 1
 
 
+def _covering_case(seed: int):
+    """Random pools rich in whole-image and empty candidates, the cases where a pool can read
+    back empty."""
+    rng = np.random.default_rng(1000 + seed)
+    masks = []
+    for _ in range(rng.integers(1, 6)):
+        kind = rng.choice(["full", "empty", "box"], p=[0.35, 0.25, 0.4])
+        if kind == "full":
+            masks.append(FULL.copy())
+        elif kind == "empty":
+            masks.append(np.zeros((H, W), dtype=bool))
+        else:
+            y0, x0 = rng.integers(0, H - 2), rng.integers(0, W - 2)
+            masks.append(_box(y0, rng.integers(y0 + 1, H + 1), x0, rng.integers(x0 + 1, W + 1)))
+    c = len(masks)
+    eligible = [
+        sorted(rng.choice(c, size=rng.integers(0, c + 1), replace=False).tolist())
+        for _ in range(rng.integers(1, 5))
+    ]
+    return masks, eligible
+
+
+@pytest.mark.parametrize("case", [*CASES, *(f"covering {s}" for s in range(30))])
+def test_which_painted_pools_keep_a_candidate_is_known_from_the_areas(case, tmp_path):
+    """``painted_nonempty`` (areas only) against painting and against the official read-back
+    with both readers: an object keeps a candidate iff its label image has two colours."""
+    masks, eligible = CASES[case] if case in CASES else _covering_case(int(case.split()[1]))
+    rec = _record(masks, eligible)
+    got = painted_nonempty(rec)
+    for background, mode in (("minimum", "L"), ("largest", "P")):
+        painted = paint_pools(rec, background)
+        assert got == {o.ann_id for o in painted.objects if o.eligible}
+        official = {
+            100 + k
+            for k, el in enumerate(eligible)
+            if el and _official_pool(masks, el, tmp_path / "p.png", mode)
+        }
+        assert got == official
+    if case.startswith("covering"):
+        d = tmp_path / "segment"
+        write_store(d, "S1", {"name": "t"}, [7], lambda i: _raw(masks, eligible), log=print)
+        whole, st = Store(d, kind="S1"), Store(d, kind="S1", pools="painted")
+        assert st.objects_with_candidates(7) == got
+        assert whole.objects_with_candidates(7) == {100 + k for k, el in enumerate(eligible) if el}
+
+
 def test_joining_another_s1_store_is_refused(tmp_path):
     masks, eligible = CASES["no background: the lowest label is lost"]
     for name in ("a", "b"):
@@ -303,6 +349,13 @@ def test_a_run_on_painted_pools(tmp_path, capsys, monkeypatch):
     ss = json.loads((run / "select" / "metrics.json").read_text())["mIoU"]
     gap = (m["mIoU"] - ss) / (m["oracle"]["mIoU"] - ss)
     assert m["gap_recovered"] == pytest.approx(gap, rel=1e-12)
+    # The samples plan's target check reads the areas, not the painted masks: the same objects.
+    from sssc.correct.phase import objects_with_targets
+
+    want = {
+        o.ann_id for i in refer.split_image_ids("train") for o in read.get(i).objects if o.eligible
+    }
+    assert objects_with_targets(refer, "train", read, None) == want
     table = stage3_table(run)
     assert "S1 oracle, painted" in table and "S+S -> painted S1-oracle mIoU gap" in table
     capsys.readouterr()

@@ -200,8 +200,8 @@ def objects_with_targets(refer: Refer, split: str, s1: Store, s2: Store | None) 
     for image_id in refer.split_image_ids(split):
         if s2 is not None:
             out.update(o.ann_id for o in s2.get(image_id).objects if o.chosen is not None)
-        else:
-            out.update(o.ann_id for o in s1.get(image_id).objects if o.eligible)
+        else:  # under painted pools, without painting every image
+            out.update(s1.objects_with_candidates(image_id))
     return out
 
 

@@ -42,7 +42,7 @@ from ..data import masks as _masks
 if TYPE_CHECKING:
     from .store import ImageRecord
 
-__all__ = ["BACKGROUNDS", "POOLS", "binary_target", "paint_pools"]
+__all__ = ["BACKGROUNDS", "POOLS", "binary_target", "paint_pools", "painted_nonempty"]
 
 POOLS = ("whole", "painted")
 BACKGROUNDS = ("minimum", "largest")
@@ -87,6 +87,28 @@ def paint_pools(rec: ImageRecord, background: str = "minimum") -> ImageRecord:
         {"ann_id": a, "eligible": [new_id[key] for key in keys]} for a, keys in per_object
     ]
     return ImageRecord(rec.image_id, rec.height, rec.width, raw_cands, raw_objects)
+
+
+def painted_nonempty(rec: ImageRecord) -> set[int]:
+    """The objects (ann ids) whose painted pool keeps a candidate, from the candidates' areas
+    alone: what :func:`paint_pools` would say, with either background, without decoding a mask.
+
+    A pool reads back empty exactly when its label map has a single colour: when every eligible
+    candidate is empty (the map is all zeros), or when one covers the whole image and every
+    candidate painted after it is empty (the map is all that one label). Any other map has two
+    colours at least, and either reader drops one.
+    """
+    full, out = rec.height * rec.width, set()
+    areas: dict[int, int] = {}
+    for o in rec.objects:
+        for c in o.eligible:
+            if c not in areas:
+                areas[c] = rec.candidate(c).area
+        a = [areas[c] for c in sorted(o.eligible)]  # paint order
+        covering = [i for i, x in enumerate(a) if x == full]
+        if any(a[covering[-1] + 1 :] if covering else a):  # a mask painted over the last cover
+            out.add(o.ann_id)
+    return out
 
 
 def _regions(

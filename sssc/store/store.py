@@ -51,7 +51,7 @@ import numpy as np
 
 from ..data import masks as _masks
 from ..rundir import atomic_file, atomic_write_text
-from .pools import BACKGROUNDS, POOLS, paint_pools
+from .pools import BACKGROUNDS, POOLS, paint_pools, painted_nonempty
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -597,6 +597,14 @@ class Store:
         size = self.manifest["shard_size"]
         rec = self.shard(p // size).record(p % size)
         return rec if stored else self._read(rec)
+
+    def objects_with_candidates(self, image_id: int) -> set[int]:
+        """The objects (ann ids) of an S1 image with at least one candidate as ``pools`` reads
+        them; for ``painted`` from the candidates' areas, without painting the image
+        (:func:`sssc.store.pools.painted_nonempty`)."""
+        if self.pools == "whole":
+            return {o.ann_id for o in self.get(image_id).objects if o.eligible}
+        return painted_nonempty(self.get(image_id, stored=True))
 
 
 def check_join(s1: Store, s2: Store) -> None:
