@@ -349,6 +349,15 @@ def test_a_run_on_painted_pools(tmp_path, capsys, monkeypatch):
     ss = json.loads((run / "select" / "metrics.json").read_text())["mIoU"]
     gap = (m["mIoU"] - ss) / (m["oracle"]["mIoU"] - ss)
     assert m["gap_recovered"] == pytest.approx(gap, rel=1e-12)
+    # sssc eval scores the same oracle; the view is refused where it means nothing.
+    from sssc.cli import main
+
+    view = ["--pools", "painted", "--background", "largest"]
+    assert main(["eval", "--run", str(run), "--stage", "segment", *view]) == 0
+    again = json.loads((run / "segment" / "eval_val_painted-largest.json").read_text())
+    assert (again["mIoU"], again["pools"]) == (m["oracle"]["mIoU"], m["oracle"]["pools"])
+    assert main(["eval", "--run", str(run), "--stage", "select", *view]) == 2
+    assert main(["eval", "--run", str(run), "--stage", "segment", "--background", "largest"]) == 2
     # The samples plan's target check reads the areas, not the painted masks: the same objects.
     from sssc.correct.phase import objects_with_targets
 

@@ -2,15 +2,20 @@
 
     sssc eval --run runs/default --stage select
     sssc eval --run runs/default --stage segment --split test --set eval.resolution=original
+    sssc eval --run runs/refcoco --stage segment --pools painted --background largest
     sssc eval --checkpoint model_best_refcoco.pth --config refcoco --split val testA testB \
         --set train.bert_weights=weights/bert-base-uncased --set device=cuda
 
 For a stage, the config defaults to the one the stage ran with (``<run>/<stage>/config.yaml``),
 and the result is written as JSON (the ``metrics.json`` schema; default
-``<run>/<stage>/eval_<split>.json``). For a checkpoint (sssc-train's ``checkpoint.pt`` or a LAVT /
-S+S+C release as published), the config names the dataset, the device and, for published files,
-the BERT folder (``train.bert_weights``); each split's ``metrics.json`` goes to
-``<out>/<split>/metrics.json`` (default ``<out>``: ``<checkpoint folder>/eval_<checkpoint name>``).
+``<run>/<stage>/eval_<split>.json``). ``--pools painted`` scores the S1 oracle over the pools as
+the official code reads them back (``--background``: ``minimum`` as Stage 2 reads them,
+``largest`` as Stage 3 does; default file ``eval_<split>_painted-<background>.json``).
+
+For a checkpoint (sssc-train's ``checkpoint.pt`` or a LAVT / S+S+C release as published), the
+config names the dataset, the device and, for published files, the BERT folder
+(``train.bert_weights``); each split's ``metrics.json`` goes to ``<out>/<split>/metrics.json``
+(default ``<out>``: ``<checkpoint folder>/eval_<checkpoint name>``).
 Every result is printed as a table: mIoU, oIoU, prec@0.5..0.9, PointM, PointIt.
 """
 
@@ -51,6 +56,20 @@ def add_eval_command(subparsers, checkpoint_main=None) -> None:
         "the embedded synthetic dataset)",
         "override a config key, e.g. eval.resolution=original",
     )
+    p.add_argument(
+        "--pools",
+        choices=("whole", "painted"),
+        default="whole",
+        help="--stage segment: the oracle over Stage 1's whole masks (default) or the painted "
+        "pools the official code reads back (select.candidates: painted)",
+    )
+    p.add_argument(
+        "--background",
+        choices=("minimum", "largest"),
+        default="minimum",
+        help="with --pools painted: the region dropped, as Stage 2 (minimum) or Stage 3 "
+        "(largest, train.label_background) reads a label image",
+    )
     p.add_argument("--model", help="model config of a published checkpoint (default: lavt-base)")
     p.add_argument("--split", nargs="+", help="splits to score (default: data.eval_split)")
     p.add_argument(
@@ -70,6 +89,12 @@ def eval_main(args: argparse.Namespace) -> int:
         return args.checkpoint_main(args)
     if not (args.run and args.stage):
         return _usage("give --run and --stage (a store), or --checkpoint (a model)")
+    if (args.pools, args.background) != ("whole", "minimum") and args.stage != "segment":
+        return _usage(
+            "--pools and --background choose the pools of the S1 oracle (--stage segment)"
+        )
+    if args.pools == "whole" and args.background != "minimum":
+        return _usage("--background applies to --pools painted")
     from ..config import ConfigError
     from ..data.refer import DatasetError, Refer
     from ..rundir import load_run_config
@@ -81,18 +106,23 @@ def eval_main(args: argparse.Namespace) -> int:
         cfg = load_run_config(run, args.stage, args.config, args.set)
         splits = args.split or [cfg.data.eval_split]
         refer = Refer.from_config(cfg.data, generate=False)
-        results = [evaluate_stage(args.stage, cfg, run, split=s, refer=refer) for s in splits]
+        view = {"pools": args.pools, "background": args.background}
+        results = [
+            evaluate_stage(args.stage, cfg, run, split=s, refer=refer, **view) for s in splits
+        ]
     except (ConfigError, DatasetError, StoreError) as e:
         print(f"sssc eval: {e}", file=sys.stderr)
         return 2
     name = "S1 oracle" if args.stage == "segment" else "S+S"
+    suffix = f"_painted-{args.background}" if args.pools == "painted" else ""
+    name += ", painted" if suffix else ""
     for m in results:
         if args.out and len(results) == 1:
             out = Path(args.out)
         elif args.out:
             out = Path(args.out).with_name(f"{Path(args.out).stem}_{m['split']}.json")
         else:
-            out = run / args.stage / f"eval_{m['split']}.json"
+            out = run / args.stage / f"eval_{m['split']}{suffix}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(m, indent=1) + "\n")
         print(
