@@ -251,6 +251,42 @@ def test_ddp_resume_after_a_nan_stop_sets_the_new_lr_on_every_rank(base, tmp_pat
     assert 0 < min(lrs[0]) and max(lrs[0]) < 1.01e-4  # train.lr=0.001 before the stop
 
 
+def _correct_worker(rank, world, port, sets, run, stop_at):
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
+    )
+    torch.set_num_threads(1)
+
+    def stop(gstep):
+        if gstep == stop_at:
+            raise RuntimeError("stopped here")  # every rank, after the same step's checkpoint
+
+    train_phase("correct", load_config(None, sets), run, on_step=stop if stop_at else None)
+
+
+def test_ddp_matching_counts_survive_a_resume(base, tmp_path):
+    """The expressions seen (and unmatched) are summed over the ranks; a resume must carry every
+    rank's count so far, not rank 0's share alone."""
+    run, sets = _run_copy(base, tmp_path)
+    sets = [
+        *sets,
+        "train.bootstrap_epochs=1",
+        "train.checkpoint_every=1",
+        "data.batch_expressions=18",
+    ]
+    cfg = load_config(None, sets)
+    train_phase("bootstrap", cfg, run)
+    ref = tmp_path / "ref"
+    shutil.copytree(run, ref)
+    want = train_phase("correct", cfg, ref)["unmatched"]
+    with pytest.raises(Exception, match="stopped here"):
+        spawn(_correct_worker, (sets, run, 2))
+    assert torch.load(run / "correct" / "checkpoint.pt", weights_only=True)["global_step"] == 2
+    spawn(_correct_worker, (sets, run, 0))
+    got = json.loads((run / "correct" / "metrics.json").read_text())["unmatched"]
+    assert got["expressions_seen"] == want["expressions_seen"] > 0
+
+
 def test_iou_loss_is_added_in_the_phases_it_lists_only(base, tmp_path):
     """train.iou_loss_phases: the default adds the soft IoU term in bootstrap (and +epochs), not
     in correct; listing correct adds it there. Same model and batches, so the first logged

@@ -200,7 +200,8 @@ def _train_phase(phase, cfg, run_dir: Path, refer, on_step, rank: int, world: in
     iou_weight = t.iou_loss_weight if phase in t.iou_loss_phases else 0.0
     tb = tensorboard(out) if rank == 0 else None
     amp = device.type == "cuda" and t.amp
-    # expressions seen, unmatched, without candidates; kept by rank 0's checkpoint on resume
+    # expressions seen, unmatched, without candidates, per rank; the checkpoint keeps their sum,
+    # which rank 0 resumes with
     counts = torch.zeros(3, dtype=torch.int64, device=device)
     if counts_resumed is not None and rank == 0:
         counts += counts_resumed.to(device)
@@ -224,7 +225,8 @@ def _train_phase(phase, cfg, run_dir: Path, refer, on_step, rank: int, world: in
             counts,
         )
 
-    def save(done=False):
+    def save(done=False, total=None):  # every rank calls it: the counts are summed first
+        total = global_counts(counts, world) if total is None else total
         if rank == 0:
             save_checkpoint(
                 ckpt_path,
@@ -239,7 +241,7 @@ def _train_phase(phase, cfg, run_dir: Path, refer, on_step, rank: int, world: in
                     "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(),
                     "rng": get_rng(gen),
-                    "counts": counts.cpu(),
+                    "counts": total.cpu(),  # all ranks' so far: rank 0 resumes with them
                     "best": best,
                     # what `sssc predict` needs to rebuild the model and its tokenizer
                     "model_name": t.model,
@@ -359,14 +361,13 @@ def _train_phase(phase, cfg, run_dir: Path, refer, on_step, rank: int, world: in
         last = logged_eval(log_path, epoch, gstep)  # its evaluation, when the log has it
     if last is None:  # every rank takes part
         last = evaluate()
-    total_counts = [int(c) for c in global_counts(counts, world)]
+    total = global_counts(counts, world)
     if rank == 0:
-        metrics = phase_metrics(
-            phase, cfg, run_dir, refer, last, best, epochs, producer, total_counts
-        )
+        seen = [int(c) for c in total]
+        metrics = phase_metrics(phase, cfg, run_dir, refer, last, best, epochs, producer, seen)
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
         plot_curves(log_path, out / "curves.png")
-        save(done=True)
+        save(done=True, total=total)
     if world > 1:
         dist.barrier()
     return read_json(out / "metrics.json", "metrics")
