@@ -251,7 +251,7 @@ def test_ddp_resume_after_a_nan_stop_sets_the_new_lr_on_every_rank(base, tmp_pat
     assert 0 < min(lrs[0]) and max(lrs[0]) < 1.01e-4  # train.lr=0.001 before the stop
 
 
-def _correct_worker(rank, world, port, sets, run, stop_at):
+def _phase_worker(rank, world, port, sets, run, stop_at, phase="correct"):
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
     )
@@ -261,7 +261,7 @@ def _correct_worker(rank, world, port, sets, run, stop_at):
         if gstep == stop_at:
             raise RuntimeError("stopped here")  # every rank, after the same step's checkpoint
 
-    train_phase("correct", load_config(None, sets), run, on_step=stop if stop_at else None)
+    train_phase(phase, load_config(None, sets), run, on_step=stop if stop_at else None)
 
 
 def test_ddp_matching_counts_survive_a_resume(base, tmp_path):
@@ -280,11 +280,35 @@ def test_ddp_matching_counts_survive_a_resume(base, tmp_path):
     shutil.copytree(run, ref)
     want = train_phase("correct", cfg, ref)["unmatched"]
     with pytest.raises(Exception, match="stopped here"):
-        spawn(_correct_worker, (sets, run, 2))
+        spawn(_phase_worker, (sets, run, 2))
     assert torch.load(run / "correct" / "checkpoint.pt", weights_only=True)["global_step"] == 2
-    spawn(_correct_worker, (sets, run, 0))
+    spawn(_phase_worker, (sets, run, 0))
     got = json.loads((run / "correct" / "metrics.json").read_text())["unmatched"]
     assert got["expressions_seen"] == want["expressions_seen"] > 0
+
+
+def test_ddp_resume_with_dropout_equals_an_uninterrupted_ddp_run(base, tmp_path):
+    """With drop path and dropout on, each rank's RNG moves with its own share of the batch; a
+    resume must give every rank its own RNG state back, not rank 0's."""
+    run, sets = _run_copy(base, tmp_path)
+    sets = [
+        *sets,
+        "train.model=lavt-tiny",  # drop path 0.1, BERT dropout 0.1
+        "train.bert_dropout=true",
+        "train.bootstrap_epochs=1",
+        "train.checkpoint_every=1",
+        "data.batch_expressions=18",
+    ]
+    ref = tmp_path / "ref"
+    shutil.copytree(run, ref)
+    spawn(_phase_worker, (sets, ref, 0, "bootstrap"))
+    with pytest.raises(Exception, match="stopped here"):
+        spawn(_phase_worker, (sets, run, 3, "bootstrap"))
+    spawn(_phase_worker, (sets, run, 0, "bootstrap"))
+    want, _ = _losses(ref / "bootstrap" / "log.jsonl")
+    got, _ = _losses(run / "bootstrap" / "log.jsonl")
+    assert len(got) == len(want) > 4
+    assert got == want
 
 
 def test_iou_loss_is_added_in_the_phases_it_lists_only(base, tmp_path):

@@ -129,6 +129,8 @@ def _train_phase(phase, cfg, run_dir: Path, refer, on_step, rank: int, world: in
     device = torch.device(
         dev if world == 1 or dev != "cuda" else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     )
+    if device.type == "cuda":  # the device of this rank's collectives (all_gather_object's too)
+        torch.cuda.set_device(device)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "checkpoint.pt", out / "log.jsonl"
     cfg_dict = config_to_dict(cfg)
@@ -170,7 +172,10 @@ def _train_phase(phase, cfg, run_dir: Path, refer, on_step, rank: int, world: in
         if state.get("config", {}).get("train", {}).get("lr", t.lr) != t.lr:
             set_base_lr(opt, sched, t.lr)
         epoch, step, gstep = state["epoch"], state["step"], state["global_step"]
-        set_rng(state["rng"], gen)
+        rng = state["rng"]
+        if isinstance(rng, list):  # each rank's own streams; with another world size, rank 0's
+            rng = rng[rank] if len(rng) == world else rng[0]
+        set_rng(rng, gen)
         counts_resumed = state.get("counts")
         if rank == 0:
             try:
@@ -225,8 +230,16 @@ def _train_phase(phase, cfg, run_dir: Path, refer, on_step, rank: int, world: in
             counts,
         )
 
-    def save(done=False, total=None):  # every rank calls it: the counts are summed first
+    def save(done=False, total=None):
+        # Every rank calls it mid-training (the done save runs on rank 0 alone, with ``total``):
+        # the counts are summed, and each rank's RNG streams gathered, as dropout and drop path
+        # draw from them in proportion to the rank's own share of the batch.
         total = global_counts(counts, world) if total is None else total
+        rng = get_rng(gen)
+        if world > 1 and not done:
+            every: list = [None] * world
+            dist.all_gather_object(every, rng)
+            rng = every
         if rank == 0:
             save_checkpoint(
                 ckpt_path,
@@ -240,7 +253,7 @@ def _train_phase(phase, cfg, run_dir: Path, refer, on_step, rank: int, world: in
                     "model": model.state_dict(),
                     "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(),
-                    "rng": get_rng(gen),
+                    "rng": rng,
                     "counts": total.cpu(),  # all ranks' so far: rank 0 resumes with them
                     "best": best,
                     # what `sssc predict` needs to rebuild the model and its tokenizer
