@@ -129,8 +129,8 @@ def _train_phase(phase, cfg, run_dir: Path, refer, on_step, rank: int, world: in
     device = torch.device(
         dev if world == 1 or dev != "cuda" else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     )
-    if device.type == "cuda":  # the device of this rank's collectives (all_gather_object's too)
-        torch.cuda.set_device(device)
+    if device.type == "cuda" and device.index is not None:  # the device of this rank's
+        torch.cuda.set_device(device)  # collectives (all_gather_object's too)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "checkpoint.pt", out / "log.jsonl"
     cfg_dict = config_to_dict(cfg)
