@@ -91,12 +91,20 @@ CASES = {
 }
 
 
-def _random_case(seed: int):
+def _random_case(seed: int, p_full: float = 0.0, p_empty: float = 0.0):
+    """Random boxes as candidates (each whole-image or empty with these chances) and random
+    eligible sets."""
     rng = np.random.default_rng(seed)
     masks = []
     for _ in range(rng.integers(1, 7)):
-        y0, x0 = rng.integers(0, H - 2), rng.integers(0, W - 2)
-        masks.append(_box(y0, rng.integers(y0 + 1, H + 1), x0, rng.integers(x0 + 1, W + 1)))
+        kind = rng.choice(3, p=[p_full, p_empty, 1 - p_full - p_empty])
+        if kind == 0:
+            masks.append(FULL.copy())
+        elif kind == 1:
+            masks.append(np.zeros((H, W), dtype=bool))
+        else:
+            y0, x0 = rng.integers(0, H - 2), rng.integers(0, W - 2)
+            masks.append(_box(y0, rng.integers(y0 + 1, H + 1), x0, rng.integers(x0 + 1, W + 1)))
     c = len(masks)
     eligible = [
         sorted(rng.choice(c, size=rng.integers(0, c + 1), replace=False).tolist())
@@ -179,25 +187,8 @@ def test_a_painted_store_paints_an_image_once_for_its_objects(tmp_path, monkeypa
 
 
 def _covering_case(seed: int):
-    """Random pools rich in whole-image and empty candidates, the cases where a pool can read
-    back empty."""
-    rng = np.random.default_rng(1000 + seed)
-    masks = []
-    for _ in range(rng.integers(1, 6)):
-        kind = rng.choice(["full", "empty", "box"], p=[0.35, 0.25, 0.4])
-        if kind == "full":
-            masks.append(FULL.copy())
-        elif kind == "empty":
-            masks.append(np.zeros((H, W), dtype=bool))
-        else:
-            y0, x0 = rng.integers(0, H - 2), rng.integers(0, W - 2)
-            masks.append(_box(y0, rng.integers(y0 + 1, H + 1), x0, rng.integers(x0 + 1, W + 1)))
-    c = len(masks)
-    eligible = [
-        sorted(rng.choice(c, size=rng.integers(0, c + 1), replace=False).tolist())
-        for _ in range(rng.integers(1, 5))
-    ]
-    return masks, eligible
+    """Pools rich in whole-image and empty candidates, where a pool can read back empty."""
+    return _random_case(1000 + seed, p_full=0.35, p_empty=0.25)
 
 
 @pytest.mark.parametrize("case", [*CASES, *(f"covering {s}" for s in range(30))])
