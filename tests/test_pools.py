@@ -364,3 +364,29 @@ def test_a_run_on_painted_pools(tmp_path, capsys, monkeypatch):
     assert train_main([*args, "--set", "train.label_background=minimum"]) == 2
     assert 'select.candidates: "painted" there, "whole" now' in capsys.readouterr().err
     assert (run / "segment" / "store.json").stat().st_mtime_ns == stamp
+
+
+def test_the_table_measures_a_painted_run_against_its_own_oracle_only(tmp_path):
+    """A correct phase on painted pools records their oracle; the gap line uses it, and when it
+    could not be scored (None) there is no gap line, never one against Stage 1's whole masks."""
+    import json
+
+    prod = {"name": "simulated", "p_correct": 0.6}
+
+    def write(stage, miou, **more):
+        (tmp_path / stage).mkdir(exist_ok=True)
+        m = {"split": "val", "mIoU": miou, "oIoU": miou, "prec@0.5": 0.0, "producer": prod}
+        (tmp_path / stage / "metrics.json").write_text(json.dumps(m | more))
+
+    write("segment", 80.0)
+    write("select", 40.0)
+    oracle = {"split": "val", "mIoU": 70.0, "oIoU": 60.0, "prec@0.5": 1.0}
+    write("correct", 55.0, oracle=oracle)
+    table = stage3_table(tmp_path)
+    assert "\nS1 oracle, painted   70.00   60.00      1.00\n" in table
+    assert "\nS1 oracle (sim.)     80.00" in table  # the columns widen to the longest label
+    assert "S+S+C closes 0.50 of the S+S -> painted S1-oracle mIoU gap" in table  # not 0.38
+    write("correct", 55.0, oracle=None)
+    assert "closes" not in stage3_table(tmp_path)
+    write("correct", 55.0)
+    assert "S+S+C closes 0.38 of the S+S -> S1-oracle mIoU gap" in stage3_table(tmp_path)

@@ -179,13 +179,7 @@ def stage3_table(run_dir: str | Path, cfg: Any = None) -> str:
     m0 = next((m for name, m in rows if name == "S+S"), rows[0][1])
     prod = m0["producer"]
     sim = ", ".join(f"{k}={v}" for k, v in prod.items() if k != "name" and not isinstance(v, dict))
-    head = f"{'':16} {'mIoU':>7} {'oIoU':>7} {'prec@0.5':>9}"
-    oracle = " -- ORACLE-DERIVED: simulated from this dataset's GT masks" * oracle_derived(prod)
-    lines = [
-        f"{m0['split']} split vs GT, labels by producer {prod['name']!r} ({sim}){oracle}",
-        head,
-        "-" * len(head),
-    ]
+    labels = []
     for name, m in rows:
         label = name
         if name in ("S+S", "S1 oracle") and m["producer"]["name"] == "simulated":
@@ -193,12 +187,25 @@ def stage3_table(run_dir: str | Path, cfg: Any = None) -> str:
             label = f"{name} {sim_label}"
         if str(m.get("selection", "")).startswith("selected on GT"):
             label += " *"
-        lines.append(f"{label:16} {m['mIoU']:7.2f} {m['oIoU']:7.2f} {m['prec@0.5']:9.2f}")
+        labels.append(label)
+    w = max(16, *map(len, labels))
+    head = f"{'':{w}} {'mIoU':>7} {'oIoU':>7} {'prec@0.5':>9}"
+    oracle = " -- ORACLE-DERIVED: simulated from this dataset's GT masks" * oracle_derived(prod)
+    lines = [
+        f"{m0['split']} split vs GT, labels by producer {prod['name']!r} ({sim}){oracle}",
+        head,
+        "-" * len(head),
+    ]
+    for label, (_, m) in zip(labels, rows, strict=True):
+        lines.append(f"{label:{w}} {m['mIoU']:7.2f} {m['oIoU']:7.2f} {m['prec@0.5']:9.2f}")
     if any(str(m.get("selection", "")).startswith("selected on GT") for _, m in rows):
         lines.append("* selected on GT: the epoch with the best val oIoU (train.selection=best_gt)")
     got = {name: m["mIoU"] for name, m in rows}
-    oracle = next((n for n in ("S1 oracle, painted", "S1 oracle") if n in got), None)
-    if oracle and {"S+S", "S+S+C"} <= set(got):
+    # S+S+C trained on painted pools records their oracle ("oracle"; None if it could not be
+    # scored): its gap is against that one, never Stage 1's whole-mask oracle
+    painted = "oracle" in dict(rows).get("S+S+C", {})
+    oracle = "S1 oracle, painted" if painted else "S1 oracle"
+    if {oracle, "S+S", "S+S+C"} <= set(got):
         f = gap_recovered(got[oracle], got["S+S"], got["S+S+C"])
         which = "painted S1-oracle" if oracle.endswith("painted") else "S1-oracle"
         if f is not None:
