@@ -741,3 +741,17 @@ def test_an_error_in_plus_epochs_beside_correct_is_reported(base, tmp_path):
     conf.write_text(conf.read_text().replace("  lr: 0.001\n", "  lr: 0.002\n"))
     with pytest.raises(StageError, match=r"(?s)exit code 2.*train\.lr: 0\.002 there, 0\.001 now"):
         run_stage("correct", cfg, run)
+
+
+def test_loader_workers_give_the_same_run(base, tmp_path):
+    """The real-data configs load with 8 workers per rank: every draw an item makes is seeded by
+    (seed, epoch, object), so worker processes give the batches, and the losses, of no workers."""
+    losses = []
+    for workers in (0, 2):
+        run = tmp_path / f"w{workers}"
+        shutil.copytree(base[0] / "run", run)
+        sets = [*base[1], "train.bootstrap_epochs=1", "train.sentences_per_object=1"]
+        sets += ["data.batch_expressions=8"]
+        train_phase("bootstrap", load_config(None, [*sets, f"train.num_workers={workers}"]), run)
+        losses.append(_losses(run / "bootstrap" / "log.jsonl")[0])
+    assert losses[0] == losses[1] and len(losses[0]) > 2

@@ -277,6 +277,7 @@ def _train_phase(phase, cfg, run_dir: Path, refer, on_step, rank: int, world: in
             batch_sampler=mine,
             num_workers=t.num_workers,
             collate_fn=partial(collate, tokenize=tokenize),
+            pin_memory=device.type == "cuda",  # the copies below overlap the GPU's work
             # Its own seed, not a draw from the global RNG (which dropout uses): a resume
             # mid-epoch makes a new iterator, and must leave that RNG where the checkpoint has it.
             generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch),
