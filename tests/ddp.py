@@ -5,6 +5,7 @@ retries; every other one reaches the test unchanged)."""
 from __future__ import annotations
 
 import socket
+import tempfile
 
 import torch.multiprocessing as mp
 
@@ -17,10 +18,20 @@ def free_port() -> int:
 
 def spawn(fn, args: tuple, nprocs: int = 2, tries: int = 3) -> None:
     """``mp.spawn(fn, args=(nprocs, port, *args))``; a rank that failed to listen on ``port``
-    (EADDRINUSE) makes it try again on a fresh port, at most ``tries`` times."""
+    (EADDRINUSE) makes it try again on a fresh port, at most ``tries`` times.
+
+    torch gives each rank a ``pytorch-errorfile-*.pickle`` in the temporary folder for its
+    traceback and leaves it there when the rank fails, as some tests make ranks do on purpose:
+    they are made in a folder of their own here, removed afterwards."""
     for attempt in range(tries):
+        old = tempfile.tempdir
         try:
-            mp.spawn(fn, args=(nprocs, free_port(), *args), nprocs=nprocs)
+            with tempfile.TemporaryDirectory(prefix="sssc-spawn-") as d:
+                tempfile.tempdir = d
+                try:
+                    mp.spawn(fn, args=(nprocs, free_port(), *args), nprocs=nprocs)
+                finally:
+                    tempfile.tempdir = old
             return
         except mp.ProcessRaisedException as e:
             if "EADDRINUSE" not in str(e) or attempt == tries - 1:
