@@ -753,5 +753,34 @@ def test_loader_workers_give_the_same_run(base, tmp_path):
         sets = [*base[1], "train.bootstrap_epochs=1", "train.sentences_per_object=1"]
         sets += ["data.batch_expressions=8"]
         train_phase("bootstrap", load_config(None, [*sets, f"train.num_workers={workers}"]), run)
-        losses.append(_losses(run / "bootstrap" / "log.jsonl")[0])
-    assert losses[0] == losses[1] and len(losses[0]) > 2
+        losses.append(_losses(run / "bootstrap" / "log.jsonl"))
+    assert losses[0][0] == losses[1][0] and len(losses[0][0]) > 2
+    # and the evaluations, whose packs the workers load ahead
+    assert [e["eval"] for e in losses[0][1]] == [e["eval"] for e in losses[1][1]]
+
+
+def _tokens(sents):
+    return torch.zeros(len(sents), 4, dtype=torch.int64), torch.ones(
+        len(sents), 4, dtype=torch.int64
+    )
+
+
+def test_evaluation_prefetch_gives_every_pack_asked_for_in_any_order(base):
+    """Workers load the evaluation's packs ahead in the order its metric walk asks for them; a
+    pack asked out of that order is loaded on the spot, and the ones skipped are dropped."""
+    from sssc.correct.data import ImageSet, collate
+    from sssc.correct.evaluate import _Prefetch
+
+    cfg = load_config(None, base[1])
+    refer = Refer.from_config(cfg.data)
+    dataset = ImageSet(refer, "train", 32)  # the biggest split: many packs
+    packs = pack_images(refer, "train", 6)
+    where = {i: k for k, p in enumerate(packs) for i in p}
+    order = _Prefetch(dataset, packs, refer, "train", where, _tokens, 0).order
+    assert sorted(set(order)) == list(range(len(packs))) and len(order) >= 4
+    ahead = _Prefetch(dataset, packs, refer, "train", where, _tokens, 2)
+    for k in [order[0], order[2], order[1], order[3], *order[4:]]:  # order[1] comes too late
+        got, want = ahead.take(k), collate([dataset[i] for i in packs[k]], _tokens)
+        assert got.keys() == want.keys()
+        for key in want:
+            assert torch.equal(got[key], want[key]), key

@@ -4,6 +4,7 @@ choice looks at it unless ``train.selection: best_gt``."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ def evaluate_model(
 
     Predictions are the model's maps at ``train.image_size`` (the logit difference under
     ``eval.upsample: lavt``, else the foreground probability), computed a packed batch at a time
-    when :func:`evaluate_masks` first asks for one of its expressions.
+    when :func:`evaluate_masks` first asks for one of its expressions. With
+    ``train.num_workers``, worker processes load the packs ahead, in the order it will ask.
     """
     split = split or cfg.data.eval_split
     was_training = model.training
@@ -37,11 +39,12 @@ def evaluate_model(
     sent_image = {s.sent_id: r.image_id for r in refer.split_refs(split) for s in r.sentences}
     cache: dict = {"pack": None, "probs": {}}
     amp = device.type == "cuda" and cfg.train.amp
+    ahead = _Prefetch(dataset, packs, refer, split, where, tokenize, cfg.train.num_workers)
 
     def predict(sent_id: int):
         k = where[sent_image[sent_id]]
         if cache["pack"] != k:
-            b = collate([dataset[i] for i in packs[k]], tokenize)
+            b = ahead.take(k)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(
                     b["images"].to(device),
@@ -65,6 +68,37 @@ def evaluate_model(
     )
     model.train(was_training)
     return m
+
+
+class _Prefetch:
+    """The packs in the order :func:`evaluate_masks` asks for them (it walks the split's refs in
+    order, and one pack is kept at a time), loaded ahead by ``workers`` processes; with none, or
+    for a pack asked out of that order, loaded on the spot."""
+
+    def __init__(self, dataset, packs, refer, split, where, tokenize, workers: int):
+        self.dataset, self.packs, self.tokenize = dataset, packs, tokenize
+        self.order: list[int] = []
+        for r in refer.split_refs(split):
+            if not self.order or self.order[-1] != where[r.image_id]:
+                self.order.append(where[r.image_id])
+        self.pos, self.it = 0, None
+        if workers > 0 and self.order:
+            loader = torch.utils.data.DataLoader(
+                dataset,
+                batch_sampler=[packs[k] for k in self.order],
+                num_workers=workers,
+                collate_fn=partial(collate, tokenize=tokenize),
+            )
+            self.it = iter(loader)
+
+    def take(self, k: int) -> dict:
+        if self.it is not None and k in self.order[self.pos :]:
+            while self.order[self.pos] != k:  # skip what was not asked for
+                next(self.it)
+                self.pos += 1
+            self.pos += 1
+            return next(self.it)
+        return collate([self.dataset[i] for i in self.packs[k]], self.tokenize)
 
 
 def eval_and_log(
