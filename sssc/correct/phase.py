@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..data.refer import Refer, pack_images
-from ..eval.stores import gap_recovered
+from ..eval.stores import evaluate_stage, gap_recovered
 from ..rundir import (
     RESUMABLE_AFTER_DIVERGENCE,
     RunDirError,
@@ -23,7 +23,7 @@ from ..rundir import (
     read_json,
     write_stage_config,
 )
-from ..store import Store, check_join
+from ..store import Store, StoreError, check_join
 from .checkpoints import CheckpointError
 from .data import pack_samples
 from .trainutil import load_checkpoint
@@ -235,7 +235,8 @@ def load_weights(model, state: dict, path: Path, name: str, what: str) -> None:
 
 
 def finished_metrics(path: Path) -> dict | None:
-    """A finished phase's metrics; ``None`` when missing or damaged (it is evaluated again)."""
+    """A finished stage's or phase's ``metrics.json``; ``None`` when missing or damaged (a phase
+    is then evaluated again)."""
     try:
         return read_json(path, "metrics")
     except RunDirError:
@@ -357,10 +358,10 @@ def phase_metrics(
     }
     if phase == "correct":
         if cfg.select.candidates == "whole":
-            oracle = _read_metrics(run_dir / "segment")
+            oracle = finished_metrics(run_dir / "segment" / "metrics.json")
         else:
             oracle = metrics["oracle"] = painted_oracle(cfg, run_dir, refer)
-        zero_shot = _read_metrics(run_dir / "select")
+        zero_shot = finished_metrics(run_dir / "select" / "metrics.json")
         metrics["gap_recovered"] = (
             gap_recovered(oracle["mIoU"], zero_shot["mIoU"], kept["mIoU"])
             if oracle and zero_shot
@@ -372,9 +373,6 @@ def phase_metrics(
 def painted_oracle(cfg: Any, run_dir: Path, refer: Refer) -> dict | None:
     """The S1 oracle over the pools the correct phase trained on, on ``data.eval_split``: its
     mIoU, oIoU, prec@0.5 and the view (``None`` if the S1 store cannot be scored)."""
-    from ..eval.stores import evaluate_stage
-    from ..store import StoreError
-
     try:
         m = evaluate_stage(
             "segment",
@@ -388,10 +386,3 @@ def painted_oracle(cfg: Any, run_dir: Path, refer: Refer) -> dict | None:
         print(f"no S1 oracle over the {cfg.select.candidates} pools: {e}")
         return None
     return {k: m[k] for k in ("what", "split", "mIoU", "oIoU", "prec@0.5", "pools")}
-
-
-def _read_metrics(stage_dir: Path) -> dict | None:
-    try:
-        return read_json(stage_dir / "metrics.json", "metrics")
-    except (RunDirError, OSError):
-        return None
