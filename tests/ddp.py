@@ -36,3 +36,15 @@ def spawn(fn, args: tuple, nprocs: int = 2, tries: int = 3) -> None:
         except mp.ProcessRaisedException as e:
             if "EADDRINUSE" not in str(e) or attempt == tries - 1:
                 raise
+
+
+def join(rank: int, world: int, port: int) -> None:
+    """In a spawned rank: the environment torchrun would give it, and one torch thread."""
+    import os
+
+    import torch
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
+    )
+    torch.set_num_threads(1)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from ddp import spawn
+from ddp import join, spawn
 from tiny_data import synth_sets
 
 from sssc.config import load_config
@@ -27,10 +27,7 @@ def _sets(tmp: Path, models: bool) -> list[str]:
 
 
 def _worker(rank, world, port, tmp, sets, run, kill_rank, kill_after):
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
-    )
-    torch.set_num_threads(1)
+    join(rank, world, port)
     import sssc.stages as stages
     import sssc.store.store as store
 

@@ -1,14 +1,13 @@
 """Stage 3 training end to end on a tiny synthetic dataset: resume, NaN stop, DDP, the CLI table."""
 
 import json
-import os
 import shutil
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from ddp import spawn
+from ddp import join, spawn
 from tiny_data import synth_sets
 
 from sssc.cli import train_main
@@ -135,10 +134,7 @@ def _sgd(model, t):
 
 
 def _ddp_worker(rank, world, port, sets, run, sgd=False):
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
-    )
-    torch.set_num_threads(1)
+    join(rank, world, port)
     if sgd:
         train_mod.build_optimizer = _sgd
     train_phase("bootstrap", load_config(None, sets), run)
@@ -214,10 +210,7 @@ def test_ddp_gradient_of_the_soft_iou_term_equals_one_process(base, tmp_path, mo
 
 def _lr_worker(rank, world, port, sets, run):
     """A rank that resumes ``bootstrap`` and writes the lr of each of its optimizer steps."""
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
-    )
-    torch.set_num_threads(1)
+    join(rank, world, port)
     real, lrs = train_mod.build_optimizer, []
 
     def build(model, t):
@@ -252,10 +245,7 @@ def test_ddp_resume_after_a_nan_stop_sets_the_new_lr_on_every_rank(base, tmp_pat
 
 
 def _phase_worker(rank, world, port, sets, run, stop_at, phase="correct"):
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
-    )
-    torch.set_num_threads(1)
+    join(rank, world, port)
 
     def stop(gstep):
         if gstep == stop_at:
