@@ -87,6 +87,9 @@ class DataConfig:
     # expressions into batch_expressions / samples_gpus (4 x 15 = 60)
     samples_images_per_load: int = 7  # samples: a GPU loads its images this many at a time
     # (official --batch-size 7) and drops the last, smaller load of an epoch
+    samples_order: str = "sssc"  # samples: the images' order: sssc (ascending ids, permuted by
+    # a draw from seed and epoch) | official (REFER's list(set(...)) of image ids, permuted as
+    # torch's DistributedSampler does with its seed 0 and set_epoch; refs in file order)
     text_field: str = "raw"  # raw (LAVT tokenizes REFER's raw text) | sent (the cleaned one)
     polygon_overlap: str = "refer"  # GT of several polygons: refer (LAVT: overlaps are
     # background) | union
@@ -271,6 +274,7 @@ class RunConfig:
 # values; a --set override still wins.
 OFFICIAL_RECIPE: dict[str, Any] = {
     "data.batching": "samples",
+    "data.samples_order": "official",
     "segment.models.class_order": "set",
     "select.models.channel_order": "bgr",
     "train.single_candidate": "always",
@@ -286,6 +290,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "recipe": ("sssc", "official"),
     "data.text_field": ("raw", "sent"),
     "data.batching": ("images", "samples"),
+    "data.samples_order": ("sssc", "official"),
     "data.polygon_overlap": ("refer", "union"),
     "eval.upsample": ("lavt", "sssc"),
     "eval.point_rule": ("tris", "sssc"),

@@ -94,6 +94,7 @@ _TRAINING_DATA = {
     "data.batching",
     "data.samples_gpus",
     "data.samples_images_per_load",
+    "data.samples_order",
 }
 _CORRECT_ONLY = {
     "train.correct_epochs",
@@ -108,6 +109,7 @@ _CORRECT_ONLY = {
 _ONLY_WHEN: dict[str, tuple[str, Any]] = {
     "data.samples_gpus": ("data.batching", "samples".__eq__),
     "data.samples_images_per_load": ("data.batching", "samples".__eq__),
+    "data.samples_order": ("data.batching", "samples".__eq__),
     "data.synth.": ("data.dataset", "synthetic".__eq__),
     "segment.simulate.": ("segment.backend", "simulated".__eq__),
     "segment.models.": ("segment.backend", "models".__eq__),
@@ -121,6 +123,7 @@ _ADDED_LATER: dict[str, Any] = {
     "train.lr_horizon": "steps",  # 2026-12-06; the poly decay's total was always the phase's steps
     "select.candidates": "whole",  # 2026-12-07; the pools were always Stage 1's masks
     "train.label_background": "minimum",  # 2026-12-07
+    "data.samples_order": "sssc",  # 2026-12-07; the images were always permuted by sssc's draw
 }
 # After a NaN stop, a resume may lower the learning rate or add clipping.
 RESUMABLE_AFTER_DIVERGENCE = ("train.lr", "train.grad_clip")

@@ -619,9 +619,11 @@ def test_official_sample_batches(base, gpus, per_load, per_gpu):
             assert sorted((i, s) for k in halves for i, ss in k for s in ss) == sorted(b)
 
 
-def test_training_with_official_sample_batches(base, tmp_path, monkeypatch):
-    """The training loop runs pack_samples' plan: every step holds exactly the budget, and only
-    the objects with a target (an eligible S1 candidate, read here from the store) enter one."""
+@pytest.mark.parametrize("order", ["sssc", "official"])
+def test_training_with_official_sample_batches(base, tmp_path, monkeypatch, order):
+    """The training loop runs pack_samples' plan in data.samples_order: every step holds exactly
+    the budget, and only the objects with a target (an eligible S1 candidate, read here from the
+    store) enter one."""
     from sssc.correct.data import pack_samples
     from sssc.store import Store
 
@@ -631,6 +633,7 @@ def test_training_with_official_sample_batches(base, tmp_path, monkeypatch):
         [
             *sets,
             *SAMPLES,
+            f"data.samples_order={order}",
             "train.bootstrap_epochs=1",
             "train.sentences_per_object=1",
         ],
@@ -651,18 +654,24 @@ def test_training_with_official_sample_batches(base, tmp_path, monkeypatch):
         return found - gone
 
     monkeypatch.setattr(phase_mod, "objects_with_targets", fewer)
+    ran = []
+    real_plans = train_mod.epoch_plans
+    monkeypatch.setattr(train_mod, "epoch_plans", lambda *a: ran.append(real_plans(*a)) or ran[-1])
     m = train_phase("correct", cfg, run)
     plans = [
-        pack_samples(refer, "train", 6, cfg.seed, e, 1, 2, 2, lambda a: a in with_cands - gone)
+        pack_samples(
+            refer, "train", 6, cfg.seed, e, 1, 2, 2, lambda a: a in with_cands - gone, order
+        )
         for e in range(cfg.train.correct_epochs)
     ]
     everything = [
-        pack_samples(refer, "train", 6, cfg.seed, e, 1, 2, 2)
+        pack_samples(refer, "train", 6, cfg.seed, e, 1, 2, 2, order=order)
         for e in range(cfg.train.correct_epochs)
     ]
     assert sum(len(p) for p in plans) < sum(len(p) for p in everything)
     steps = [r for r in _losses(run / "correct" / "log.jsonl")[0]]
     assert len(steps) == sum(len(p) for p in plans) > 0
+    assert ran == [plans]  # the plan the loop ran, in data.samples_order
     assert m["unmatched"]["expressions_seen"] == 6 * len(steps)
 
 

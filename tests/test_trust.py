@@ -205,6 +205,7 @@ def test_training_data_settings_do_not_redo_stages_1_2(done_run, tmp_path, capsy
     run, sets = _copy(done_run, tmp_path)
     before = [(run / s / "store.json").read_bytes() for s in ("segment", "select")]
     change = ["data.batching=samples", "data.samples_gpus=2", "data.samples_images_per_load=3"]
+    change += ["data.samples_order=official"]
     extra = [x for c in change for x in ("--set", c)]
     assert train_main(["--stage", "select", "--run", str(run), *sets, *extra]) == 0
     assert "other settings" not in capsys.readouterr().err
@@ -219,6 +220,7 @@ def test_settings_without_effect_do_not_refuse_a_resume(done_run, tmp_path, caps
     change = [
         "data.samples_gpus=2",
         "data.samples_images_per_load=3",
+        "data.samples_order=official",
         "segment.models.box_threshold=0.5",
         "select.models.sigma=10",
     ]
@@ -237,6 +239,7 @@ def test_a_config_stored_before_a_key_existed(done_run, tmp_path, capsys):
     stored = yaml.safe_load(path.read_text())
     del stored["train"]["lr_horizon"]
     del stored["data"]["samples_gpus"], stored["data"]["samples_images_per_load"]
+    del stored["data"]["samples_order"]
     path.write_text(yaml.safe_dump(stored, sort_keys=False))
     stamp = (run / "bootstrap" / "checkpoint.pt").stat().st_mtime_ns
     capsys.readouterr()
@@ -250,6 +253,19 @@ def test_a_config_stored_before_a_key_existed(done_run, tmp_path, capsys):
     assert (run / "bootstrap" / "checkpoint.pt").stat().st_mtime_ns == stamp
     stored = yaml.safe_load(path.read_text())  # written again, whole, by the resumed run
     assert stored["train"]["lr_horizon"] == "steps" and stored["data"]["samples_gpus"] == 4
+
+
+@pytest.mark.parametrize("batching, named", [("images", []), ("samples", ["data.samples_order"])])
+def test_samples_order_counts_only_under_samples_batching(batching, named):
+    a, b = (
+        config_to_dict(load_config(None, [f"data.batching={batching}", f"data.samples_order={o}"]))
+        for o in ("sssc", "official")
+    )
+    assert [k for k, _, _ in config_diff(a, b, "bootstrap")] == named
+    del a["data"]["samples_order"]  # a phase stored before the key existed: sssc's order
+    assert [k for k, _, _ in config_diff(a, b, "bootstrap")] == named
+    default = config_to_dict(load_config(None, [f"data.batching={batching}"]))
+    assert not config_diff(a, default, "bootstrap")
 
 
 @pytest.mark.parametrize(

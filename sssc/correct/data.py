@@ -220,6 +220,7 @@ def pack_samples(
     gpus: int = 4,
     images_per_load: int = 7,
     has_target: Callable[[int], bool] | None = None,
+    order: str = "sssc",
 ) -> list[list[tuple[int, int]]]:
     """The official S+S+C batches (``data.batching: samples``): ``budget`` expressions each.
 
@@ -240,6 +241,13 @@ def pack_samples(
     Args:
         has_target: whether an object (ann id) has a target in this phase (the official code
             skips an object whose pseudo-label mask is empty); None: every object has one.
+        order: the images' order (``data.samples_order``): ``sssc``, the ascending image ids
+            permuted by a draw from ``(seed, epoch)``, each image's refs by ref id; or
+            ``official``, the official loader's: REFER's image list
+            (:meth:`~sssc.data.refer.Refer.refer_image_ids`) permuted as torch's
+            ``DistributedSampler`` does after ``set_epoch(epoch)`` with its default seed 0
+            (``torch.randperm`` from a generator seeded ``epoch``; ``seed`` unused), each image's
+            refs in the refs file's order.
 
     Returns:
         Per batch, its ``(image_id, sent_id)`` samples.
@@ -247,17 +255,24 @@ def pack_samples(
     if budget % gpus:
         raise ValueError(f"pack_samples: budget {budget} is not a multiple of gpus {gpus}")
     per_gpu = budget // gpus
-    ids = refer.split_image_ids(split)
-    order = np.random.default_rng([seed, epoch, 1]).permutation(len(ids)).tolist()
-    pad = -len(order) % gpus
-    order += (order * (pad // max(1, len(order)) + 1))[:pad]  # DistributedSampler's padding
+    if order == "official":
+        ids, ref_order = refer.refer_image_ids(split), "file"
+        gen = torch.Generator().manual_seed(epoch)  # DistributedSampler: seed 0 + epoch
+        perm = torch.randperm(len(ids), generator=gen).tolist()
+    elif order == "sssc":
+        ids, ref_order = refer.split_image_ids(split), "ref_id"
+        perm = np.random.default_rng([seed, epoch, 1]).permutation(len(ids)).tolist()
+    else:
+        raise ValueError(f"pack_samples: order must be 'sssc' or 'official', got {order!r}")
+    pad = -len(perm) % gpus
+    perm += (perm * (pad // max(1, len(perm)) + 1))[:pad]  # DistributedSampler's padding
     cuts = []
     for g in range(gpus):
-        mine = order[g::gpus]
+        mine = perm[g::gpus]
         mine = mine[: len(mine) - len(mine) % images_per_load]
         seq = []
         for i in mine:
-            for r in refer.image_refs(ids[i], split):
+            for r in refer.image_refs(ids[i], split, ref_order):
                 if has_target is not None and not has_target(r.ann_id):
                     continue
                 n = len(r.sentences)

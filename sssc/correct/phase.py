@@ -164,6 +164,7 @@ def epoch_plans(
                 data.samples_gpus,
                 data.samples_images_per_load,
                 with_target.__contains__,
+                data.samples_order,
             )
             for e in range(epochs)
         ]
@@ -192,8 +193,10 @@ def official_loads(refer: Refer, data: Any) -> int:
     """A GPU's image loads per epoch in the official code (``len(data_loader)``): its share of the
     train images (``DistributedSampler``: ``ceil(images / data.samples_gpus)``) in loads of
     ``data.samples_images_per_load``, the last, smaller one dropped. Its poly schedule decays over
-    ``epochs`` times this many steps, while it takes a step per 15 unfolded expressions."""
-    n = len(refer.split_image_ids(data.train_split))
+    ``epochs`` times this many steps, while it takes a step per 15 unfolded expressions. The
+    images are REFER's, as its training set counts them: those of every ref of the split, a ref
+    sssc skips (no expression, or an empty mask) included."""
+    n = len(refer.refer_image_ids(data.train_split))
     return math.ceil(n / data.samples_gpus) // data.samples_images_per_load
 
 

@@ -290,6 +290,9 @@ class Refer:
     def _load_refs(self, raw_refs: list[dict]) -> None:
         path = self.refs_path
         self.refs: dict[int, Ref] = {}
+        # Every ref's (split, image id) in file order, kept or not: REFER's image list (below).
+        self._file_refs: list[tuple[str, int]] = []
+        self._file_pos: dict[int, int] = {}  # ref id -> its place in the file
         seen_sent: dict[int, int] = {}
         for i, r in enumerate(raw_refs):
             rid = r.get("ref_id", f"#{i}")
@@ -317,8 +320,10 @@ class Refer:
                     f"{item} says image {image_id} but its annotation {ann_id} "
                     f"belongs to image {ann_image}"
                 )
-            if ref_id in self.refs:
+            if ref_id in self._file_pos:
                 raise DatasetError(f"{item} appears twice")
+            self._file_refs.append((split, image_id))
+            self._file_pos[ref_id] = i
             if not raw_sents:
                 self._warn("ref_without_sentences", f"ref {ref_id}")
                 continue
@@ -404,10 +409,28 @@ class Refer:
         self._check_split(split)
         return sorted({r.image_id for r in self._by_split[split]})
 
-    def image_refs(self, image_id: int, split: str | None = None) -> list[Ref]:
-        """The refs of one image (optionally only those of ``split``), by ascending ``ref_id``."""
-        refs = self._by_image.get(image_id, [])
-        return [r for r in refs if split is None or r.split == split]
+    def refer_image_ids(self, split: str) -> list[int]:
+        """The split's images in the order the official S+S+C training set lists them: REFER's
+        ``getImgIds(getRefIds(split=split))``, i.e. ``list(set(...))`` of the image ids of every
+        ref of ``split`` in the file, in file order (refs sssc skips included, as REFER keeps
+        them). Python's set order of ints depends only on the values and the insertion order
+        (no hash randomization), so this order is the same in every run of this interpreter; it
+        is ascending only where the ids are small (the synthetic dataset's), not for COCO's."""
+        self._check_split(split)
+        in_file_order = [i for s, i in self._file_refs if s == split]
+        return list(set(in_file_order))
+
+    def image_refs(
+        self, image_id: int, split: str | None = None, order: str = "ref_id"
+    ) -> list[Ref]:
+        """The refs of one image (optionally only those of ``split``), by ascending ``ref_id``
+        (``order="ref_id"``), or in the refs file's order (``"file"``: REFER's ``imgToRefs``)."""
+        refs = [r for r in self._by_image.get(image_id, []) if split is None or r.split == split]
+        if order == "file":
+            return sorted(refs, key=lambda r: self._file_pos[r.ref_id])
+        if order != "ref_id":
+            raise ValueError(f"order must be 'ref_id' or 'file', got {order!r}")
+        return refs
 
     def annotation(self, ann_id: int) -> dict:
         """The COCO annotation dict (segmentation, bbox, area, category_id, ...)."""

@@ -1,0 +1,194 @@
+"""data.samples_order=official: the images in the order the official training loop loads them.
+
+The reference here is the official loop's own machinery, restated from its code (S+S+C's
+``UnsupervisedReferDataset`` and REFER's ``getRefIds`` / ``getImgIds`` / ``imgToRefs``) and run on
+torch's real ``DistributedSampler`` and ``DataLoader``: which images each GPU loads, in which
+order, and which refs it unfolds them into.
+"""
+
+import json
+import pickle
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sssc.correct.data import pack_samples
+from sssc.correct.phase import official_loads
+from sssc.data.refer import Refer
+
+# COCO-sized ids: a Python set of them does not iterate in ascending order.
+IMAGE_IDS = [
+    581929, 9, 393241, 131074, 524311, 262161, 77, 458773, 196625, 327689, 65537, 290,
+    550000, 4099, 417017, 35, 300001, 123457, 65541, 200003, 8193, 512, 99991, 262147,
+]  # fmt: skip
+
+
+def _write(root, images=IMAGE_IDS, val_every=5, skip_sentences=()):
+    """A RefCOCO-format dataset: 1-3 refs per image, the refs file in a shuffled order (not by
+    ref id), every ``val_every``-th image in val. Refs in ``skip_sentences`` have none."""
+    rng = np.random.default_rng(7)
+    ds, img_dir = root / "refcoco", root / "images"
+    ds.mkdir(parents=True)
+    img_dir.mkdir()
+    coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "thing"}]}
+    refs, sent = [], 0
+    for k, iid in enumerate(images):
+        name = f"COCO_train2014_{iid:012d}.png"
+        coco["images"].append({"id": iid, "file_name": name, "height": 16, "width": 16})
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(img_dir / name)
+        for j in range(int(rng.integers(1, 4))):
+            ann = len(coco["annotations"]) + 1000
+            x = 1 + 4 * j
+            poly = [x, 1, x + 3, 1, x + 3, 12, x, 12]
+            coco["annotations"].append(
+                {"id": ann, "image_id": iid, "category_id": 1, "segmentation": [poly],
+                 "iscrowd": 0}
+            )  # fmt: skip
+            ref_id = 5000 + 3 * len(refs)
+            n = 0 if ref_id in skip_sentences else int(rng.integers(1, 4))
+            sents = [{"sent_id": sent + i, "sent": f"s{sent + i}", "raw": f"s{sent + i}",
+                      "tokens": []} for i in range(n)]  # fmt: skip
+            sent += n
+            split = "val" if k % val_every == val_every - 1 else "train"
+            refs.append({"ref_id": ref_id, "ann_id": ann, "image_id": iid, "split": split,
+                         "category_id": 1, "sentences": sents})  # fmt: skip
+    file_order = [refs[i] for i in rng.permutation(len(refs))]
+    (ds / "instances.json").write_text(json.dumps(coco))
+    (ds / "refs(unc).p").write_bytes(pickle.dumps(file_order, protocol=2))
+    return file_order
+
+
+class _OfficialTrainSet(torch.utils.data.Dataset):
+    """The official training set's order, restated: ``getRefIds(split)`` keeps the file's refs
+    of the split in file order, ``getImgIds`` is ``list(set(...))`` of their image ids, and an
+    item is its image's refs from ``imgToRefs`` (file order) that are in the split."""
+
+    def __init__(self, file_refs, split):
+        ref_ids = [r["ref_id"] for r in file_refs if r["split"] == split]
+        by_id = {r["ref_id"]: r for r in file_refs}
+        self.imgs = list(set([by_id[r]["image_id"] for r in ref_ids]))  # noqa: C403
+        img_to_refs = {}
+        for r in file_refs:
+            img_to_refs[r["image_id"]] = img_to_refs.get(r["image_id"], []) + [r]
+        keep = set(ref_ids)
+        self.refs = {i: [r for r in img_to_refs[i] if r["ref_id"] in keep] for i in self.imgs}
+
+    def __len__(self):
+        return len(self.imgs)
+
+    def __getitem__(self, index):
+        return self.imgs[index], [r["ann_id"] for r in self.refs[self.imgs[index]]]
+
+
+def _official_loads(file_refs, split, gpus, per_load, epoch):
+    """Per GPU, its loads of (image id, ann ids) that torch's DistributedSampler and a
+    DataLoader with drop_last=True give it after ``set_epoch(epoch)``."""
+    ds = _OfficialTrainSet(file_refs, split)
+    out = []
+    for g in range(gpus):
+        sampler = torch.utils.data.distributed.DistributedSampler(
+            ds, num_replicas=gpus, rank=g, shuffle=True
+        )
+        sampler.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=per_load, sampler=sampler, drop_last=True, collate_fn=list
+        )
+        out.append(list(loader))
+    return out
+
+
+@pytest.fixture()
+def dataset(tmp_path):
+    file_refs = _write(tmp_path)
+    return Refer(tmp_path, "refcoco", "unc", tmp_path / "images"), file_refs
+
+
+def test_refer_image_ids_is_refers_set_order_not_ascending(dataset):
+    refer, file_refs = dataset
+    order = refer.refer_image_ids("train")
+    assert order == _OfficialTrainSet(file_refs, "train").imgs
+    assert sorted(order) == refer.split_image_ids("train")
+    assert order != sorted(order)  # the fixture's ids make the two orders differ
+
+
+def test_image_refs_in_file_order(dataset):
+    refer, file_refs = dataset
+    ds = _OfficialTrainSet(file_refs, "train")
+    differ = 0
+    for iid in ds.imgs:
+        by_file = [r.ann_id for r in refer.image_refs(iid, "train", order="file")]
+        assert by_file == ds[ds.imgs.index(iid)][1]
+        by_id = [r.ann_id for r in refer.image_refs(iid, "train")]
+        assert sorted(by_id) == sorted(by_file)
+        differ += by_id != by_file
+    assert differ  # some image's refs come in another order in the file
+    with pytest.raises(ValueError, match="order must be"):
+        refer.image_refs(ds.imgs[0], "train", order="random")
+
+
+@pytest.mark.parametrize("gpus, per_load, per_gpu", [(4, 2, 2), (3, 1, 3), (2, 3, 4)])
+def test_official_order_is_the_distributed_samplers(dataset, gpus, per_load, per_gpu):
+    """Each GPU's expressions, cut by pack_samples(order="official"), come from the images the
+    official loader gives that GPU, in its order, unfolded into their refs in file order."""
+    refer, file_refs = dataset
+    sents = {r.ann_id: [s.sent_id for s in r.sentences] for r in refer.split_refs("train")}
+    no_target = set(list(sents)[::4])
+    for epoch in (0, 1, 2):
+        batches = pack_samples(
+            refer, "train", gpus * per_gpu, 11, epoch, 0, gpus, per_load,
+            lambda a: a not in no_target, order="official",
+        )  # fmt: skip
+        cuts = []
+        for loads in _official_loads(file_refs, "train", gpus, per_load, epoch):
+            buffer, steps = [], []
+            for load in loads:
+                for iid, anns in load:
+                    buffer += [(iid, s) for a in anns if a not in no_target for s in sents[a]]
+                while len(buffer) > per_gpu:
+                    steps.append(buffer[:per_gpu])
+                    buffer = buffer[per_gpu:]
+            cuts.append(steps)
+        steps = min(len(c) for c in cuts)
+        assert steps > 0
+        assert batches == [[x for c in cuts for x in c[i]] for i in range(steps)]
+        # sssc's own order draws another permutation of the same images.
+        ours = pack_samples(
+            refer, "train", gpus * per_gpu, 11, epoch, 0, gpus, per_load,
+            lambda a: a not in no_target,
+        )  # fmt: skip
+        assert ours != batches
+
+
+def test_official_order_ignores_the_seed_and_keeps_skipped_refs_images(tmp_path):
+    """The sampler's seed is its default 0, whatever sssc's seed; a ref sssc skips (here: no
+    expression) still puts its image in REFER's list, so the permutation is over as many
+    images as the official one."""
+    only = IMAGE_IDS[:8]
+    file_refs = _write(tmp_path, images=only, val_every=100, skip_sentences={5000, 5003, 5006})
+    refer = Refer(tmp_path, "refcoco", "unc", tmp_path / "images")
+    lone = [i for i in only if not refer.image_refs(i, "train")]
+    assert lone  # an image whose only ref has no expression
+    assert set(refer.refer_image_ids("train")) == set(only)
+    assert len(refer.split_image_ids("train")) == len(only) - len(lone)
+    a = pack_samples(refer, "train", 2, 0, 3, 1, 2, 1, order="official")
+    b = pack_samples(refer, "train", 2, 99, 3, 1, 2, 1, order="official")
+    ann_of = {s.sent_id: r.ann_id for r in refer.split_refs("train") for s in r.sentences}
+    assert [[ann_of[s] for _, s in x] for x in a] == [[ann_of[s] for _, s in x] for x in b]
+    loads = _official_loads(file_refs, "train", 2, 1, 3)
+    images = [[iid for load in g for iid, _ in load] for g in loads]
+    assert {i for g in images for i in g} == set(only)
+    gpu0 = [x[0][0] for x in a]  # step i's first sample: GPU 0's i-th cut (one expression)
+    seen = [i for k, i in enumerate(gpu0) if k == 0 or gpu0[k - 1] != i]
+    assert seen == [i for i in images[0] if i not in lone][: len(seen)]
+    # The official lr horizon counts the loads of that loader, the lone image's included.
+    for gpus, per_load in ((1, 1), (1, 4), (3, 2)):
+        data = SimpleNamespace(
+            train_split="train", samples_gpus=gpus, samples_images_per_load=per_load
+        )
+        loads = _official_loads(file_refs, "train", gpus, per_load, 0)
+        assert official_loads(refer, data) == len(loads[0])
+    with pytest.raises(ValueError, match="order must be 'sssc' or 'official'"):
+        pack_samples(refer, "train", 2, 0, 0, gpus=2, order="shuffled")
