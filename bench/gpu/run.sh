@@ -4,12 +4,12 @@
 #
 # On the lent machine (device tool), from the repository root, with the wheels carried:
 #     bench/gpu/fetch_wheels.sh            # here, once: .whl/ (ignored by git)
-#     run(command="bash bench/gpu/run.sh", carry=[".whl"], timeout_s=570)
+#     run(command="bash bench/gpu/run.sh", carry=[".whl"], timeout_s=590)
 # Everything lands in $OUT (./gpu-out without one): log.txt, bench_<part>.json, report.md,
-# tests.xml. Worst case (every cap reached) about 500 s; expected about half.
+# tests.xml, train.txt. Worst case (every cap reached) about 575 s; expected about half.
 #
 # A rerun of some parts only (what is left of the 15 device minutes after a first call):
-#     run(command="PARTS='lavt stage1' TESTS=0 bash bench/gpu/run.sh", carry=[".whl"], ...)
+#     run(command="PARTS='lavt stage1' TESTS=0 TRAIN=0 bash bench/gpu/run.sh", carry=[".whl"], ...)
 #
 # Here, with a venv that mirrors the GPU image (see bench/RESULTS.md, "the GPU check"):
 #     PYTHON=/path/to/venv/bin/python bash bench/gpu/run.sh --dry-run
@@ -77,6 +77,25 @@ main() {
 
   step "report"
   "$py" bench/gpu/report.py "$out"/bench_*.json --out "$out/report.md"
+
+  # Last, so that a cut-off loses nothing above: the whole Stage 3 loop on the device (the
+  # embedded default shrunk to 120 images, 1 + 1 epochs), which the cases above do not run:
+  # torch.cuda.set_device for an indexed device, pinned memory and loader workers, the Triton
+  # soft IoU and matching inside the loss, evaluation, the table. A check, never a figure.
+  if [ "${TRAIN:-1}" = 1 ]; then
+    dev=cuda:0
+    [ "$dry" = 1 ] && dev=cpu
+    smoke=$(mktemp -d)
+    step "train: sssc-train --stage correct, embedded default shrunk, on $dev (cap ${TRAIN_BUDGET:-75} s)"
+    timeout "${TRAIN_BUDGET:-75}" "$py" -c \
+      'import sys; from sssc.cli import train_main; sys.exit(train_main(sys.argv[1:]))' \
+      --stage correct --run "$smoke/run" --set device="$dev" --set data.root="$smoke/data" \
+      --set data.synth.num_images=120 --set data.synth.val_images=20 \
+      --set data.synth.test_images=20 --set train.bootstrap_epochs=1 \
+      --set train.correct_epochs=1 >"$out/train.txt" 2>&1
+    echo "train exit $?"
+    grep -a -E "^(S1 oracle|S\+S|ZSBootstrap|\+epochs|S\+S\+C|Traceback|[A-Za-z]*Error)" "$out/train.txt"
+  fi
   step "done"
 }
 
