@@ -14,7 +14,8 @@
 # Here, with a venv that mirrors the GPU image (see bench/RESULTS.md, "the GPU check"):
 #     PYTHON=/path/to/venv/bin/python bash bench/gpu/run.sh --dry-run
 # runs the same steps on the CPU at toy sizes, with Triton's interpreter: a check of the plumbing
-# and of the image's package versions, never a figure.
+# and of the image's package versions, never a figure. It installs this checkout into that
+# Python (editable): run it from a clone into a venv of its own, or reinstall afterwards.
 set -uo pipefail
 dry=0
 [ "${1:-}" = "--dry-run" ] && dry=1
