@@ -90,6 +90,12 @@ class DataConfig:
     samples_order: str = "sssc"  # samples: the images' order: sssc (ascending ids, permuted by
     # a draw from seed and epoch) | official (REFER's list(set(...)) of image ids, permuted as
     # torch's DistributedSampler does with its seed 0 and set_epoch; refs in file order)
+    samples_skip_first: bool = True  # samples: skip every GPU's first load of an epoch
+    # (official: its loop iterates log_every(data_loader, ..., skip_first=True))
+    samples_draw: str = "sssc"  # samples, one expression per object: which one: sssc (drawn
+    # from seed, epoch and object) | official (np.random.choice in the official loader's
+    # workers, seeded by torch from torch.manual_seed(100); torch >= 1.9)
+    samples_workers: int = 8  # samples_draw=official: the official loader's workers (--workers)
     text_field: str = "raw"  # raw (LAVT tokenizes REFER's raw text) | sent (the cleaned one)
     polygon_overlap: str = "refer"  # GT of several polygons: refer (LAVT: overlaps are
     # background) | union
@@ -275,6 +281,7 @@ class RunConfig:
 OFFICIAL_RECIPE: dict[str, Any] = {
     "data.batching": "samples",
     "data.samples_order": "official",
+    "data.samples_draw": "official",
     "segment.models.class_order": "set",
     "select.models.channel_order": "bgr",
     "train.single_candidate": "always",
@@ -291,6 +298,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.text_field": ("raw", "sent"),
     "data.batching": ("images", "samples"),
     "data.samples_order": ("sssc", "official"),
+    "data.samples_draw": ("sssc", "official"),
     "data.polygon_overlap": ("refer", "union"),
     "eval.upsample": ("lavt", "sssc"),
     "eval.point_rule": ("tris", "sssc"),
@@ -339,6 +347,7 @@ _POSITIVE_INTS = (
     "data.batch_expressions",
     "data.samples_gpus",
     "data.samples_images_per_load",
+    "data.samples_workers",
     "data.synth.num_images",
     "data.synth.image_size",
     "segment.models.gdino_size",
@@ -429,6 +438,13 @@ def _check_whole(cfg: RunConfig, source: str) -> None:
             f"{source}: 'data.batch_expressions' ({d.batch_expressions}) must be a multiple of "
             f"'data.samples_gpus' ({d.samples_gpus}) with data.batching=samples: each GPU's cut "
             "is an equal share"
+        )
+    per = cfg.train.sentences_per_object
+    if d.batching == "samples" and d.samples_draw == "official" and per not in (0, 1):
+        raise ConfigError(
+            f"{source}: 'data.samples_draw: official' draws one expression per object (the "
+            "official --one-sentence) or takes all: it needs 'train.sentences_per_object' 1 or "
+            f"0, not {per}"
         )
     if cfg.train.label_background != "minimum" and cfg.select.candidates != "painted":
         raise ConfigError(

@@ -95,6 +95,9 @@ _TRAINING_DATA = {
     "data.samples_gpus",
     "data.samples_images_per_load",
     "data.samples_order",
+    "data.samples_skip_first",
+    "data.samples_draw",
+    "data.samples_workers",
 }
 _CORRECT_ONLY = {
     "train.correct_epochs",
@@ -103,13 +106,20 @@ _CORRECT_ONLY = {
     "train.match_ties",
     "train.match_size",
 }
-# Keys with no effect unless another key has a value: ``prefix -> (key, test of its value)``. A key
-# that is inert in both configs is not compared, so a change that cannot alter the outputs (or a
-# key an older stored config lacks) does not refuse a resume.
-_ONLY_WHEN: dict[str, tuple[str, Any]] = {
+# Keys with no effect unless another key has a value: ``prefix -> (key, test of its value)``, or a
+# list of such pairs (inert when any fails). A key that is inert in both configs is not compared,
+# so a change that cannot alter the outputs (or a key an older stored config lacks) does not refuse
+# a resume.
+_ONLY_WHEN: dict[str, tuple[str, Any] | list[tuple[str, Any]]] = {
     "data.samples_gpus": ("data.batching", "samples".__eq__),
     "data.samples_images_per_load": ("data.batching", "samples".__eq__),
     "data.samples_order": ("data.batching", "samples".__eq__),
+    "data.samples_skip_first": ("data.batching", "samples".__eq__),
+    "data.samples_draw": ("data.batching", "samples".__eq__),
+    "data.samples_workers": [
+        ("data.batching", "samples".__eq__),
+        ("data.samples_draw", "official".__eq__),
+    ],
     "data.synth.": ("data.dataset", "synthetic".__eq__),
     "segment.simulate.": ("segment.backend", "simulated".__eq__),
     "segment.models.": ("segment.backend", "models".__eq__),
@@ -124,6 +134,10 @@ _ADDED_LATER: dict[str, Any] = {
     "select.candidates": "whole",  # 2026-12-07; the pools were always Stage 1's masks
     "train.label_background": "minimum",  # 2026-12-07
     "data.samples_order": "sssc",  # 2026-12-07; the images were always permuted by sssc's draw
+    # 2026-12-07: every GPU's first load of an epoch was trained on; one expression per object
+    # was always sssc's draw
+    "data.samples_skip_first": False,
+    "data.samples_draw": "sssc",
 }
 # After a NaN stop, a resume may lower the learning rate or add clipping.
 RESUMABLE_AFTER_DIVERGENCE = ("train.lr", "train.grad_clip")
@@ -321,7 +335,12 @@ def stage_config(cfg_dict: dict, stage: str) -> dict[str, Any]:
 def _inert(flat: dict[str, Any], keys: set[str]) -> set[str]:
     """Those of ``keys`` that would have no effect under a flat config's values (present in it or
     not; :data:`_ONLY_WHEN`)."""
-    off = [p for p, (key, test) in _ONLY_WHEN.items() if key in flat and not test(flat[key])]
+    off = [
+        p
+        for p, conds in _ONLY_WHEN.items()
+        for key, test in (conds if isinstance(conds, list) else [conds])
+        if key in flat and not test(flat[key])
+    ]
     return {k for k in keys if any(k == p or (p.endswith(".") and k.startswith(p)) for p in off)}
 
 

@@ -260,8 +260,13 @@ def test_dataset_configs_train_each_object_once_an_epoch(name, recipe, tmp_path)
     per = cfg.train.sentences_per_object
     owner = {s.sent_id: r.ann_id for r in refs for s in r.sentences}
     if cfg.data.batching == "samples":
-        # One GPU cutting steps of one expression: all but the last (a buffer keeps it).
-        batches = pack_samples(refer, cfg.data.train_split, 1, cfg.seed, 0, per, 1, 1)
+        # One GPU cutting steps of one expression, its first load in too: all but the last (a
+        # buffer keeps it), in the config's order and draw.
+        d = cfg.data
+        batches = pack_samples(
+            refer, d.train_split, 1, cfg.seed, 0, per, 1, 1, None, d.samples_order,
+            draw=d.samples_draw, workers=d.samples_workers, skip_first=False,
+        )  # fmt: skip
         objects = [owner[s] for b in batches for _, s in b]
         assert len(objects) == len(set(objects)) == len(refs) - 1
     else:
@@ -397,3 +402,17 @@ def test_sample_batches_split_evenly_over_the_official_gpus():
     assert load_config(None, ["data.batch_expressions=6"]).data.batching == "images"  # no rule
     with pytest.raises(ConfigError, match="'data.samples_images_per_load' must be a positive"):
         load_config(None, ["data.samples_images_per_load=0"])
+
+
+def test_the_official_draw_needs_one_expression_per_object_or_all():
+    draw = ["data.batching=samples", "data.samples_draw=official"]
+    for per in (0, 1):
+        cfg = load_config(None, [*draw, f"train.sentences_per_object={per}"])
+        assert cfg.data.samples_draw == "official"
+    with pytest.raises(ConfigError, match="needs 'train.sentences_per_object' 1 or 0, not 2"):
+        load_config(None, [*draw, "train.sentences_per_object=2"])
+    # Under images batching the key has no effect, so no rule.
+    load_config(None, ["data.samples_draw=official", "train.sentences_per_object=2"])
+    with pytest.raises(ConfigError, match="'data.samples_workers' must be a positive"):
+        load_config(None, ["data.samples_workers=0"])
+    assert load_config(None, ["recipe=official"]).data.samples_skip_first is True

@@ -26,9 +26,10 @@ IMAGE_IDS = [
 ]  # fmt: skip
 
 
-def _write(root, images=IMAGE_IDS, val_every=5, skip_sentences=()):
+def _write(root, images=IMAGE_IDS, val_every=5, skip_sentences=(), empty_second=()):
     """A RefCOCO-format dataset: 1-3 refs per image, the refs file in a shuffled order (not by
-    ref id), every ``val_every``-th image in val. Refs in ``skip_sentences`` have none."""
+    ref id), every ``val_every``-th image in val. Refs in ``skip_sentences`` have no expression;
+    those in ``empty_second`` have three, the second empty (sssc drops it)."""
     rng = np.random.default_rng(7)
     ds, img_dir = root / "refcoco", root / "images"
     ds.mkdir(parents=True)
@@ -49,8 +50,11 @@ def _write(root, images=IMAGE_IDS, val_every=5, skip_sentences=()):
             )  # fmt: skip
             ref_id = 5000 + 3 * len(refs)
             n = 0 if ref_id in skip_sentences else int(rng.integers(1, 4))
+            n = 3 if ref_id in empty_second else n
             sents = [{"sent_id": sent + i, "sent": f"s{sent + i}", "raw": f"s{sent + i}",
                       "tokens": []} for i in range(n)]  # fmt: skip
+            if ref_id in empty_second:
+                sents[1]["sent"] = sents[1]["raw"] = " "
             sent += n
             split = "val" if k % val_every == val_every - 1 else "train"
             refs.append({"ref_id": ref_id, "ann_id": ann, "image_id": iid, "split": split,
@@ -144,7 +148,7 @@ def test_official_order_is_the_distributed_samplers(dataset, gpus, per_load, per
         cuts = []
         for loads in _official_loads(file_refs, "train", gpus, per_load, epoch):
             buffer, steps = [], []
-            for load in loads:
+            for load in loads[1:]:  # the official loop skips its first load
                 for iid, anns in load:
                     buffer += [(iid, s) for a in anns if a not in no_target for s in sents[a]]
                 while len(buffer) > per_gpu:
@@ -192,3 +196,72 @@ def test_official_order_ignores_the_seed_and_keeps_skipped_refs_images(tmp_path)
         assert official_loads(refer, data) == len(loads[0])
     with pytest.raises(ValueError, match="order must be 'sssc' or 'official'"):
         pack_samples(refer, "train", 2, 0, 0, gpus=2, order="shuffled")
+
+
+class _OfficialOneSentenceSet(_OfficialTrainSet):
+    """The official ``__getitem__`` with ``--one-sentence``: per ref of the image (file order),
+    ``np.random.choice`` over its expressions in the file, in whatever process loads the item."""
+
+    def __init__(self, file_refs, split):
+        super().__init__(file_refs, split)
+        self.sents = {r["ann_id"]: [x["sent_id"] for x in r["sentences"]] for r in file_refs}
+
+    def __getitem__(self, index):
+        image_id, anns = super().__getitem__(index)
+        return image_id, [
+            (a, self.sents[a][np.random.choice(len(self.sents[a]))]) for a in anns if self.sents[a]
+        ]
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("workers", [1, 3])
+def test_official_draw_is_the_loader_workers_numpy_draw(tmp_path, workers):
+    """data.samples_draw=official: each object's expression is the one the official loader's
+    workers draw, run here for real: torch's DataLoader with that many worker processes over the
+    official set, iterated after torch.manual_seed(100) as the official loop does at each
+    epoch's start; the first load skipped; an expression sssc drops (empty) can be drawn and
+    then leaves its object out of that epoch."""
+    empty = {5000 + 3 * k for k in range(0, 40, 3)}
+    file_refs = _write(tmp_path, empty_second=empty)
+    refer = Refer(tmp_path, "refcoco", "unc", tmp_path / "images")
+    kept = {s.sent_id for r in refer.split_refs("train") for s in r.sentences}
+    ds = _OfficialOneSentenceSet(file_refs, "train")
+    gpus, per_load, per_gpu = 2, 2, 2
+    lost = 0
+    for epoch in (0, 1):
+        cuts = []
+        for g in range(gpus):
+            sampler = torch.utils.data.distributed.DistributedSampler(
+                ds, num_replicas=gpus, rank=g, shuffle=True
+            )
+            sampler.set_epoch(epoch)
+            loader = torch.utils.data.DataLoader(
+                ds, per_load, sampler=sampler, drop_last=True, collate_fn=list,
+                num_workers=workers, multiprocessing_context="fork",
+            )  # fmt: skip
+            torch.manual_seed(100)  # the official train_one_epoch's first line
+            buffer, steps = [], []
+            for k, load in enumerate(loader):
+                if k == 0:  # log_every(..., skip_first=True)
+                    continue
+                for image_id, drawn in load:
+                    lost += sum(s not in kept for _, s in drawn)
+                    buffer += [(image_id, s) for _, s in drawn if s in kept]
+                while len(buffer) > per_gpu:
+                    steps.append(buffer[:per_gpu])
+                    buffer = buffer[per_gpu:]
+            cuts.append(steps)
+        n = min(len(c) for c in cuts)
+        want = [[x for c in cuts for x in c[i]] for i in range(n)]
+        got = pack_samples(
+            refer, "train", gpus * per_gpu, 5, epoch, 1, gpus, per_load, None, "official",
+            draw="official", workers=workers,
+        )  # fmt: skip
+        assert n > 0 and got == want
+        assert got != pack_samples(
+            refer, "train", gpus * per_gpu, 5, epoch, 1, gpus, per_load, None, "official",
+            workers=workers,
+        )  # fmt: skip
+    assert lost  # some draw fell on a dropped expression
+    with pytest.raises(ValueError, match="one expression per object"):
+        pack_samples(refer, "train", 4, 0, 0, 2, 2, 2, None, "official", draw="official")

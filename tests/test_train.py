@@ -546,12 +546,14 @@ def test_selection_best_gt_keeps_the_best_val_epoch_and_says_so(base, tmp_path):
     assert load_config(None, ["recipe=official"]).train.selection == "last"
 
 
-def _official_unfold_and_cut(refer, order, gpus, per_load, per_gpu, drawn, has_target):
+def _official_unfold_and_cut(
+    refer, order, gpus, per_load, per_gpu, drawn, has_target, skip_first=True
+):
     """The official S+S+C epoch, step by step as its training loop runs it: each GPU takes every
     gpus-th image of the padded permutation, loads them per_load at a time (dropping a last,
-    smaller load), appends each loaded image's objects' expressions (drawn: image id -> the
-    epoch's sent ids) to its buffer, and trains on the first per_gpu while the buffer holds more.
-    Returns per GPU its list of steps."""
+    smaller load), skips its first load (log_every(..., skip_first=True)), appends each loaded
+    image's objects' expressions (drawn: image id -> the epoch's sent ids) to its buffer, and
+    trains on the first per_gpu while the buffer holds more. Returns per GPU its list of steps."""
     ids = refer.split_image_ids("train")
     padded = order + order[: (gpus - len(order) % gpus) % gpus]
     out = []
@@ -560,7 +562,7 @@ def _official_unfold_and_cut(refer, order, gpus, per_load, per_gpu, drawn, has_t
         loads = [mine[k : k + per_load] for k in range(0, len(mine), per_load)]
         loads = [ld for ld in loads if len(ld) == per_load]
         buffer, steps = [], []
-        for load in loads:
+        for load in loads[1:] if skip_first else loads:
             for i in load:
                 sents = drawn(ids[i])
                 for r in refer.image_refs(ids[i], "train"):
@@ -573,12 +575,14 @@ def _official_unfold_and_cut(refer, order, gpus, per_load, per_gpu, drawn, has_t
     return out
 
 
-@pytest.mark.parametrize("gpus, per_load, per_gpu", [(2, 2, 3), (3, 1, 4), (1, 3, 5), (4, 2, 2)])
-def test_official_sample_batches(base, gpus, per_load, per_gpu):
+@pytest.mark.parametrize("gpus, per_load, per_gpu", [(2, 2, 3), (3, 1, 4), (1, 3, 5), (4, 1, 2)])
+@pytest.mark.parametrize("skip_first", [True, False])
+def test_official_sample_batches(base, gpus, per_load, per_gpu, skip_first):
     """data.batching=samples follows the official loop: shuffled images dealt to the GPUs,
-    loaded per_load at a time, unfolded into one drawn expression per object with a target, and
-    cut into per_gpu while a GPU's buffer holds more; step i is every GPU's i-th cut, as many
-    steps as the GPU with the fewest; each rank gets whole GPU cuts."""
+    loaded per_load at a time, the first load skipped (or not), unfolded into one drawn
+    expression per object with a target, and cut into per_gpu while a GPU's buffer holds
+    more; step i is every GPU's i-th cut, as many steps as the GPU with the fewest; each rank
+    gets whole GPU cuts."""
     from sssc.correct.data import ImageSet, pack_samples, rank_keys
 
     d, sets = base
@@ -589,7 +593,16 @@ def test_official_sample_batches(base, gpus, per_load, per_gpu):
     skipped = {r.ann_id for r in refs[::5]}  # objects whose pseudo-label mask is empty
     for epoch in (0, 1):
         batches = pack_samples(
-            refer, "train", gpus * per_gpu, 3, epoch, 1, gpus, per_load, lambda a: a not in skipped
+            refer,
+            "train",
+            gpus * per_gpu,
+            3,
+            epoch,
+            1,
+            gpus,
+            per_load,
+            lambda a: a not in skipped,
+            skip_first=skip_first,
         )
         ds = ImageSet(refer, "train", 16, per_object=1, seed=3)
         ds.set_epoch(epoch)
@@ -602,6 +615,7 @@ def test_official_sample_batches(base, gpus, per_load, per_gpu):
             per_gpu,
             lambda i, ds=ds: set(ds[i]["sent_ids"]),
             lambda a: a not in skipped,
+            skip_first,
         )
         steps = min(len(p) for p in per)
         assert steps > 0

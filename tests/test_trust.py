@@ -205,7 +205,8 @@ def test_training_data_settings_do_not_redo_stages_1_2(done_run, tmp_path, capsy
     run, sets = _copy(done_run, tmp_path)
     before = [(run / s / "store.json").read_bytes() for s in ("segment", "select")]
     change = ["data.batching=samples", "data.samples_gpus=2", "data.samples_images_per_load=3"]
-    change += ["data.samples_order=official"]
+    change += ["data.samples_order=official", "data.samples_draw=official"]
+    change += ["data.samples_skip_first=false", "data.samples_workers=4"]
     extra = [x for c in change for x in ("--set", c)]
     assert train_main(["--stage", "select", "--run", str(run), *sets, *extra]) == 0
     assert "other settings" not in capsys.readouterr().err
@@ -221,6 +222,9 @@ def test_settings_without_effect_do_not_refuse_a_resume(done_run, tmp_path, caps
         "data.samples_gpus=2",
         "data.samples_images_per_load=3",
         "data.samples_order=official",
+        "data.samples_skip_first=false",
+        "data.samples_draw=official",
+        "data.samples_workers=4",
         "segment.models.box_threshold=0.5",
         "select.models.sigma=10",
     ]
@@ -239,7 +243,8 @@ def test_a_config_stored_before_a_key_existed(done_run, tmp_path, capsys):
     stored = yaml.safe_load(path.read_text())
     del stored["train"]["lr_horizon"]
     del stored["data"]["samples_gpus"], stored["data"]["samples_images_per_load"]
-    del stored["data"]["samples_order"]
+    for key in ("samples_order", "samples_skip_first", "samples_draw", "samples_workers"):
+        del stored["data"][key]
     path.write_text(yaml.safe_dump(stored, sort_keys=False))
     stamp = (run / "bootstrap" / "checkpoint.pt").stat().st_mtime_ns
     capsys.readouterr()
@@ -257,6 +262,8 @@ def test_a_config_stored_before_a_key_existed(done_run, tmp_path, capsys):
 
 @pytest.mark.parametrize("batching, named", [("images", []), ("samples", ["data.samples_order"])])
 def test_samples_order_counts_only_under_samples_batching(batching, named):
+    """So do the skipped first load and the draw; the workers count only under the official
+    draw (below)."""
     a, b = (
         config_to_dict(load_config(None, [f"data.batching={batching}", f"data.samples_order={o}"]))
         for o in ("sssc", "official")
@@ -799,3 +806,22 @@ def test_a_full_disk_in_training_exits_2_with_the_message(done_run, tmp_path, mo
     assert "run the same command again" in err
     monkeypatch.setattr(torch, "save", real_save)
     assert train_main(["--stage", "bootstrap", "--run", str(run), *sets]) == 0  # resumes
+
+
+def test_samples_workers_count_only_under_the_official_draw():
+    def diff(*sets):
+        a, b = (
+            config_to_dict(
+                load_config(None, ["data.batching=samples", *x, f"data.samples_workers={w}"])
+            )
+            for x, w in ((sets, 8), (sets, 4))
+        )
+        return [k for k, _, _ in config_diff(a, b, "bootstrap")]
+
+    assert diff() == []
+    assert diff("data.samples_draw=official") == ["data.samples_workers"]
+    a = config_to_dict(load_config(None, ["data.batching=samples"]))
+    for key in ("samples_skip_first", "samples_draw"):
+        del a["data"][key]  # stored before the keys existed: the first load was trained on
+    b = config_to_dict(load_config(None, ["data.batching=samples"]))
+    assert [k for k, _, _ in config_diff(a, b, "bootstrap")] == ["data.samples_skip_first"]

@@ -221,18 +221,23 @@ def pack_samples(
     images_per_load: int = 7,
     has_target: Callable[[int], bool] | None = None,
     order: str = "sssc",
+    *,
+    draw: str = "sssc",
+    workers: int = 8,
+    skip_first: bool = True,
 ) -> list[list[tuple[int, int]]]:
     """The official S+S+C batches (``data.batching: samples``): ``budget`` expressions each.
 
     The official training shuffles the split's images and deals them to its ``gpus`` GPUs
     (``DistributedSampler``: the permutation padded with its first images to a multiple of
     ``gpus``, GPU ``g`` taking every ``gpus``-th from the ``g``-th). Each GPU loads its images
-    ``images_per_load`` at a time (the last, smaller load of an epoch is dropped), unfolds each
-    image into its objects' expressions in ref order (``per_object`` of each, drawn as
-    :class:`ImageSet` draws them; 0: all; an object without a target is skipped), appends them
-    to its buffer, and trains on the first ``budget / gpus`` whenever the buffer holds more than
-    that; what is left at the end of the epoch is dropped. So an image's expressions stay
-    together in one step unless a cut falls inside them.
+    ``images_per_load`` at a time (the last, smaller load of an epoch is dropped), skips its
+    first load of the epoch (``skip_first``: its loop is ``log_every(..., skip_first=True)``),
+    unfolds each image into its objects' expressions in ref order (``per_object`` of each; 0:
+    all; an object without a target is skipped), appends them to its buffer, and trains on the
+    first ``budget / gpus`` whenever the buffer holds more than that; what is left at the end of
+    the epoch is dropped. So an image's expressions stay together in one step unless a cut falls
+    inside them.
 
     Step ``i`` is the ``i``-th cut of every GPU, GPU 0's first, for as many steps as the GPU with
     the fewest cuts has (data parallelism needs the same number on every GPU; the official code
@@ -248,12 +253,24 @@ def pack_samples(
             ``DistributedSampler`` does after ``set_epoch(epoch)`` with its default seed 0
             (``torch.randperm`` from a generator seeded ``epoch``; ``seed`` unused), each image's
             refs in the refs file's order.
+        draw: which expression of an object an epoch uses, with ``per_object`` 1
+            (``data.samples_draw``): ``sssc``, drawn from ``(seed, epoch, object)`` as
+            :class:`ImageSet` draws it; or ``official``, :func:`official_draws`.
+        workers: with ``draw="official"``, the official loader's workers (its ``--workers``).
+        skip_first: skip every GPU's first load of an epoch, as the official loop does.
 
     Returns:
         Per batch, its ``(image_id, sent_id)`` samples.
     """
     if budget % gpus:
         raise ValueError(f"pack_samples: budget {budget} is not a multiple of gpus {gpus}")
+    if draw not in ("sssc", "official"):
+        raise ValueError(f"pack_samples: draw must be 'sssc' or 'official', got {draw!r}")
+    if draw == "official" and per_object not in (0, 1):
+        raise ValueError(
+            "pack_samples: draw='official' draws one expression per object (the official "
+            f"--one-sentence) or takes all (0), not {per_object}"
+        )
     per_gpu = budget // gpus
     if order == "official":
         ids, ref_order = refer.refer_image_ids(split), "file"
@@ -269,21 +286,76 @@ def pack_samples(
     cuts = []
     for g in range(gpus):
         mine = perm[g::gpus]
-        mine = mine[: len(mine) - len(mine) % images_per_load]
+        loads = [
+            [ids[i] for i in mine[k : k + images_per_load]]
+            for k in range(0, len(mine) - images_per_load + 1, images_per_load)
+        ]
+        official = draw == "official" and per_object == 1
+        chosen = official_draws(refer, split, loads, workers) if official else None
         seq = []
-        for i in mine:
-            for r in refer.image_refs(ids[i], split, ref_order):
-                if has_target is not None and not has_target(r.ann_id):
-                    continue
-                n = len(r.sentences)
-                use = np.ones(n, bool)
-                if per_object:
-                    use = _drawn(seed, epoch, r.ann_id, n, per_object)
-                seq += [(ids[i], s.sent_id) for s, u in zip(r.sentences, use, strict=True) if u]
+        for k, load in enumerate(loads):
+            if skip_first and k == 0:
+                continue
+            for pos, image_id in enumerate(load):
+                for r in refer.image_refs(image_id, split, ref_order):
+                    if has_target is not None and not has_target(r.ann_id):
+                        continue
+                    if chosen is not None:
+                        sid = chosen[k][pos].get(r.ref_id)
+                        keep = [s for s in r.sentences if s.sent_id == sid]
+                    elif per_object:
+                        use = _drawn(seed, epoch, r.ann_id, len(r.sentences), per_object)
+                        keep = [s for s, u in zip(r.sentences, use, strict=True) if u]
+                    else:
+                        keep = list(r.sentences)
+                    seq += [(image_id, s.sent_id) for s in keep]
         # The buffer is cut while it holds more than per_gpu: the last 1..per_gpu are left.
         cuts.append([seq[k : k + per_gpu] for k in range(0, len(seq) - per_gpu, per_gpu)])
     steps = min(len(c) for c in cuts)
     return [[x for c in cuts for x in c[i]] for i in range(steps)]
+
+
+def official_draws(
+    refer: Refer, split: str, loads: list[list[int]], workers: int
+) -> list[list[dict[int, int | None]]]:
+    """The expressions the official loader draws for one GPU's ``loads`` (its epoch's image
+    loads, in order): per load, per image, ``ref_id -> sent_id`` (None where the draw falls on
+    an expression sssc drops, an empty one; the object then has none there).
+
+    The official training set draws ``np.random.choice(len(expressions))`` per ref of an image
+    (REFER's ``imgToRefs``: file order, refs sssc skips included), in its loader's ``workers``
+    worker processes. The loop calls ``torch.manual_seed(100)`` before iterating, so the
+    loader's base seed is the same every epoch and on every GPU, and torch (1.9 and later) seeds
+    each worker's NumPy from it and the worker's id (``_generate_state``, called here from the
+    installed torch). Load ``k`` goes to worker ``k % workers``, which fetches its images in
+    order; so each worker's draws follow from its seed and its own loads alone. Under a torch
+    before 1.9 the workers inherit an unseeded NumPy state and the official draw is random.
+    """
+    if workers < 1:
+        raise ValueError(f"draw='official' needs the loader's workers (>= 1), got {workers}")
+    try:
+        from torch.utils.data._utils.worker import _generate_state
+    except ImportError as e:  # a private function of torch's DataLoader
+        raise RuntimeError(
+            f"draw='official' needs torch's DataLoader worker seeding ({e}); this torch "
+            f"{torch.__version__} does not have it"
+        ) from None
+    base_seed = torch.empty((), dtype=torch.int64).random_(
+        generator=torch.Generator().manual_seed(100)
+    )
+    base_seed = int(base_seed.item())
+    states = [np.random.RandomState(_generate_state(base_seed, w)) for w in range(workers)]
+    out = []
+    for k, load in enumerate(loads):
+        rs, per_image = states[k % workers], []
+        for image_id in load:
+            chosen = {}
+            for ref_id, sent_ids in refer.file_image_refs(image_id, split):
+                if sent_ids:  # the official set cannot hold a ref without one
+                    chosen[ref_id] = sent_ids[int(rs.choice(len(sent_ids)))]
+            per_image.append(chosen)
+        out.append(per_image)
+    return out
 
 
 def rank_keys(batch: list, rank: int, world: int) -> list:

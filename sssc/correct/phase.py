@@ -165,6 +165,9 @@ def epoch_plans(
                 data.samples_images_per_load,
                 with_target.__contains__,
                 data.samples_order,
+                draw=data.samples_draw,
+                workers=data.samples_workers,
+                skip_first=data.samples_skip_first,
             )
             for e in range(epochs)
         ]

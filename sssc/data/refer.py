@@ -38,7 +38,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -82,6 +82,15 @@ class Ref:
     split: str
     category_id: int
     sentences: tuple[Sentence, ...]
+
+
+class _FileRef(NamedTuple):
+    """A ref as the refs file has it, kept by sssc or not (:meth:`Refer.file_image_refs`)."""
+
+    split: str
+    image_id: int
+    ref_id: int
+    sent_ids: tuple[int | None, ...]  # per expression in the file; None: empty, dropped
 
 
 @dataclass(frozen=True)
@@ -290,8 +299,9 @@ class Refer:
     def _load_refs(self, raw_refs: list[dict]) -> None:
         path = self.refs_path
         self.refs: dict[int, Ref] = {}
-        # Every ref's (split, image id) in file order, kept or not: REFER's image list (below).
-        self._file_refs: list[tuple[str, int]] = []
+        # Every ref in file order, kept or not, as the official loader sees it (REFER's image
+        # list, each image's refs, each ref's expressions: None where sssc drops an empty one).
+        self._file_refs: list[_FileRef] = []
         self._file_pos: dict[int, int] = {}  # ref id -> its place in the file
         seen_sent: dict[int, int] = {}
         for i, r in enumerate(raw_refs):
@@ -322,9 +332,9 @@ class Refer:
                 )
             if ref_id in self._file_pos:
                 raise DatasetError(f"{item} appears twice")
-            self._file_refs.append((split, image_id))
             self._file_pos[ref_id] = i
             if not raw_sents:
+                self._file_refs.append(_FileRef(split, image_id, ref_id, ()))
                 self._warn("ref_without_sentences", f"ref {ref_id}")
                 continue
             sentences = []
@@ -332,6 +342,7 @@ class Refer:
                 sent = _sentence(raw, f"{item}, sentences[{j}]")
                 if sent is None:
                     self._warn("empty_sentence", f"ref {ref_id}, sentences[{j}]")
+                    sentences.append(None)
                     continue
                 if sent.sent_id in seen_sent:
                     raise DatasetError(
@@ -340,6 +351,9 @@ class Refer:
                     )
                 seen_sent[sent.sent_id] = ref_id
                 sentences.append(sent)
+            ids = tuple(None if x is None else x.sent_id for x in sentences)
+            self._file_refs.append(_FileRef(split, image_id, ref_id, ids))
+            sentences = [x for x in sentences if x is not None]
             if not sentences:
                 self._warn("ref_without_sentences", f"ref {ref_id}")
                 continue
@@ -386,6 +400,7 @@ class Refer:
             )
 
     def _index(self) -> None:
+        self._file_by_image: dict[int, list[_FileRef]] | None = None  # built when first asked
         self._by_split: dict[str, list[Ref]] = collections.defaultdict(list)
         self._by_image: dict[int, list[Ref]] = collections.defaultdict(list)
         for ref in sorted(self.refs.values(), key=lambda r: r.ref_id):
@@ -417,8 +432,21 @@ class Refer:
         (no hash randomization), so this order is the same in every run of this interpreter; it
         is ascending only where the ids are small (the synthetic dataset's), not for COCO's."""
         self._check_split(split)
-        in_file_order = [i for s, i in self._file_refs if s == split]
+        in_file_order = [r.image_id for r in self._file_refs if r.split == split]
         return list(set(in_file_order))
+
+    def file_image_refs(
+        self, image_id: int, split: str
+    ) -> list[tuple[int, tuple[int | None, ...]]]:
+        """An image's refs of ``split`` as the official training set reads them (REFER's
+        ``imgToRefs``: the refs file's order, refs sssc skips included), each as ``(ref_id,
+        sent_ids)``: one entry per expression in the file, ``None`` for one sssc drops (empty).
+        A ref sssc keeps is ``refs[ref_id]``."""
+        if self._file_by_image is None:
+            self._file_by_image = collections.defaultdict(list)
+            for r in self._file_refs:
+                self._file_by_image[r.image_id].append(r)
+        return [(r.ref_id, r.sent_ids) for r in self._file_by_image[image_id] if r.split == split]
 
     def image_refs(
         self, image_id: int, split: str | None = None, order: str = "ref_id"
