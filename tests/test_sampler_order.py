@@ -58,7 +58,8 @@ def _write(root, images=IMAGE_IDS, val_every=5, skip_sentences=(), empty_second=
             sent += n
             split = "val" if k % val_every == val_every - 1 else "train"
             refs.append({"ref_id": ref_id, "ann_id": ann, "image_id": iid, "split": split,
-                         "category_id": 1, "sentences": sents})  # fmt: skip
+                         "category_id": 1, "sentences": sents,
+                         "sent_ids": [x["sent_id"] for x in sents]})  # fmt: skip
     file_order = [refs[i] for i in rng.permutation(len(refs))]
     (ds / "instances.json").write_text(json.dumps(coco))
     (ds / "refs(unc).p").write_bytes(pickle.dumps(file_order, protocol=2))
