@@ -236,18 +236,20 @@ def _two_objects(a_better: bool):
     return logits, cand, cgrp, elig, obj, grp
 
 
-def test_single_candidate_always_keeps_it_and_counts_twice():
+def test_single_candidate_always_keeps_it_and_counts_twice_unless_taken_first():
     # Object 2 agrees better with candidate 0 and takes it. Officially, object 1 (one eligible
-    # candidate) keeps candidate 0 anyway, and the greedy pops it later too (weight 2).
+    # candidate) keeps candidate 0 anyway (weight 1), and object 2's pop excludes candidate 0 for
+    # it as for any other object, so the greedy never pops object 1 (still weight 1).
     logits, cand, cgrp, elig, obj, grp = _two_objects(a_better=False)
     sssc = match_targets(logits, cand, cgrp, elig, obj, grp)
     assert sssc.match.tolist() == [-1, 0] and sssc.weight.tolist() == [0.0, 1.0]
     off = match_targets(
         logits, cand, cgrp, elig, obj, grp, single_candidate="always", ties="official"
     )
-    assert off.match.tolist() == [0, 0] and off.weight.tolist() == [2.0, 1.0]
+    assert off.match.tolist() == [0, 0] and off.weight.tolist() == [1.0, 1.0]
     assert torch.equal(off.target[0], cand[0].long()) and not off.unmatched.any()
-    # Object 1 agrees better: its pop excludes candidate 0 for object 2, which takes 1.
+    # Object 1 agrees better: the greedy pops it too (weight 2), and its pop excludes candidate
+    # 0 for object 2, which takes 1.
     logits, cand, cgrp, elig, obj, grp = _two_objects(a_better=True)
     off = match_targets(
         logits, cand, cgrp, elig, obj, grp, single_candidate="always", ties="official"
@@ -258,6 +260,16 @@ def test_single_candidate_always_keeps_it_and_counts_twice():
         logits[:1], cand, cgrp, elig[:1], obj[:1], grp[:1], single_candidate="always"
     )
     assert off.match.tolist() == [0] and off.weight.tolist() == [1.0]
+
+
+def test_why_the_official_exclusion_reaches_assigned_rows():
+    """The official loop skips a row in its exclusion step when ``diff_mask_index in
+    assigned_masks``: a 0-d tensor looked up in a dict keyed by ints. A tensor hashes by
+    identity, so the lookup never finds it, whatever the dict holds."""
+    assigned_masks = {0: 0, 1: 0, 2: 1}
+    idx = torch.where(torch.tensor([True, True, True]))[0]
+    assert [int(i) in assigned_masks for i in idx] == [True, True, True]
+    assert [i in assigned_masks for i in idx] == [False, False, False]
 
 
 def test_official_ties_follow_the_batch_order():

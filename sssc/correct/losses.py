@@ -219,10 +219,11 @@ def match_targets(
         single_candidate: an object with exactly one eligible candidate. ``"compete"`` (sssc):
             it takes part in the greedy like any other and may lose its candidate. ``"always"``
             (the official loss, ``greedy_match_and_cross_entropy``): it keeps its candidate
-            whatever the greedy does, its candidate is never excluded for it, and in an image with
-            any multi-candidate object it is also popped by the greedy, so its cross-entropy
-            counts twice (``weight`` 2). Its pop excludes the candidate for the objects not yet
-            matched.
+            whatever the greedy does (cross-entropy once). In an image with any multi-candidate
+            object it also competes in the greedy: popped, its cross-entropy counts twice
+            (``weight`` 2) and its pop excludes the candidate for the other objects; but when
+            another object pops that candidate first, the candidate is excluded for it too (the
+            official check that would spare it never fires) and it keeps ``weight`` 1.
         ties: ``"sssc"``: equal object scores go to the smallest object id, then the smallest
             candidate index (:func:`sssc.kernels.greedy_match`). ``"official"``: the official
             loss's scan order: per image, the expressions of its first unmatched expression's
@@ -285,10 +286,11 @@ def _official_match(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The official loss's matching, on the host: ``(match [B], weight [B])``.
 
-    Read from ``greedy_match_and_cross_entropy`` (S+S+C, ``ssc_ris/correct/loss.py``): rows are
-    expressions; a popped object's rows all become ``-inf`` and its candidate becomes ``-inf``
-    for the rows of objects not yet assigned; the argmax takes the first maximum in the scan
-    order (the image's first unassigned row's object first, then the rest in batch order).
+    Read from ``greedy_match_and_cross_entropy`` (S+S+C, ``ssc_ris/correct/loss.py``) and
+    checked against it, run on random batches: rows are expressions; a popped object's rows all
+    become ``-inf`` and its candidate becomes ``-inf`` for every other object's rows; the argmax
+    takes the first maximum in the scan order (the image's first unassigned row's object first,
+    then the rest in batch order).
     """
     # Host sync: the official rule is a Python loop over the batch.
     pref = iou.detach().double().cpu().numpy().copy()
@@ -321,9 +323,12 @@ def _official_match(
                 weight[q] += 1.0
                 assigned[q] = True
                 pref[q, :] = -np.inf
-            # Blacklist the candidate for the rows not assigned yet (single-candidate rows under
-            # "always" are assigned from the start, so they keep theirs).
-            others = order[(obj[order] != obj[r]) & ~assigned[order]]
+            # Blacklist the candidate for every other object's rows. The official loop means to
+            # skip the rows assigned already (`if diff_mask_index in assigned_masks`), but it asks
+            # a dict keyed by ints about a 0-d tensor, which hashes by identity: never found. So
+            # a single-candidate row under "always" (assigned from the start) loses its
+            # candidate to another object's pop too, and is then not popped itself.
+            others = order[obj[order] != obj[r]]
             pref[others, c] = -np.inf
     dev = iou.device
     return torch.from_numpy(match).to(dev), torch.from_numpy(weight).to(dev)
