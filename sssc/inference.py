@@ -82,7 +82,12 @@ def load_predictor(
         read_checkpoint,
         state_dict_for_sssc,
     )
-    from .correct.lavt import build_tokenizer, create_model, load_model_config
+    from .correct.lavt import (
+        build_tokenizer,
+        check_input_size,
+        create_model,
+        load_model_config,
+    )
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -122,6 +127,7 @@ def load_predictor(
             f"{path}: not a LAVT checkpoint in a known layout (sssc-train's checkpoint.pt, or a "
             "LAVT / S+S+C release)"
         )
+    check_input_size(image_size, load_model_config(name), "the checkpoint's image size")
     net = create_model(name)
     try:
         net.load_state_dict(state_dict_for_sssc(state, path))

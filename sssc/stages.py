@@ -99,10 +99,11 @@ def run_stage(stage: str, cfg: Any, run_dir: str | Path) -> dict:
     # Missing weights fail before anything is created or started.
     _check_model_weights(cfg, ("segment",) if stage == "segment" else ("segment", "select"))
     if stage in ("bootstrap", "correct", "all"):
-        from .correct.phase import TrainError, check_init_weights
+        from .correct.phase import TrainError, check_image_size, check_init_weights
 
         try:
-            check_init_weights(cfg.train)  # before Stages 1-2, which may take hours
+            check_image_size(cfg.train)  # before Stages 1-2, which may take hours
+            check_init_weights(cfg.train)
         except TrainError as e:
             raise StageError(f"--stage {stage}: {e}") from None
     try:

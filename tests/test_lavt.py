@@ -576,3 +576,43 @@ def test_position_setting_is_checked(tmp_path):
     with pytest.raises(ConfigError, match="'position' must be 'none' or 'coords'"):
         load_model_config(path)
     assert load_model_config("lavt-base").position == "none"  # LAVT itself has no coordinates
+
+
+def test_sizes_off_the_patch_grid_are_refused_where_sssc_trains_and_predicts(tmp_path):
+    """Off multiples of the patch size, sssc's upsampling (to the padded grid, then a crop) is
+    not LAVT's (straight to the input size): the logits differ there, so sssc's paths refuse."""
+    import torch.nn.functional as F
+
+    from sssc.correct.lavt import check_input_size
+    from sssc.inference import load_predictor
+
+    cfg = load_model_config("lavt-tiny")
+    for size in (64, 480, 4):
+        check_input_size(size, cfg, "train.image_size")
+    with pytest.raises(ValueError, match=r"train.image_size=62 is not a multiple of .* 4"):
+        check_input_size(62, cfg, "train.image_size")
+    # Where the two differ: a 4x4 logit grid over a 16x16 input cropped to 14x14.
+    grid = torch.randn(1, 2, 4, 4)
+    lavt = F.interpolate(grid, size=(14, 14), mode="bilinear", align_corners=True)
+    ours = F.interpolate(grid, size=(16, 16), mode="bilinear", align_corners=True)[..., :14, :14]
+    assert not torch.allclose(lavt, ours)
+    # A checkpoint trained at such a size is refused before anything is built.
+    model = create_model("lavt-tiny")
+    path = tmp_path / "odd.pt"
+    torch.save({"model": model.state_dict(), "model_name": "lavt-tiny", "image_size": 62}, path)
+    with pytest.raises(ValueError, match="the checkpoint's image size=62 is not a multiple"):
+        load_predictor(path)
+
+
+def test_training_refuses_an_image_size_off_the_patch_grid(tmp_path):
+    """Before any stage runs or anything is written."""
+    from sssc.config import load_config
+    from sssc.correct.train import TrainError, train_phase
+    from sssc.stages import StageError, run_stage
+
+    cfg = load_config(None, ["train.image_size=62", f"data.root={tmp_path}"])
+    with pytest.raises(TrainError, match="train.image_size=62 is not a multiple"):
+        train_phase("bootstrap", cfg, tmp_path / "run", refer=object())
+    with pytest.raises(StageError, match="train.image_size=62 is not a multiple"):
+        run_stage("correct", cfg, tmp_path / "run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

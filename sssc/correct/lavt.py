@@ -609,6 +609,26 @@ def create_model(
     return model
 
 
+def check_input_size(size: int, config: LAVTConfig, setting: str) -> None:
+    """Refuse a training or evaluation size that is not a multiple of the patch size.
+
+    :class:`LAVT` takes any size, but there it upsamples its logits to the padded size and crops
+    the padding, while LAVT upsamples them straight to the input size: the two agree only at
+    multiples of the patch size (README, the paragraph under the deviation table). sssc's own
+    paths stay there, so that they never differ from LAVT silently.
+
+    Raises:
+        ValueError: the message names ``setting``.
+    """
+    patch = config.swin.patch_size
+    if size % patch:
+        raise ValueError(
+            f"{setting}={size} is not a multiple of {config.name}'s patch size {patch}: LAVT "
+            "upsamples its logits from the padded patch grid, which lines up with the pixels "
+            f"only at multiples of {patch}; choose one (LAVT's 480, the embedded default's 64)"
+        )
+
+
 def _load_into(module: nn.Module, sd: dict[str, Tensor], setting: str, path: Path) -> None:
     try:
         module.load_state_dict(sd, strict=True)

@@ -32,6 +32,7 @@ __all__ = [
     "PHASES",
     "TrainError",
     "build_model",
+    "check_image_size",
     "check_init_weights",
     "epoch_plans",
     "finished_metrics",
@@ -119,6 +120,17 @@ def check_init_weights(t: Any) -> None:
             "swin_base_patch4_window12_384_22k.pth, an HF bert-base-uncased folder), or set "
             "train.random_init: true to train from random weights on purpose"
         )
+
+
+def check_image_size(t: Any) -> None:
+    """``train.image_size`` on the model's patch grid (:func:`sssc.correct.lavt.
+    check_input_size`), checked before anything is written or run."""
+    from .lavt import check_input_size, load_model_config
+
+    try:
+        check_input_size(t.image_size, load_model_config(t.model), "train.image_size")
+    except ValueError as e:
+        raise TrainError(str(e)) from None
 
 
 def build_model(t: Any, run_dir: Path, init: str | None):

@@ -55,6 +55,7 @@ from .phase import (
     PHASES,
     TrainError,
     build_model,
+    check_image_size,
     check_init_weights,
     epoch_plans,
     finished_metrics,
@@ -119,6 +120,7 @@ def _train_phase(phase, cfg, run_dir: Path, refer, on_step, rank: int, world: in
     t = cfg.train
     targets, init, epochs_key = PHASES[phase]
     epochs, out = getattr(t, epochs_key), run_dir / phase
+    check_image_size(t)
     if cfg.data.batching == "samples" and cfg.data.samples_gpus % world:
         raise TrainError(
             f"data.batching=samples cuts each step into data.samples_gpus={cfg.data.samples_gpus} "
