@@ -1,0 +1,110 @@
+"""Run parts of the official S+S+C code (fgirbal/segment-select-correct, GPL) as an oracle.
+
+Nothing of it is copied into sssc: :func:`load` extracts the files the checks import from a
+local clone into a scratch folder, adds three stand-ins for packages those files import but the
+checks do not use (``timm``'s DropPath and two helpers, ``mmseg``'s logger, ``skimage.io``), and
+puts the folder first on ``sys.path``. Give the clone as ``SSC_REPO`` (a working tree, or a bare
+or mirrored git directory, read with ``git show HEAD:<path>``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+FILES = [
+    "ssc_ris/refer_dataset/__init__.py",
+    "ssc_ris/refer_dataset/dataset.py",
+    "ssc_ris/refer_dataset/unsupervised_dataset.py",
+    "ssc_ris/refer_dataset/utils.py",
+    "ssc_ris/refer_dataset/refer/refer.py",
+    "ssc_ris/refer_dataset/bert/__init__.py",
+    "ssc_ris/refer_dataset/bert/activations.py",
+    "ssc_ris/refer_dataset/bert/configuration_bert.py",
+    "ssc_ris/refer_dataset/bert/configuration_utils.py",
+    "ssc_ris/refer_dataset/bert/file_utils.py",
+    "ssc_ris/refer_dataset/bert/generation_utils.py",
+    "ssc_ris/refer_dataset/bert/modeling_bert.py",
+    "ssc_ris/refer_dataset/bert/modeling_utils.py",
+    "ssc_ris/refer_dataset/bert/tokenization_bert.py",
+    "ssc_ris/refer_dataset/bert/tokenization_utils.py",
+    "ssc_ris/refer_dataset/bert/tokenization_utils_base.py",
+    "ssc_ris/select/utils.py",
+    "ssc_ris/correct/__init__.py",
+    "ssc_ris/correct/loss.py",
+    "ssc_ris/correct/loss_utils.py",
+    "ssc_ris/utils/transforms.py",
+    "ssc_ris/utils/lavt_lib/_utils.py",
+    "ssc_ris/utils/lavt_lib/backbone.py",
+    "ssc_ris/utils/lavt_lib/mask_predictor.py",
+]
+
+STANDINS = {
+    # Empty packages: the official files are imported one by one, not through their __init__.
+    "ssc_ris/__init__.py": "",
+    "ssc_ris/select/__init__.py": "",
+    "ssc_ris/utils/lavt_lib/__init__.py": "",
+    "ssc_ris/refer_dataset/refer/__init__.py": "",
+    # Pretrained-weight loading, which the checks never do (it needs mmcv).
+    "ssc_ris/utils/lavt_lib/mmcv_custom/__init__.py": (
+        "def load_checkpoint(*args, **kwargs):\n"
+        "    raise RuntimeError('oracle stand-in: no pretrained loading')\n"
+    ),
+    "mmseg/__init__.py": "",
+    "mmseg/utils.py": (
+        "import logging\n\n\ndef get_root_logger(*args, **kwargs):\n"
+        "    return logging.getLogger('oracle')\n"
+    ),
+    "skimage/__init__.py": "",
+    "skimage/io.py": "",  # REFER imports it for showing images only
+    "timm/__init__.py": "",
+    "timm/models/__init__.py": "",
+    "timm/models/layers.py": (
+        "import collections.abc\n\nimport torch.nn as nn\n"
+        "from torch.nn.init import trunc_normal_  # noqa: F401\n\n\n"
+        "def to_2tuple(x):\n"
+        "    return tuple(x) if isinstance(x, collections.abc.Iterable) else (x, x)\n\n\n"
+        "class DropPath(nn.Module):  # the checks run the model in eval mode only\n"
+        "    def __init__(self, p=0.0):\n        super().__init__()\n\n"
+        "    def forward(self, x):\n"
+        "        assert not self.training, 'oracle stand-in: eval only'\n"
+        "        return x\n"
+    ),
+}
+
+
+def _read(repo: Path, path: str) -> str:
+    if (repo / path).is_file():
+        return (repo / path).read_text()
+    return subprocess.run(
+        ["git", f"--git-dir={repo}", "show", f"HEAD:{path}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+def load(scratch: str | Path | None = None) -> Path:
+    """Extract the official files into ``scratch`` (a new temporary folder by default) and put
+    it first on ``sys.path``; returns the folder."""
+    repo = os.environ.get("SSC_REPO")
+    if not repo:
+        sys.exit(
+            "set SSC_REPO to a clone of https://github.com/fgirbal/segment-select-correct "
+            "(a working tree or a git directory)"
+        )
+    repo_path = Path(repo)
+    if (repo_path / ".git").is_dir():
+        repo_path = repo_path / ".git" if not (repo_path / FILES[0]).is_file() else repo_path
+    out = Path(scratch or tempfile.mkdtemp(prefix="sssc-oracle-"))
+    for path in FILES:
+        (out / path).parent.mkdir(parents=True, exist_ok=True)
+        (out / path).write_text(_read(repo_path, path))
+    for path, text in STANDINS.items():
+        (out / path).parent.mkdir(parents=True, exist_ok=True)
+        (out / path).write_text(text)
+    sys.path.insert(0, str(out))
+    return out
