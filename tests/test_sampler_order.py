@@ -88,21 +88,28 @@ class _OfficialTrainSet(torch.utils.data.Dataset):
         return self.imgs[index], [r["ann_id"] for r in self.refs[self.imgs[index]]]
 
 
+def official_loader(ds, gpus, rank, per_load, epoch, workers=0, collate_fn=list):
+    """GPU ``rank``'s loads of ``ds`` as the official loop iterates them: torch's
+    DistributedSampler after ``set_epoch(epoch)``, a DataLoader with drop_last=True and
+    ``workers`` worker processes, created after ``torch.manual_seed(100)`` (the first line of the
+    official ``train_one_epoch``; it fixes the workers' seeds)."""
+    sampler = torch.utils.data.distributed.DistributedSampler(
+        ds, num_replicas=gpus, rank=rank, shuffle=True
+    )
+    sampler.set_epoch(epoch)
+    context = "fork" if workers else None
+    loader = torch.utils.data.DataLoader(
+        ds, per_load, sampler=sampler, drop_last=True, collate_fn=collate_fn,
+        num_workers=workers, multiprocessing_context=context,
+    )  # fmt: skip
+    torch.manual_seed(100)
+    return iter(loader)
+
+
 def _official_loads(file_refs, split, gpus, per_load, epoch):
-    """Per GPU, its loads of (image id, ann ids) that torch's DistributedSampler and a
-    DataLoader with drop_last=True give it after ``set_epoch(epoch)``."""
+    """Per GPU, its loads of (image id, ann ids)."""
     ds = _OfficialTrainSet(file_refs, split)
-    out = []
-    for g in range(gpus):
-        sampler = torch.utils.data.distributed.DistributedSampler(
-            ds, num_replicas=gpus, rank=g, shuffle=True
-        )
-        sampler.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(
-            ds, batch_size=per_load, sampler=sampler, drop_last=True, collate_fn=list
-        )
-        out.append(list(loader))
-    return out
+    return [list(official_loader(ds, gpus, g, per_load, epoch)) for g in range(gpus)]
 
 
 @pytest.fixture()
@@ -232,17 +239,8 @@ def test_official_draw_is_the_loader_workers_numpy_draw(tmp_path, workers):
     for epoch in (0, 1):
         cuts = []
         for g in range(gpus):
-            sampler = torch.utils.data.distributed.DistributedSampler(
-                ds, num_replicas=gpus, rank=g, shuffle=True
-            )
-            sampler.set_epoch(epoch)
-            loader = torch.utils.data.DataLoader(
-                ds, per_load, sampler=sampler, drop_last=True, collate_fn=list,
-                num_workers=workers, multiprocessing_context="fork",
-            )  # fmt: skip
-            torch.manual_seed(100)  # the official train_one_epoch's first line
             buffer, steps = [], []
-            for k, load in enumerate(loader):
+            for k, load in enumerate(official_loader(ds, gpus, g, per_load, epoch, workers)):
                 if k == 0:  # log_every(..., skip_first=True)
                     continue
                 for image_id, drawn in load:

@@ -86,17 +86,11 @@ def main() -> int:
 
 
 def _official_steps(ds, gpus, per_load, per_gpu, epoch, workers):
+    from test_sampler_order import official_loader
+
     cuts = []
     for g in range(gpus):
-        sampler = torch.utils.data.distributed.DistributedSampler(
-            ds, num_replicas=gpus, rank=g, shuffle=True
-        )
-        sampler.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(
-            ds, batch_size=per_load, sampler=sampler, num_workers=workers, drop_last=True,
-            collate_fn=ds.collate_fn,
-        )  # fmt: skip
-        torch.manual_seed(100)  # the first line of the official train_one_epoch
+        loader = official_loader(ds, gpus, g, per_load, epoch, workers, ds.collate_fn)
         buffer, steps = [], []
         for k, (_, targets, sentences, _, attrs) in enumerate(loader):
             if k == 0:  # log_every(..., skip_first=True)
