@@ -46,6 +46,7 @@ main() {
   # A cold Triton cache, as on a new machine: a warm one can hide a compile that fails today.
   TRITON_CACHE_DIR=$(mktemp -d)
   export TRITON_CACHE_DIR
+  trap 'rm -rf "$TRITON_CACHE_DIR"' EXIT
   if [ "$dry" = 1 ]; then
     export SSSC_BENCH_DRY=1 TRITON_INTERPRET=1
   fi
@@ -95,6 +96,7 @@ main() {
       --set data.synth.test_images=20 --set train.bootstrap_epochs=1 \
       --set train.correct_epochs=1 >"$out/train.txt" 2>&1
     echo "train exit $?"
+    rm -rf "$smoke"  # the run and dataset this script made (the table is in train.txt)
     grep -a -E "^(S1 oracle|S\+S|ZSBootstrap|\+epochs|S\+S\+C|Traceback|[A-Za-z]*Error)" "$out/train.txt"
   fi
   step "done"
