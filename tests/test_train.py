@@ -633,11 +633,11 @@ def test_official_sample_batches(base, gpus, per_load, per_gpu, skip_first):
             assert sorted((i, s) for k in halves for i, ss in k for s in ss) == sorted(b)
 
 
-@pytest.mark.parametrize("order", ["sssc", "official"])
-def test_training_with_official_sample_batches(base, tmp_path, monkeypatch, order):
-    """The training loop runs pack_samples' plan in data.samples_order: every step holds exactly
-    the budget, and only the objects with a target (an eligible S1 candidate, read here from the
-    store) enter one."""
+@pytest.mark.parametrize("order, draw", [("sssc", "sssc"), ("official", "sssc"), ("official",) * 2])
+def test_training_with_official_sample_batches(base, tmp_path, monkeypatch, order, draw):
+    """The training loop runs pack_samples' plan in data.samples_order and data.samples_draw:
+    every step holds exactly the budget, and only the objects with a target (an eligible S1
+    candidate, read here from the store) enter one."""
     from sssc.correct.data import pack_samples
     from sssc.store import Store
 
@@ -648,6 +648,8 @@ def test_training_with_official_sample_batches(base, tmp_path, monkeypatch, orde
             *sets,
             *SAMPLES,
             f"data.samples_order={order}",
+            f"data.samples_draw={draw}",
+            "data.samples_workers=3",
             "train.bootstrap_epochs=1",
             "train.sentences_per_object=1",
         ],
@@ -672,14 +674,15 @@ def test_training_with_official_sample_batches(base, tmp_path, monkeypatch, orde
     real_plans = train_mod.epoch_plans
     monkeypatch.setattr(train_mod, "epoch_plans", lambda *a: ran.append(real_plans(*a)) or ran[-1])
     m = train_phase("correct", cfg, run)
+    how = {"order": order, "draw": draw, "workers": 3}
     plans = [
         pack_samples(
-            refer, "train", 6, cfg.seed, e, 1, 2, 2, lambda a: a in with_cands - gone, order
+            refer, "train", 6, cfg.seed, e, 1, 2, 2, lambda a: a in with_cands - gone, **how
         )
         for e in range(cfg.train.correct_epochs)
     ]
     everything = [
-        pack_samples(refer, "train", 6, cfg.seed, e, 1, 2, 2, order=order)
+        pack_samples(refer, "train", 6, cfg.seed, e, 1, 2, 2, **how)
         for e in range(cfg.train.correct_epochs)
     ]
     assert sum(len(p) for p in plans) < sum(len(p) for p in everything)
