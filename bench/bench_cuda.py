@@ -17,7 +17,8 @@ Groups, each timed with its baselines in the same run (``extra_info`` holds what
   with the backward, cand again and the gradient written once).
 - ``greedy_match`` on the 20- and 64-image batches of ``bench_greedy_match``: ``numba_host`` (the
   CPU kernel with the copies to and from the host that a CUDA caller would pay), ``triton``.
-- ``reverse_blur``, 640 x 480, 30 masks: ``torch`` (``backend="torch"`` on the GPU), ``triton``.
+- ``reverse_blur``, 640 x 480, 30 masks: ``torch`` (``backend="torch"`` on the GPU), ``triton``
+  (both the fast approximation), ``exact`` (composite at full resolution, then resize).
 - ``scorer``, random-init ``ViT-L-14-336`` (``SSSC_BENCH_CLIP``), 16 images x 20 candidates:
   ``bare_encoder`` (prebuilt prompts, bf16, batches of 256), ``streaming`` (``StreamingScorer``
   from host images and masks), ``paper_per_mask`` (OpenCV blur per mask on the host, batch-1
@@ -221,7 +222,7 @@ def test_greedy_match(benchmark, match, provider):
 # ---------------------------------------------------------------- reverse_blur
 
 
-@pytest.mark.parametrize("provider", ["torch", "triton"])
+@pytest.mark.parametrize("provider", ["torch", "triton", "exact"])
 def test_reverse_blur(benchmark, provider):
     h, w, c, size = (48, 64, 3, 32) if DRY else (480, 640, 30, 336)
     img = torch.from_numpy(random_image(h, w)).to(DEVICE)
@@ -257,9 +258,15 @@ def scorer_setup():
     return name, clip, StreamingScorer(clip, sigma=50.0, batch_size=256), items
 
 
-@pytest.mark.parametrize("provider", ["bare_encoder", "streaming", "paper_per_mask"])
+@pytest.mark.parametrize(
+    "provider", ["bare_encoder", "streaming", "streaming_fast", "paper_per_mask"]
+)
 def test_scorer(benchmark, scorer_setup, provider):
+    from sssc.select.scorer import StreamingScorer
+
     name, clip, scorer, items = scorer_setup
+    if provider == "streaming_fast":  # the fast prompts (select.models.composite: fast)
+        scorer = StreamingScorer(clip, sigma=50.0, batch_size=256, composite="fast")
     n = sum(len(it.cand_ids) for it in items)
     if provider == "bare_encoder":
         prompts = torch.cat(
@@ -271,7 +278,7 @@ def test_scorer(benchmark, scorer_setup, provider):
                 scorer._encode(prompts[k : k + scorer.batch_size])
             _sync()
 
-    elif provider == "streaming":
+    elif provider in ("streaming", "streaming_fast"):
 
         def fn():
             out = [e for _, e in scorer.embed(iter(items))]

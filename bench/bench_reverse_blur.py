@@ -5,7 +5,10 @@ All providers see ``sssc.kernels.testing.random_image(480, 640)`` and 30
 
 - ``opencv_per_mask``: the paper's way, per mask: ``cv2.GaussianBlur`` of the full image,
   composite, PIL ``Image.resize`` bicubic (short side 336), center crop, to tensor, normalize.
-- ``ours``: ``reverse_blur`` on CPU tensors (torch backend): one blur, one fused pass.
+- ``ours``: ``reverse_blur`` on CPU tensors (torch backend): one blur, one fused pass (an
+  approximation at mask edges: ``select.models.composite: fast``).
+- ``exact``: ``reverse_blur(backend="exact")`` on CPU tensors: the official composite-then-resize
+  in float32, batched (``select.models.composite: exact``, Stage 2's default).
 - ``triton``: ``reverse_blur`` on CUDA (skipped without a GPU).
 
 ``extra_info`` records images/s and masks/s, and for ``ours``/``triton`` the speed-up over
@@ -26,7 +29,7 @@ from sssc.kernels import CLIP_MEAN, CLIP_STD, reverse_blur
 from sssc.kernels.testing import blob_masks, random_image
 
 HEIGHT, WIDTH, NUM_MASKS, SIZE = 480, 640, 30, 336
-PROVIDERS = ["opencv_per_mask", "ours", "triton"]
+PROVIDERS = ["opencv_per_mask", "ours", "exact", "triton"]
 _MEANS: dict[str, float] = {}  # provider -> mean seconds, for the speed-up in the same run
 
 
@@ -84,9 +87,10 @@ def test_reverse_blur_providers(benchmark, blur_inputs, provider):
     benchmark.group = f"reverse_blur {WIDTH}x{HEIGHT} C={NUM_MASKS} sigma=50 size={SIZE}"
     if provider == "opencv_per_mask":
         out = benchmark.pedantic(opencv_per_mask, args=(hwc, masks), rounds=2, iterations=1)
-    elif provider == "ours":
+    elif provider in ("ours", "exact"):
         img, m = torch.from_numpy(image), torch.from_numpy(masks)
-        out = benchmark(reverse_blur, img, m, 50.0, SIZE, backend="torch")
+        backend = "torch" if provider == "ours" else "exact"
+        out = benchmark(reverse_blur, img, m, 50.0, SIZE, backend=backend)
     else:
         if not torch.cuda.is_available():
             pytest.skip("triton provider needs a CUDA device")

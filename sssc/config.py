@@ -169,6 +169,10 @@ class SelectModelsConfig:
     small_masks: str = "official"  # official (skip < min_area, drop the object if all are) | sssc
     channel_order: str = "rgb"  # rgb (correct) | bgr (the official code fed CLIP BGR images)
     prompt: str = "reverse_blur"  # reverse_blur (the paper) | red_ellipse (its ablation)
+    # reverse blur: exact (official: each mask composited at full resolution, then resized) |
+    # fast (the image's planes resized once, each mask averaged per output pixel: faster, an
+    # approximation at mask edges; README row 35)
+    composite: str = "exact"
     score: str = "mean"  # mean | max similarity over the object's expressions
     batch_size: int = 256  # prompts per CLIP forward, packed across images
     num_workers: int = 2  # DataLoader workers decoding images and RLE candidates
@@ -310,6 +314,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "segment.models.gdino_retry": ("official", "sssc"),
     "select.models.small_masks": ("official", "sssc"),
     "select.models.channel_order": ("rgb", "bgr"),
+    "select.models.composite": ("exact", "fast"),
     "train.single_candidate": ("compete", "always"),
     "train.match_ties": ("sssc", "official"),
     "train.lr_horizon": ("steps", "loads"),

@@ -138,6 +138,8 @@ _ADDED_LATER: dict[str, Any] = {
     # was always sssc's draw
     "data.samples_skip_first": False,
     "data.samples_draw": "sssc",
+    # 2026-12-07: Stage 2 always scored the fast backends' approximate prompts
+    "select.models.composite": "fast",
 }
 # After a NaN stop, a resume may lower the learning rate or add clipping.
 RESUMABLE_AFTER_DIVERGENCE = ("train.lr", "train.grad_clip")

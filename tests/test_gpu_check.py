@@ -159,9 +159,11 @@ def test_dry_run_of_the_gpu_suite(tmp_path):
     providers = {(row.group.split()[0], row.provider) for row in rows}
     for kernel in ("soft_iou", "greedy_match", "reverse_blur"):
         assert (kernel, "triton") in providers
+    assert ("reverse_blur", "exact") in providers
     assert {p for g, p in providers if g == "scorer"} == {
         "bare_encoder",
         "streaming",
+        "streaming_fast",
         "paper_per_mask",
     }
     for row in rows:  # every candidate of every image is prompted (dry run: 3 per image)

@@ -145,6 +145,48 @@ def test_reference_is_exact(h, w, size, sigma):
     assert mae(unnormalize(ref), expected) <= 2e-5
 
 
+@pytest.mark.parametrize("crop", ["center", "none"])
+@pytest.mark.parametrize("sigma", [0.0, 5.0, 50.0, 200.0], ids=lambda s: f"sigma{s:g}")
+@pytest.mark.parametrize("image_dtype", ["uint8", "float32"])
+@pytest.mark.parametrize("h,w,size", SHAPES)
+def test_exact_backend_is_the_reference_in_float32(h, w, size, image_dtype, sigma, crop):
+    """``backend="exact"`` (Stage 2's default prompt) computes the reference's formula, batched
+    in float32: composite at full resolution, then resize."""
+    img, masks = make_inputs(h, w, 4, image_dtype)
+    args = (torch.from_numpy(img), torch.from_numpy(masks), sigma, size, crop)
+    out = reverse_blur(*args, backend="exact")
+    assert out.shape == (4, 3, size, size) and out.dtype == torch.float32
+    ref = reverse_blur_reference(*args)
+    assert float((out - ref).abs().max()) <= 2e-5
+
+
+def test_exact_backend_matches_the_official_uint8_pipeline_where_the_fast_one_does_not():
+    """At mask edges the fast backend's per-pixel mask average is not the official
+    composite-then-resize; the exact one is, up to the official uint8 rounding (OpenCV's blur,
+    the uint8 composite, PIL's resize)."""
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (6, 8, 3)).astype(np.uint8).repeat(20, 0).repeat(20, 1)
+    img = np.ascontiguousarray(img.transpose(2, 0, 1))  # [3, 120, 160] colour blocks
+    masks = np.zeros((4, 120, 160), bool)
+    for k, (y0, y1, x0, x1) in enumerate([(10, 70, 20, 90), (0, 120, 75, 85), (33, 37, 0, 160),
+                                          (50, 118, 101, 159)]):  # fmt: skip
+        masks[k, y0:y1, x0:x1] = True
+    hwc = np.ascontiguousarray(img.transpose(1, 2, 0))
+    blurred = cv2.GaussianBlur(hwc, (0, 0), 50.0, borderType=cv2.BORDER_REFLECT_101)
+    new_h, new_w, top, left = _clip_geometry(120, 160, 64)
+    official = []
+    for m in masks:  # all in uint8, as the official code
+        comp = np.where(m[..., None], hwc, blurred)
+        pil = Image.fromarray(comp).resize((new_w, new_h), Image.BICUBIC)
+        official.append(np.asarray(pil)[top : top + 64, left : left + 64].transpose(2, 0, 1))
+    official = np.stack(official).astype(np.float64) / 255.0
+    args = (torch.from_numpy(img), torch.from_numpy(masks), 50.0, 64)
+    exact = np.abs(unnormalize(reverse_blur(*args, backend="exact")) - official).max()
+    fast = np.abs(unnormalize(reverse_blur(*args, backend="torch")) - official).max()
+    assert exact <= 2.5 / 255  # rounding: the blur's, the composite's and the resize's
+    assert fast > 5 / 255  # the approximation, at the mask edges
+
+
 @pytest.mark.parametrize("sigma", [5.0, 50.0, 200.0], ids=lambda s: f"sigma{s:g}")
 @pytest.mark.parametrize("h,w,size", SHAPES)
 def test_fast_path_close_to_reference(h, w, size, sigma):

@@ -51,16 +51,25 @@ def _images(n: int, seed: int = 0):
     return out
 
 
-@pytest.mark.parametrize("batch_size", [1, 4, 7, 64], ids=lambda b: f"batch{b}")
-def test_packed_embeddings_equal_per_mask_loop(clip, batch_size):
+@pytest.mark.parametrize(
+    "batch_size, composite",
+    [(1, "exact"), (4, "exact"), (7, "fast"), (64, "exact"), (64, "fast")],
+    ids=lambda v: f"batch{v}" if isinstance(v, int) else v,
+)
+def test_packed_embeddings_equal_per_mask_loop(clip, batch_size, composite):
+    """Packed batches embed what one prompt per forward embeds; ``composite`` picks the prompt
+    (``exact``: the reverse_blur reference's math; ``fast``: the fast backend)."""
     items = _images(7)
-    scorer = StreamingScorer(clip, sigma=10.0, batch_size=batch_size)
+    scorer = StreamingScorer(clip, sigma=10.0, batch_size=batch_size, composite=composite)
+    backend = "reference" if composite == "exact" else "auto"
     got = list(scorer.embed(iter(items)))
     assert [it.image_id for it, _ in got] == [it.image_id for it in items]  # order kept
     for item, emb in got:
         assert emb.shape == (len(item.cand_ids), clip.embed_dim)
         for j in range(len(item.cand_ids)):  # the plain loop: one prompt, one forward
-            p = reverse_blur(item.image, item.masks[j : j + 1], 10.0, clip.image_size)
+            p = reverse_blur(
+                item.image, item.masks[j : j + 1], 10.0, clip.image_size, backend=backend
+            )
             ref = clip.encode_image(p)[0].double()
             err = (emb[j].double() - ref).norm() / ref.norm()
             assert err < 1e-5, (item.image_id, j, float(err))
@@ -68,6 +77,7 @@ def test_packed_embeddings_equal_per_mask_loop(clip, batch_size):
 
 @pytest.mark.parametrize("rule", ["official", "sssc"])
 def test_choice_equals_plain_loop(clip, rule):
+    """Stage 2's choice (the default exact prompts) against a plain loop over the reference."""
     items = _images(10, seed=1)
     scorer = StreamingScorer(clip, sigma=50.0, batch_size=5)
     texts = {
@@ -95,7 +105,8 @@ def test_choice_equals_plain_loop(clip, rule):
             best, best_s, ref_scores = None, -np.inf, []
             for c in eligible:
                 j = item.cand_ids.index(c)
-                e = clip.encode_image(reverse_blur(item.image, item.masks[j : j + 1], 50.0, 32))
+                p = reverse_blur(item.image, item.masks[j : j + 1], 50.0, 32, backend="reference")
+                e = clip.encode_image(p)
                 s = float((e.double() @ t.T).mean())
                 ref_scores.append(s)
                 if item.areas[j] >= 100 and (s >= best_s if rule == "official" else s > best_s):

@@ -825,3 +825,20 @@ def test_samples_workers_count_only_under_the_official_draw():
         del a["data"][key]  # stored before the keys existed: the first load was trained on
     b = config_to_dict(load_config(None, ["data.batching=samples"]))
     assert [k for k, _, _ in config_diff(a, b, "bootstrap")] == ["data.samples_skip_first"]
+
+
+@pytest.mark.parametrize("backend, named", [("simulated", []), ("models", ["composite"])])
+def test_stage_2_stored_before_the_composite_key_scored_the_fast_prompts(backend, named):
+    """A Stage 2 stored before ``select.models.composite`` existed ran the fast prompts: under
+    the models backend it differs from today's exact default; under the simulated one it is
+    inert."""
+    new = config_to_dict(load_config(None, [f"select.backend={backend}"]))
+    old = json.loads(json.dumps(new))
+    del old["select"]["models"]["composite"]
+    diff = config_diff(old, new, "select")
+    assert [k.rpartition(".")[2] for k, _, _ in diff] == named
+    if named:
+        assert diff[0][1:] == ("fast", "exact")
+    same = json.loads(json.dumps(new))
+    same["select"]["models"]["composite"] = "fast"
+    assert [k for k, _, _ in config_diff(old, same, "select")] == []

@@ -31,7 +31,7 @@ __all__ = ["CLIP_MEAN", "CLIP_STD", "reverse_blur", "reverse_blur_reference"]
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-_BACKENDS = ("torch", "triton", "reference")
+_BACKENDS = ("torch", "triton", "exact", "reference")
 _CROPS = ("center", "none")
 # Block size of the blur path is sigma / _BLOCK_SIGMAS pixels (at least 1): the error of replacing
 # a smooth row of the resize-blur matrix by its block means grows with block / sigma.
@@ -392,8 +392,9 @@ def reverse_blur_reference(
     """The exact full-resolution path in float64, one mask at a time (slow, obviously correct).
 
     Blur the whole image with a dense reflect-101 Gaussian matrix per axis (OpenCV's kernel), then
-    for each mask: composite at full resolution, resize with PIL's antialiased bicubic weights,
-    crop, normalize. Inputs are assumed valid (see :func:`reverse_blur`).
+    for each mask: composite at full resolution, resize with PIL's antialiased bicubic weights
+    (for a uint8 image, each pass clipped to [0, 1] as PIL clips an 8-bit image's), crop,
+    normalize. Inputs are assumed valid (see :func:`reverse_blur`).
 
     Returns:
         ``[C, 3, size, size]`` float32 on the input's device.
@@ -416,9 +417,67 @@ def reverse_blur_reference(
     outs = []
     for mask in masks.detach().to("cpu", torch.float64):
         composite = mask * img + (1.0 - mask) * blurred
-        outs.append((ry @ composite @ rx.T - m) / s)
+        outs.append((_pil_resize(composite, ry, rx, integer_image) - m) / s)
     out = torch.stack(outs) if outs else torch.zeros(0, 3, size, size, dtype=torch.float64)
     return out.to(device=image.device, dtype=torch.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _exact_operators(
+    h: int, w: int, sigma: float, size: int, crop: str, integer_image: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The dense float32 (CPU) operators of the exact path, cached per image size: the blur along
+    each axis (``None``-free: identity for ``sigma == 0``) and PIL's resize taps as matrices."""
+    if sigma > 0:
+        radius = _gauss_radius(sigma, integer_image)
+        by, bx = _blur_matrix(h, sigma, radius), _blur_matrix(w, sigma, radius)
+    else:
+        by, bx = torch.eye(h, dtype=torch.float64), torch.eye(w, dtype=torch.float64)
+    new_h, new_w, top, left = _geometry(h, w, size, crop)
+    ry = _taps_matrix(*_resize_taps(h, new_h, top, size, "bicubic"), h)
+    rx = _taps_matrix(*_resize_taps(w, new_w, left, size, "bicubic"), w)
+    return by.float(), bx.float(), ry.float(), rx.float()
+
+
+def _reverse_blur_exact(
+    image: torch.Tensor, masks: torch.Tensor, sigma: float, size: int, crop: str, mean, std
+) -> torch.Tensor:
+    """The reference's math in float32, batched over masks, on the input's device: composite at
+    full resolution, then resize (the official order). Linear in the composite, so each output is
+    ``resize(G) + resize(m_c * (I - G))``: one blur and one resize of ``G`` per image, two
+    matrix products per mask and channel (the cost of the official resize, without its uint8
+    rounding)."""
+    integer_image = not image.dtype.is_floating_point
+    img = image.to(torch.float32)
+    if integer_image:
+        img = img / 255.0
+    _, h, w = img.shape
+    dev = img.device
+    by, bx, ry, rx = (
+        t.to(dev, non_blocking=True)
+        for t in _exact_operators(h, w, sigma, size, crop, integer_image)
+    )
+    blurred = by @ img @ bx.T  # [3, H, W]
+    m, s = _normalize_affine(mean, std, dev)
+    diff = img - blurred
+    c = masks.shape[0]
+    out = torch.empty(c, 3, size, size, dtype=torch.float32, device=dev)
+    step = max(1, _CHUNK_BYTES // (12 * h * w)) if dev.type == "cpu" else max(c, 1)
+    for i in range(0, c, step):
+        comp = torch.addcmul(blurred, masks[i : i + step].to(torch.float32)[:, None], diff)
+        out[i : i + step] = (_pil_resize(comp, ry, rx, integer_image) - m) / s
+    return out
+
+
+def _pil_resize(x: torch.Tensor, ry: torch.Tensor, rx: torch.Tensor, clip: bool) -> torch.Tensor:
+    """PIL's separable resize as matrices: the horizontal pass, then the vertical one; for an
+    8-bit image each pass's output is clipped to [0, 1], as PIL clips each pass's overshoot to
+    [0, 255] (its rounding to integers is not reproduced)."""
+    x = x @ rx.T
+    if clip:
+        x = x.clamp(0.0, 1.0)
+    x = ry @ x
+    return x.clamp(0.0, 1.0) if clip else x
 
 
 def _check(image, masks, sigma, size, crop) -> None:
@@ -474,10 +533,14 @@ def reverse_blur(
     This is the visual prompt of Subramanian et al. (ReCLIP, 2022) as used by Segment, Select,
     Correct to score SAM candidates with CLIP (sigma = 50 px).
 
-    The fast backends blur once per image (cost independent of ``sigma``) and write all ``C``
-    outputs in one pass as ``Bn + a_c * (In - Bn)``, with ``a_c`` the mask averaged over each output
-    pixel (antialiased triangle filter); the mean absolute difference to the exact
-    full-resolution path, before normalization, is well under 0.01 of the [0, 1] range.
+    The fast backends (``torch``, ``triton``) blur once per image (cost independent of
+    ``sigma``) and write all ``C`` outputs in one pass as ``Bn + a_c * (In - Bn)``, with ``a_c``
+    the mask averaged over each output pixel (antialiased triangle filter): an approximation of
+    the composite-then-resize above whose mean absolute difference to it, before normalization,
+    is well under 0.01 of the [0, 1] range, but up to a few hundredths at mask edges (so it can
+    tip near-tied CLIP choices; README, deviation row 35). ``exact`` computes the formula as it
+    is (the reference's math in float32, batched, on any device): the official prompt up to its
+    uint8 rounding.
 
     Args:
         image: ``[3, H, W]`` uint8, or float in [0, 1].
@@ -486,8 +549,8 @@ def reverse_blur(
         size: output side (336 for CLIP ViT-L/14@336px).
         crop: ``"center"`` or ``"none"``.
         mean, std: per-channel normalization (CLIP's by default).
-        backend: ``"auto"`` (Triton on CUDA, torch on CPU), ``"torch"``, ``"triton"`` or
-            ``"reference"``; ``SSSC_KERNEL_BACKEND`` overrides ``"auto"``.
+        backend: ``"auto"`` (Triton on CUDA, torch on CPU), ``"torch"``, ``"triton"``,
+            ``"exact"`` or ``"reference"``; ``SSSC_KERNEL_BACKEND`` overrides ``"auto"``.
 
     Returns:
         ``[C, 3, size, size]`` float32 on the input's device.
@@ -500,6 +563,8 @@ def reverse_blur(
     name = resolve_backend("reverse_blur", backend, image.device, _BACKENDS, cpu_default="torch")
     if name == "reference":
         return reverse_blur_reference(image, masks, sigma, size, crop, mean, std)
+    if name == "exact":
+        return _reverse_blur_exact(image, masks, sigma, size, crop, mean, std)
     integer_image = not image.dtype.is_floating_point
     img = image.to(torch.float32)
     if integer_image:

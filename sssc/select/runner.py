@@ -30,6 +30,7 @@ def select_producer(m: Any, s1_producer: dict) -> dict:
         "stage": "select",
         "clip": f"{m.clip_model}:{Path(m.clip_weights).name if m.clip_weights else ''}",
         "prompt": m.prompt,
+        "composite": m.composite,
         "sigma": float(m.sigma),
         "min_area": int(m.min_area),
         "small_masks": m.small_masks,
@@ -73,6 +74,7 @@ class ModelsSelector:
             m.batch_size,
             m.amp,
             m.channel_order,
+            m.composite,
         )
         self.sentences: dict[int, list[tuple[int, str]]] = collections.defaultdict(list)
         for s in dict.fromkeys(splits):

@@ -241,6 +241,9 @@ class StreamingScorer:
         batch_size: prompts per encoder forward.
         amp: ``bf16`` | ``fp16`` | ``none``; autocast on CUDA only.
         channel_order: ``rgb`` | ``bgr`` (the official code's swapped channels).
+        composite: ``exact`` (each mask composited at full resolution, then resized: the
+            official prompt) | ``fast`` (:func:`sssc.kernels.reverse_blur`'s fast backends, an
+            approximation at mask edges).
     """
 
     def __init__(
@@ -251,9 +254,13 @@ class StreamingScorer:
         batch_size: int = 256,
         amp: str = "bf16",
         channel_order: str = "rgb",
+        composite: str = "exact",
     ):
         if prompt not in ("reverse_blur", "red_ellipse"):
             raise ValueError(f"prompt must be reverse_blur or red_ellipse, got {prompt!r}")
+        if composite not in ("exact", "fast"):
+            raise ValueError(f"composite must be exact or fast, got {composite!r}")
+        self.composite = composite
         if channel_order not in ("rgb", "bgr"):
             raise ValueError(f"channel_order must be rgb or bgr, got {channel_order!r}")
         self.channel_order = channel_order
@@ -283,7 +290,10 @@ class StreamingScorer:
             image = image.flip(0)
         if self.prompt == "red_ellipse":
             return red_ellipse(image, masks, c.image_size, c.mean, c.std)
-        return reverse_blur(image, masks, self.sigma, c.image_size, "center", c.mean, c.std)
+        backend = "exact" if self.composite == "exact" else "auto"
+        return reverse_blur(
+            image, masks, self.sigma, c.image_size, "center", c.mean, c.std, backend=backend
+        )
 
     def _autocast(self):
         dev = self.clip.device

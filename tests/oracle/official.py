@@ -2,7 +2,8 @@
 
 Nothing of it is copied into sssc: :func:`load` extracts the files the checks import from a
 local clone into a scratch folder, adds three stand-ins for packages those files import but the
-checks do not use (``timm``'s DropPath and two helpers, ``mmseg``'s logger, ``skimage.io``), and
+checks do not use (``timm``'s DropPath and two helpers, ``mmseg``'s logger, ``skimage.io``) or
+that open_clip provides (``clip.tokenize``), and
 puts the folder first on ``sys.path``. Give the clone as ``SSC_REPO`` (a working tree, or a bare
 or mirrored git directory, read with ``git show HEAD:<path>``).
 """
@@ -33,6 +34,8 @@ FILES = [
     "ssc_ris/refer_dataset/bert/tokenization_utils.py",
     "ssc_ris/refer_dataset/bert/tokenization_utils_base.py",
     "ssc_ris/select/utils.py",
+    "ssc_ris/select/clip_sim.py",
+    "ssc_ris/select/visual_prompting_fns.py",
     "ssc_ris/correct/__init__.py",
     "ssc_ris/correct/loss.py",
     "ssc_ris/correct/loss_utils.py",
@@ -58,6 +61,8 @@ STANDINS = {
         "import logging\n\n\ndef get_root_logger(*args, **kwargs):\n"
         "    return logging.getLogger('oracle')\n"
     ),
+    # OpenAI's clip package: the official Stage 2 uses its BPE tokenizer, which open_clip ships.
+    "clip/__init__.py": "from open_clip import tokenize  # noqa: F401\n",
     "skimage/__init__.py": "",
     "skimage/io.py": "",  # REFER imports it for showing images only
     "timm/__init__.py": "",
