@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -38,7 +37,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="480,320,200,96,480x360")
     ap.add_argument("--float32", action="store_true")
     args = ap.parse_args()
-    from official import load
+    from official import load, scratch
 
     load()
     from ssc_ris.refer_dataset.bert.configuration_bert import BertConfig
@@ -77,7 +76,7 @@ def main() -> int:
                     t.copy_(torch.randn(t.shape, generator=g) * (0.05 if t.dim() > 1 else 0.5))
     official.eval()
     bert.eval()
-    tmp = Path(tempfile.mkdtemp(prefix="sssc-oracle-lavt-"))
+    tmp = scratch("sssc-oracle-lavt-")
     torch.save({"model": official.state_dict(), "bert_model": bert.state_dict()}, tmp / "o.pth")
     (tmp / "model.yaml").write_text(MODEL_YAML.format(depths=depths))
     ours = create_model(tmp / "model.yaml", weights=tmp / "o.pth").eval()

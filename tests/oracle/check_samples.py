@@ -13,7 +13,6 @@ does, and compares the steps with sssc's plan.
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ def main() -> int:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from official import load
+    from official import load, scratch
 
     load()
     from ssc_ris.refer_dataset.unsupervised_dataset import UnsupervisedReferDataset
@@ -39,7 +38,7 @@ def main() -> int:
     from sssc.correct.data import pack_samples
     from sssc.data.refer import Refer
 
-    root = Path(tempfile.mkdtemp(prefix="sssc-oracle-data-"))
+    root = scratch("sssc-oracle-data-")
     file_refs = _write(root)
     masks = root / "masks" / "refcoco"
     masks.mkdir(parents=True)

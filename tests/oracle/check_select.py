@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +54,7 @@ def _object(rng):
 
 def main() -> int:
     import open_clip
-    from official import load
+    from official import load, scratch
     from PIL import Image
 
     load()
@@ -85,7 +84,7 @@ def main() -> int:
     from sssc.pretrained import Clip
     from sssc.select.scorer import StreamingScorer, item_from_arrays, select_objects
 
-    cfg = Path(tempfile.mkdtemp(prefix="sssc-oracle-clip-")) / f"{ARCH}.json"
+    cfg = scratch("sssc-oracle-clip-") / f"{ARCH}.json"
     cfg.write_text(json.dumps(CFG))
     open_clip.add_model_config(cfg)
     torch.manual_seed(0)

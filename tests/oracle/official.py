@@ -10,7 +10,9 @@ or mirrored git directory, read with ``git show HEAD:<path>``).
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -92,9 +94,16 @@ def _read(repo: Path, path: str) -> str:
     ).stdout
 
 
-def load(scratch: str | Path | None = None) -> Path:
-    """Extract the official files into ``scratch`` (a new temporary folder by default) and put
-    it first on ``sys.path``; returns the folder."""
+def scratch(prefix: str) -> Path:
+    """A new temporary folder, removed when the script exits."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def load(scratch_dir: str | Path | None = None) -> Path:
+    """Extract the official files into ``scratch_dir`` (by default a temporary folder removed at
+    exit) and put it first on ``sys.path``; returns the folder."""
     repo = os.environ.get("SSC_REPO")
     if not repo:
         sys.exit(
@@ -104,7 +113,7 @@ def load(scratch: str | Path | None = None) -> Path:
     repo_path = Path(repo)
     if (repo_path / ".git").is_dir():
         repo_path = repo_path / ".git" if not (repo_path / FILES[0]).is_file() else repo_path
-    out = Path(scratch or tempfile.mkdtemp(prefix="sssc-oracle-"))
+    out = Path(scratch_dir) if scratch_dir else scratch("sssc-oracle-")
     for path in FILES:
         (out / path).parent.mkdir(parents=True, exist_ok=True)
         (out / path).write_text(_read(repo_path, path))
