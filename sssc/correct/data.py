@@ -283,6 +283,7 @@ def pack_samples(
         raise ValueError(f"pack_samples: order must be 'sssc' or 'official', got {order!r}")
     pad = -len(perm) % gpus
     perm += (perm * (pad // max(1, len(perm)) + 1))[:pad]  # DistributedSampler's padding
+    official = draw == "official" and per_object == 1  # with 0 every expression is taken
     cuts = []
     for g in range(gpus):
         mine = perm[g::gpus]
@@ -290,7 +291,6 @@ def pack_samples(
             [ids[i] for i in mine[k : k + images_per_load]]
             for k in range(0, len(mine) - images_per_load + 1, images_per_load)
         ]
-        official = draw == "official" and per_object == 1
         chosen = official_draws(refer, split, loads, workers) if official else None
         seq = []
         for k, load in enumerate(loads):

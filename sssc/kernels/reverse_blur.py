@@ -427,7 +427,7 @@ def _exact_operators(
     h: int, w: int, sigma: float, size: int, crop: str, integer_image: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The dense float32 (CPU) operators of the exact path, cached per image size: the blur along
-    each axis (``None``-free: identity for ``sigma == 0``) and PIL's resize taps as matrices."""
+    each axis (the identity for ``sigma == 0``) and PIL's resize taps, as matrices."""
     if sigma > 0:
         radius = _gauss_radius(sigma, integer_image)
         by, bx = _blur_matrix(h, sigma, radius), _blur_matrix(w, sigma, radius)
@@ -442,11 +442,9 @@ def _exact_operators(
 def _reverse_blur_exact(
     image: torch.Tensor, masks: torch.Tensor, sigma: float, size: int, crop: str, mean, std
 ) -> torch.Tensor:
-    """The reference's math in float32, batched over masks, on the input's device: composite at
-    full resolution, then resize (the official order). Linear in the composite, so each output is
-    ``resize(G) + resize(m_c * (I - G))``: one blur and one resize of ``G`` per image, two
-    matrix products per mask and channel (the cost of the official resize, without its uint8
-    rounding)."""
+    """The reference's math in float32, batched over masks, on the input's device: one blur per
+    image, then per mask the composite at full resolution and PIL's two resize passes as matrix
+    products (the official order; its uint8 rounding is not reproduced)."""
     integer_image = not image.dtype.is_floating_point
     img = image.to(torch.float32)
     if integer_image:
