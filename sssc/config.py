@@ -133,6 +133,12 @@ class SegmentModelsConfig:
     gdino_caption: str = "comma"  # comma (official ", ".join) | period ("a. b.")
     gdino_labels: str = "exact"  # exact (official: the phrase must name a class) | best_phrase
     gdino_retry: str = "official"  # official (re-ask all as "all Xs", replace) | sssc
+    # counted (official: GroundingDINO at the commit S+S+C pins decodes [CLS] into a box's phrase
+    # when it is above the text threshold, so the box names no class) | ignored (later versions)
+    gdino_cls_token: str = "counted"
+    # detector (official: SAM gets the detector's box as is, past the border too) | clamped
+    sam_box: str = "detector"
+    sam_calls: str = "per_image"  # per_image (all boxes at once) | per_box (official, slower)
     nouns: str = "spacy"  # spacy (the paper) | rules (model-free, for the synthetic dataset)
     noun_rule: str = "official"  # official (the published code's spaCy rule) | sssc
     gdino_text_encoder: str = ""  # local bert-base-uncased folder; "" = the Hugging Face cache
@@ -287,6 +293,7 @@ OFFICIAL_RECIPE: dict[str, Any] = {
     "data.samples_order": "official",
     "data.samples_draw": "official",
     "segment.models.class_order": "set",
+    "segment.models.sam_calls": "per_box",
     "select.models.channel_order": "bgr",
     "train.single_candidate": "always",
     "train.match_ties": "official",
@@ -312,6 +319,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "segment.models.gdino_caption": ("comma", "period"),
     "segment.models.gdino_labels": ("exact", "best_phrase"),
     "segment.models.gdino_retry": ("official", "sssc"),
+    "segment.models.gdino_cls_token": ("counted", "ignored"),
+    "segment.models.sam_box": ("detector", "clamped"),
+    "segment.models.sam_calls": ("per_image", "per_box"),
     "select.models.small_masks": ("official", "sssc"),
     "select.models.channel_order": ("rgb", "bgr"),
     "select.models.composite": ("exact", "fast"),

@@ -140,6 +140,10 @@ _ADDED_LATER: dict[str, Any] = {
     "data.samples_draw": "sssc",
     # 2026-12-07: Stage 2 always scored the fast backends' approximate prompts
     "select.models.composite": "fast",
+    # 2026-12-07: Stage 1 always dropped [CLS] from a box's phrase and clamped SAM's boxes
+    "segment.models.gdino_cls_token": "ignored",
+    "segment.models.sam_box": "clamped",
+    "segment.models.sam_calls": "per_image",
 }
 # After a NaN stop, a resume may lower the learning rate or add clipping.
 RESUMABLE_AFTER_DIVERGENCE = ("train.lr", "train.grad_clip")

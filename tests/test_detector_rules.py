@@ -31,10 +31,11 @@ def _detector(files, **rules):
     return GroundingDinoDetector(config, "random", bert, size=64, max_size=64, **rules)
 
 
-def _scripted(det, answers):
+def _scripted(det, answers, boxes=None):
     """Replace the forward pass: for the n-th call, boxes whose probability is ``p`` on the
     token of each given word of the caption (``(word, p)`` or ``(word, p, k)`` for its k-th
-    occurrence), 0 elsewhere."""
+    occurrence; ``"[CLS]"``: position 0), 0 elsewhere; each box ``cx, cy, w, h`` from ``boxes``
+    (default: a centred one)."""
     captions = []
 
     def forward(x, caption):
@@ -45,9 +46,9 @@ def _scripted(det, answers):
         for q, spec in enumerate(words):
             for word, p, *k in spec:
                 hits = [t for t, (a, b) in enumerate(enc["offset_mapping"]) if caption[a:b] == word]
-                prob[q, hits[k[0] if k else 0]] = p
-        boxes = torch.tensor([[0.5, 0.5, 0.2, 0.2]] * len(words)).reshape(-1, 4)
-        return prob, boxes
+                prob[q, 0 if word == "[CLS]" else hits[k[0] if k else 0]] = p
+        box = boxes or [[0.5, 0.5, 0.2, 0.2]] * len(words)
+        return prob, torch.tensor(box[: len(words)]).reshape(-1, 4)
 
     det._forward = forward
     return captions
@@ -78,6 +79,106 @@ def test_exact_labels_need_the_whole_phrase(gdino_files):
     d = det(image, ["circle", "square"])
     assert d.labels.tolist() == [0, -1, -1]
     assert d.retried
+
+
+@pytest.mark.parametrize("cls_token", ["counted", "ignored"])
+def test_cls_token_above_the_text_threshold(gdino_files, cls_token):
+    """GroundingDINO at the commit S+S+C pins (57535c5) decodes every position above the text
+    threshold, [CLS] included: the phrase "[CLS] circle" names no class, and the official retry
+    runs; from 9a96ef0 on (groundingdino-py 0.4.0), position 0 is dropped first."""
+    det = _detector(gdino_files, cls_token=cls_token)
+    captions = _scripted(det, [[[("circle", 0.9), ("[CLS]", 0.3)]], []])
+    d = det(np.zeros((64, 64, 3), np.uint8), ["circle", "square"])
+    if cls_token == "counted":
+        assert d.retried and len(d) == 0 and captions[1] == "all circles, all squares."
+        tok = det.model.tokenizer("circle, square.")
+        assert det.model.tokenizer.decode(tok["input_ids"][:2]) == "[CLS] circle"
+    else:
+        assert not d.retried and d.labels.tolist() == [0] and len(captions) == 1
+
+
+@pytest.mark.parametrize("sam_box", ["detector", "clamped"])
+def test_boxes_past_the_border(gdino_files, sam_box):
+    """The official ``post_process_result`` converts ``cx, cy, w, h`` to corners and never
+    clamps: SAM gets a box that reaches past the image; ``clamped`` cuts it at the border."""
+    det = _detector(gdino_files, sam_box=sam_box)
+    _scripted(
+        det, [[[("circle", 0.9)], [("square", 0.8)]]], [[0.1, 0.5, 0.4, 0.2], [0.9, 0.95, 0.4, 0.3]]
+    )
+    d = det(np.zeros((48, 64, 3), np.uint8), ["circle", "square"])
+    raw = [[-6.4, 19.2, 19.2, 28.8], [44.8, 38.4, 70.4, 52.8]]  # x * 64, y * 48
+    want = raw if sam_box == "detector" else [[0, 19.2, 19.2, 28.8], [44.8, 38.4, 64, 48]]
+    np.testing.assert_allclose(d.boxes, want, atol=1e-4)
+    assert d.labels.tolist() == [0, 1]
+
+
+def test_box_corners_are_the_official_float32_arithmetic(gdino_files):
+    """``Model.post_process_result`` multiplies ``cx, cy, w, h`` by the image size, then takes
+    ``cx - 0.5 w`` and ``cx + 0.5 w`` (torchvision's ``box_convert``), in float32: the boxes SAM
+    gets are those bits (scaling the corners instead differs in the last bit)."""
+    det = _detector(gdino_files)
+    rng = np.random.default_rng(0)
+    boxes = rng.uniform(0.05, 0.9, (40, 4)).astype(np.float32)
+    _scripted(det, [[[("circle", 0.9)]] * 40], boxes.tolist())
+    d = det(np.zeros((427, 640, 3), np.uint8), ["circle"])
+    b = boxes * np.float32([640, 427, 640, 427])
+    half = np.float32(0.5) * b[:, 2:]
+    np.testing.assert_array_equal(d.boxes, np.concatenate([b[:, :2] - half, b[:, :2] + half], 1))
+
+
+def test_sam_masks_equal_the_official_per_box_call():
+    """For a single box, sssc's mask is the one of ``SamPredictor.predict(box=...,
+    multimask_output=True)`` and the argmax of its scores (the official
+    ``segment_from_detections``), pixel for pixel: the box is scaled to SAM's input in float64
+    as ``predict`` does, past the border too. Many boxes: the same with ``sam_calls=per_box``."""
+    pytest.importorskip("segment_anything")
+    from segment_anything import SamPredictor
+
+    from sssc.segment.segmenter import SamSegmenter, build_sam
+
+    torch.manual_seed(0)
+    sam = build_sam("tiny", "random")
+    ours, official = SamSegmenter(sam, amp="none"), SamPredictor(sam)
+    prompts = []
+    predict_torch = ours.predictor.predict_torch
+
+    def spy(*args, boxes=None, **kwargs):
+        prompts.append(boxes.clone())
+        return predict_torch(*args, boxes=boxes, **kwargs)
+
+    ours.predictor.predict_torch = spy
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (427, 640, 3), dtype=np.uint8)  # a COCO size
+    official.set_image(image)
+    for _ in range(30):
+        x0, y0 = rng.uniform(-40, 600), rng.uniform(-40, 400)
+        box = np.array([x0, y0, x0 + rng.uniform(5, 300), y0 + rng.uniform(5, 200)], np.float32)
+        masks, scores, _ = official.predict(box=box, multimask_output=True)
+        got, _ = ours(image, box[None])
+        np.testing.assert_array_equal(got[0], masks[np.argmax(scores)])
+        # the same float32 prompt to the bit (float32 arithmetic differs in 1 of 4 coordinates)
+        want = torch.as_tensor(official.transform.apply_boxes(box[None], (427, 640)))
+        assert torch.equal(prompts[-1], want.float())
+    # Many boxes at once: sam_calls=per_box gives the official masks; per_image (one batched
+    # call) nearly: on this 2-core CPU, 2 pixels of these 60 masks differ.
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    official.set_image(image)
+    boxes, wanted = [], []
+    for _ in range(60):
+        x0, y0 = rng.uniform(-10, 90, 2)
+        box = np.array([x0, y0, x0 + rng.uniform(3, 60), y0 + rng.uniform(3, 60)], np.float32)
+        masks, scores, _ = official.predict(box=box, multimask_output=True)
+        boxes.append(box)
+        wanted.append(masks[np.argmax(scores)])
+    ours.calls = "per_box"
+    got, _ = ours(image, np.stack(boxes))
+    np.testing.assert_array_equal(got, np.stack(wanted))
+    ours.calls = "per_image"
+    got, _ = ours(image, np.stack(boxes))
+    assert (got != np.stack(wanted)).mean() < 1e-4
+    with pytest.raises(ValueError, match="sam_calls"):
+        SamSegmenter(sam, calls="per_batch")
 
 
 def test_best_phrase_labels_take_the_strongest_class(gdino_files):

@@ -206,11 +206,14 @@ def test_official_detector_rules_run_end_to_end(tmp_path):
     cfg = load_config(None, ov)
     stages.run_stage("select", cfg, tmp_path / "run")
     s1 = Store(tmp_path / "run" / "segment", kind="S1")
-    assert s1.producer["gdino_rules"] == ["comma", "exact", "official"]
+    rules = ["comma", "exact", "official", "cls_token:counted", "sam_box:detector"]
+    assert s1.producer["gdino_rules"] == rules
     for i in s1.image_ids():
         rec = s1.get(i)
         for c in rec.candidates:
             assert c.label in ("", *cfg.data.class_names)
+            x, y, w, h = c.box  # the box's part in the image, though SAM may have had more
+            assert 0 <= x <= x + w <= rec.width and 0 <= y <= y + h <= rec.height
         for o in rec.objects:
             assert all(rec.candidate(e).label in cfg.data.class_names for e in o.eligible)
 

@@ -842,3 +842,31 @@ def test_stage_2_stored_before_the_composite_key_scored_the_fast_prompts(backend
     same = json.loads(json.dumps(new))
     same["select"]["models"]["composite"] = "fast"
     assert [k for k, _, _ in config_diff(old, same, "select")] == []
+
+
+@pytest.mark.parametrize(
+    "backend, named", [("simulated", []), ("models", ["gdino_cls_token", "sam_box"])]
+)
+def test_stage_1_stored_before_the_detector_keys_dropped_cls_and_clamped(backend, named):
+    """A Stage 1 stored before ``segment.models.gdino_cls_token`` and ``sam_box`` existed read
+    phrases without [CLS] and prompted SAM with clamped boxes: under the models backend that
+    differs from today's official defaults, and with the old values set it resumes; its producer
+    then names the detector rules as it did."""
+    from sssc.segment.runner import segment_producer
+
+    new = config_to_dict(load_config(None, [f"segment.backend={backend}"]))
+    old = json.loads(json.dumps(new))
+    for key in ("gdino_cls_token", "sam_box", "sam_calls"):  # sam_calls: per_image, as always
+        del old["segment"]["models"][key]
+    diff = config_diff(old, new, "segment")
+    assert sorted(k.rpartition(".")[2] for k, _, _ in diff) == sorted(named)
+    if named:
+        assert {k.rpartition(".")[2]: (a, b) for k, a, b in diff} == {
+            "gdino_cls_token": ("ignored", "counted"),
+            "sam_box": ("clamped", "detector"),
+        }
+    before = ["segment.models.gdino_cls_token=ignored", "segment.models.sam_box=clamped"]
+    same = config_to_dict(load_config(None, [f"segment.backend={backend}", *before]))
+    assert config_diff(old, same, "segment") == []
+    m = load_config(None, before).segment.models
+    assert segment_producer(m, ["circle"], {})["gdino_rules"] == ["comma", "exact", "official"]

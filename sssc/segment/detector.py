@@ -16,7 +16,15 @@ above it). Three rules are settings (``segment.models.gdino_*``), official by de
 * ``retry``: ``official``: when any box got no class, ask again for every class as ``"all
   {name}s"`` and keep that second answer only (no retry when nothing was detected); or ``sssc``:
   ask again as ``"all [CLS]s"`` (a proper plural) only for the classes without a box, and add the
-  boxes found.
+  boxes found;
+* ``cls_token`` (with ``labels="exact"``): ``counted``, the official: GroundingDINO at the commit
+  the S+S+C README pins (57535c5, April 2023) decodes every token above the text threshold into a
+  box's phrase, the ``[CLS]`` token included, so such a box names no class (and triggers the
+  official retry); or ``ignored``: GroundingDINO from June 2023 on (9a96ef0, and groundingdino-py
+  0.4.0) drops position 0 first;
+* ``sam_box``: ``detector``, the official: the box as the detector gives it, converted from
+  ``cx, cy, w, h`` and never clamped, so it may reach past the image's border (SAM encodes its
+  corners where they are); or ``clamped`` to the image.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torchvision.ops import box_convert
 
 from ..data.images import IMAGENET_MEAN, IMAGENET_STD
 from ..pretrained import check_weights, is_random, random_init
@@ -41,7 +50,8 @@ class Detections:
     """Boxes of one image.
 
     Attributes:
-        boxes: float ``[N, 4]`` ``x0, y0, x1, y1`` in input pixels.
+        boxes: float ``[N, 4]`` ``x0, y0, x1, y1`` in input pixels (past the border unless
+            ``sam_box="clamped"``).
         scores: float ``[N]``, the query's best token probability.
         labels: int ``[N]``, index into the classes asked for; ``-1``: the box's phrase named no
             class (``labels="exact"``).
@@ -60,6 +70,8 @@ class Detections:
 CAPTIONS = ("comma", "period")
 LABELS = ("exact", "best_phrase")
 RETRIES = ("official", "sssc")
+CLS_TOKENS = ("counted", "ignored")
+SAM_BOXES = ("detector", "clamped")
 
 
 def caption_spans(
@@ -99,7 +111,8 @@ class GroundingDinoDetector:
         size, max_size: the input resize (short side, cap on the long side; paper 800, 1333).
         device: where to run.
         amp: ``bf16`` | ``fp16`` | ``none``, autocast on CUDA only.
-        caption, labels, retry: the rules of the module docstring (official by default).
+        caption, labels, retry, cls_token, sam_box: the rules of the module docstring (official
+            by default).
 
     Raises:
         WeightsError: a weights/config/text-encoder path is missing (before anything is built).
@@ -119,17 +132,20 @@ class GroundingDinoDetector:
         caption: str = "comma",
         labels: str = "exact",
         retry: str = "official",
+        cls_token: str = "counted",
+        sam_box: str = "detector",
     ):
         for name, value, choices in (
-            ("caption", caption, CAPTIONS),
-            ("labels", labels, LABELS),
-            ("retry", retry, RETRIES),
+            ("gdino_caption", caption, CAPTIONS),
+            ("gdino_labels", labels, LABELS),
+            ("gdino_retry", retry, RETRIES),
+            ("gdino_cls_token", cls_token, CLS_TOKENS),
+            ("sam_box", sam_box, SAM_BOXES),
         ):
             if value not in choices:
-                raise ValueError(
-                    f"segment.models.gdino_{name} must be one of {choices}, got {value!r}"
-                )
+                raise ValueError(f"segment.models.{name} must be one of {choices}, got {value!r}")
         self.caption, self.labels, self.retry = caption, labels, retry
+        self.cls_token, self.sam_box = cls_token, sam_box
         check_weights(
             "segment.models",
             {"gdino_config": config, "gdino_weights": weights, "gdino_text_encoder": text_encoder},
@@ -215,7 +231,12 @@ class GroundingDinoDetector:
             label = torch.tensor(
                 [
                     _exact_label(
-                        row, tok["input_ids"], self.model.tokenizer, self.text_threshold, phrases
+                        row,
+                        tok["input_ids"],
+                        self.model.tokenizer,
+                        self.text_threshold,
+                        phrases,
+                        first=0 if self.cls_token == "counted" else 1,
                     )
                     for row in prob
                 ],
@@ -231,12 +252,12 @@ class GroundingDinoDetector:
             best, label = per_phrase.max(dim=1) if len(phrases) else (prob[:, 0], prob[:, 0].long())
             ok = best > self.text_threshold  # no token of any phrase above it: no box
         h, w = hw
-        cx, cy, bw, bh = boxes[ok].unbind(-1)
-        xyxy = torch.stack(
-            [(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], -1
-        )
-        xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, w)
-        xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, h)
+        # Scaled, then turned into corners, in float32 as the official post_process_result
+        # does: the same boxes to the bit (another order of operations moves SAM's masks).
+        xyxy = box_convert(boxes[ok] * torch.tensor([w, h, w, h]), "cxcywh", "xyxy")
+        if self.sam_box == "clamped":
+            xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, w)
+            xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, h)
         scores = prob[ok].max(dim=1).values
         return xyxy.numpy(), scores.numpy(), label[ok].numpy()
 
@@ -276,12 +297,19 @@ class GroundingDinoDetector:
 
 
 def _exact_label(
-    prob: torch.Tensor, input_ids: Sequence[int], tokenizer, threshold: float, phrases: list[str]
+    prob: torch.Tensor,
+    input_ids: Sequence[int],
+    tokenizer,
+    threshold: float,
+    phrases: list[str],
+    first: int = 0,
 ) -> int:
-    """The official label of one box: its above-threshold tokens decoded (``"."`` removed) must
-    be exactly one of the phrases (lower-cased, as in the caption); ``-1`` otherwise. Position 0
-    (``[CLS]``) never counts, as in GroundingDINO's ``get_phrases_from_posmap``."""
-    pos = [t for t in range(1, min(len(input_ids), prob.shape[0])) if prob[t] > threshold]
+    """The official label of one box: its above-threshold tokens from position ``first`` on
+    decoded (``"."`` removed) must be exactly one of the phrases (lower-cased, as in the
+    caption); ``-1`` otherwise. ``first=0``: ``[CLS]`` counts, as in the pinned GroundingDINO's
+    ``get_phrases_from_posmap`` (decoded, it makes the phrase ``"[CLS] ..."``); ``first=1``:
+    it never counts, as in later versions."""
+    pos = [t for t in range(first, min(len(input_ids), prob.shape[0])) if prob[t] > threshold]
     text = tokenizer.decode([input_ids[t] for t in pos]).replace(".", "")
     names = [p.lower().strip() for p in phrases]
     return names.index(text) if text in names else -1

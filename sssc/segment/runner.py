@@ -64,7 +64,12 @@ def segment_producer(m: Any, class_names: list[str], data: dict) -> dict:
         "projection_prompt": m.projection_prompt,
         "query": m.query,
         "class_order": m.class_order,
-        "gdino_rules": [m.gdino_caption, m.gdino_labels, m.gdino_retry],
+        # The rules added on 2026-12-07 are named only where they differ from what sssc did
+        # before, so that a store made then keeps its producer under the old settings.
+        "gdino_rules": [m.gdino_caption, m.gdino_labels, m.gdino_retry]
+        + (["cls_token:counted"] if m.gdino_cls_token == "counted" else [])
+        + (["sam_box:detector"] if m.sam_box == "detector" else [])
+        + (["sam_calls:per_box"] if m.sam_calls == "per_box" else []),
         "box_threshold": float(m.box_threshold),
         "text_threshold": float(m.text_threshold),
         "detector_size": [int(m.gdino_size), int(m.gdino_max_size)],
@@ -121,8 +126,12 @@ class ModelsSegmenter:
             m.gdino_caption,
             m.gdino_labels,
             m.gdino_retry,
+            m.gdino_cls_token,
+            m.sam_box,
         )
-        self.segmenter = SamSegmenter(build_sam(m.sam_type, m.sam_weights), device, m.amp)
+        self.segmenter = SamSegmenter(
+            build_sam(m.sam_type, m.sam_weights), device, m.amp, m.sam_calls
+        )
         self.counts: collections.Counter = collections.Counter()
 
     def object_classes(self, sentences: Iterable[str]) -> list[str]:
@@ -176,7 +185,9 @@ class ModelsSegmenter:
             for box, score, lab, m in zip(det.boxes, det.scores, det.labels, masks, strict=True):
                 if not m.any():
                     self.counts["empty_mask"] += 1  # kept: the store is lossless
-                x0, y0, x1, y1 = (float(v) for v in box)
+                # The record keeps the box's part in the image (SAM may have had more of it).
+                x0, x1 = (min(max(float(v), 0.0), info.width) for v in box[0::2])
+                y0, y1 = (min(max(float(v), 0.0), info.height) for v in box[1::2])
                 cands.append(
                     {
                         "rle": _masks.encode(m),

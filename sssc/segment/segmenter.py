@@ -1,8 +1,10 @@
 """Stage 1, step 4: a mask per box with segment-anything (SAM).
 
 One ``set_image`` per image (the image embedding is computed once), then all boxes of the image are
-prompted in one batched call; of SAM's three masks per box the one with the highest predicted IoU
-is kept.
+prompted in one batched call (``segment.models.sam_calls: per_image``), or one call per box as the
+official code does (``per_box``: slower; batched, the mask decoder's arithmetic can move a logit
+across 0, so a mask may differ in a pixel); of SAM's three masks per box the one with the highest
+predicted IoU is kept.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import torch
 
 from ..pretrained import check_weights, is_random, random_init
 
-__all__ = ["SAM_TYPES", "SamSegmenter", "build_sam"]
+__all__ = ["SAM_CALLS", "SAM_TYPES", "SamSegmenter", "build_sam"]
 
 SAM_TYPES = ("vit_h", "vit_l", "vit_b", "tiny")
+SAM_CALLS = ("per_image", "per_box")
 
 
 def _tiny_sam():
@@ -101,14 +104,20 @@ class SamSegmenter:
         sam: a SAM model (see :func:`build_sam`).
         device: where to run.
         amp: ``bf16`` | ``fp16`` | ``none``: autocast on CUDA only.
+        calls: ``per_image`` (all boxes in one call) | ``per_box`` (the official calls).
     """
 
-    def __init__(self, sam, device: str | torch.device = "cpu", amp: str = "bf16"):
+    def __init__(
+        self, sam, device: str | torch.device = "cpu", amp: str = "bf16", calls: str = "per_image"
+    ):
         from segment_anything import SamPredictor
 
+        if calls not in SAM_CALLS:
+            raise ValueError(f"segment.models.sam_calls must be one of {SAM_CALLS}, got {calls!r}")
         self.device = torch.device(device)
         self.predictor = SamPredictor(sam.to(self.device))
         self.amp = amp
+        self.calls = calls
 
     def _autocast(self):
         if self.device.type == "cuda" and self.amp in ("bf16", "fp16"):
@@ -134,10 +143,17 @@ class SamSegmenter:
         p = self.predictor
         with self._autocast():
             p.set_image(image, image_format="RGB")  # the image embedding, once per image
-            b = torch.as_tensor(np.asarray(boxes, dtype=np.float32), device=self.device)
-            masks, iou, _ = p.predict_torch(
-                None, None, boxes=p.transform.apply_boxes_torch(b, (h, w)), multimask_output=True
-            )  # masks [N, 3, H, W] bool, iou [N, 3]
+            # Scaled in float64, then float32, as SamPredictor.predict does for one box: the
+            # official per-box masks to the pixel (tests/oracle/check_segment.py).
+            b = p.transform.apply_boxes(np.asarray(boxes, dtype=np.float32), (h, w))
+            b = torch.as_tensor(b, dtype=torch.float, device=self.device)
+            step = 1 if self.calls == "per_box" else len(b)
+            out = [
+                p.predict_torch(None, None, boxes=b[i : i + step], multimask_output=True)
+                for i in range(0, len(b), step)
+            ]
+            masks = torch.cat([o[0] for o in out])  # [N, 3, H, W] bool
+            iou = torch.cat([o[1] for o in out])  # [N, 3]
         best = iou.float().argmax(dim=1)
         idx = torch.arange(len(best), device=best.device)
         out = masks[idx, best].cpu().numpy().astype(bool)
