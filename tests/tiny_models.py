@@ -54,18 +54,19 @@ def register_tiny_clip(folder: str | os.PathLike) -> str:
     return TINY_CLIP
 
 
-def write_tiny_gdino(folder: str | os.PathLike) -> tuple[str, str]:
-    """Write a tiny BERT and a GroundingDINO config using it; returns ``(config, bert_dir)``."""
+def write_tiny_gdino(folder: str | os.PathLike, words: tuple[str, ...] = _WORDS) -> tuple[str, str]:
+    """Write a tiny BERT (vocabulary ``words``, special tokens first) and a GroundingDINO config
+    using it; returns ``(config, bert_dir)``."""
     import groundingdino
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     folder = Path(folder)
     bert = folder / "tiny-bert"
     bert.mkdir(parents=True, exist_ok=True)
-    (bert / "vocab.txt").write_text("\n".join(_WORDS) + "\n")
+    (bert / "vocab.txt").write_text("\n".join(words) + "\n")
     BertTokenizerFast(str(bert / "vocab.txt")).save_pretrained(bert)
     cfg = BertConfig(
-        vocab_size=len(_WORDS),
+        vocab_size=len(words),
         hidden_size=32,
         num_hidden_layers=1,
         num_attention_heads=2,

@@ -1,9 +1,9 @@
 """Run parts of the official S+S+C code (fgirbal/segment-select-correct, GPL) as an oracle.
 
 Nothing of it is copied into sssc: :func:`load` extracts the files the checks import from a
-local clone into a scratch folder, adds three stand-ins for packages those files import but the
-checks do not use (``timm``'s DropPath and two helpers, ``mmseg``'s logger, ``skimage.io``) or
-that open_clip provides (``clip.tokenize``), and
+local clone into a scratch folder, adds stand-ins for four packages those files import but the
+checks do not use (``timm``'s DropPath and two helpers, ``mmseg``'s logger, ``skimage.io``,
+NLTK) or that open_clip provides (``clip.tokenize``), and
 puts the folder first on ``sys.path``. Give the clone as ``SSC_REPO`` (a working tree, or a bare
 or mirrored git directory, read with ``git show HEAD:<path>``).
 """
@@ -35,6 +35,8 @@ FILES = [
     "ssc_ris/refer_dataset/bert/tokenization_bert.py",
     "ssc_ris/refer_dataset/bert/tokenization_utils.py",
     "ssc_ris/refer_dataset/bert/tokenization_utils_base.py",
+    "ssc_ris/segment/segment_fns.py",
+    "ssc_ris/segment/_utils.py",
     "ssc_ris/select/utils.py",
     "ssc_ris/select/clip_sim.py",
     "ssc_ris/select/visual_prompting_fns.py",
@@ -51,6 +53,14 @@ STANDINS = {
     # Empty packages: the official files are imported one by one, not through their __init__.
     "ssc_ris/__init__.py": "",
     "ssc_ris/select/__init__.py": "",
+    "ssc_ris/segment/__init__.py": "",
+    # NLTK: Stage 1's last noun fallback, which sssc does not reproduce (README row 3); the
+    # Stage 1 check counts the expressions that would reach it instead of calling it.
+    "nltk/__init__.py": (
+        "def _absent(*args, **kwargs):\n"
+        "    raise RuntimeError('oracle stand-in: the NLTK fallback is not run')\n\n\n"
+        "word_tokenize = pos_tag = RegexpParser = _absent\n"
+    ),
     "ssc_ris/utils/lavt_lib/__init__.py": "",
     "ssc_ris/refer_dataset/refer/__init__.py": "",
     # Pretrained-weight loading, which the checks never do (it needs mmcv).
