@@ -3,6 +3,7 @@
     sssc eval --run runs/default --stage select
     sssc eval --run runs/default --stage segment --split test --set eval.resolution=original
     sssc eval --run runs/refcoco --stage segment --pools painted --background largest
+    sssc eval --run runs/refcoco --stage select --split val --scoring official
     sssc eval --checkpoint model_best_refcoco.pth --config refcoco --split val testA testB \
         --set train.bert_weights=weights/bert-base-uncased --set device=cuda
 
@@ -11,6 +12,9 @@ and the result is written as JSON (the ``metrics.json`` schema; default
 ``<run>/<stage>/eval_<split>.json``). ``--pools painted`` scores the S1 oracle over the pools as
 the official code reads them back (``--background``: ``minimum`` as Stage 2 reads them,
 ``largest`` as Stage 3 does; default file ``eval_<split>_painted-<background>.json``).
+``--scoring official`` scores a store as the official ``test_unsupervised_masks_dataset.py``
+does, the paper's S+S and oracle figures: per ref, at each image's own size (suffix
+``_official``).
 
 For a checkpoint (sssc-train's ``checkpoint.pt`` or a LAVT / S+S+C release as published), the
 config names the dataset, the device and, for published files, the BERT folder
@@ -70,6 +74,14 @@ def add_eval_command(subparsers, checkpoint_main=None) -> None:
         help="with --pools painted: the region dropped, as Stage 2 (minimum) or Stage 3 "
         "(largest, train.label_background) reads a label image",
     )
+    p.add_argument(
+        "--scoring",
+        choices=("lavt", "official"),
+        default="lavt",
+        help="a store: lavt (per expression at eval.resolution, as a model is scored) or "
+        "official (per ref at each image's own size, as the official "
+        "test_unsupervised_masks_dataset.py, which gave the paper's S+S figures)",
+    )
     p.add_argument("--model", help="model config of a published checkpoint (default: lavt-base)")
     p.add_argument("--split", nargs="+", help="splits to score (default: data.eval_split)")
     p.add_argument(
@@ -106,7 +118,7 @@ def eval_main(args: argparse.Namespace) -> int:
         cfg = load_run_config(run, args.stage, args.config, args.set)
         splits = args.split or [cfg.data.eval_split]
         refer = Refer.from_config(cfg.data, generate=False)
-        view = {"pools": args.pools, "background": args.background}
+        view = {"pools": args.pools, "background": args.background, "scoring": args.scoring}
         results = [
             evaluate_stage(args.stage, cfg, run, split=s, refer=refer, **view) for s in splits
         ]
@@ -116,6 +128,9 @@ def eval_main(args: argparse.Namespace) -> int:
     name = "S1 oracle" if args.stage == "segment" else "S+S"
     suffix = f"_painted-{args.background}" if args.pools == "painted" else ""
     name += ", painted" if suffix else ""
+    if args.scoring == "official":
+        suffix += "_official"
+        name += ", per ref"
     for m in results:
         if args.out and len(results) == 1:
             out = Path(args.out)

@@ -18,7 +18,7 @@ from ..data.masks import resize_mask
 from ..data.refer import Refer
 from ..rundir import RunDirError, check_stage_config, read_json
 from ..store import Store, StoreError, check_join
-from .metrics import eval_size, evaluate_masks
+from .metrics import THRESHOLDS, eval_size, evaluate_masks
 
 __all__ = ["evaluate_stage", "gap_recovered", "oracle_derived", "stage3_table"]
 
@@ -44,6 +44,7 @@ def evaluate_stage(
     refer: Refer | None = None,
     pools: str = "whole",
     background: str = "minimum",
+    scoring: str = "lavt",
 ) -> dict:
     """Score a stage's store against the GT: the S1 oracle (``segment``) or S2 (``select``).
 
@@ -57,6 +58,10 @@ def evaluate_stage(
             (:class:`sssc.store.Store`): Stage 1's whole masks by default, which
             ``sssc-train --stage segment`` scores, or the painted ones a correct phase trains on.
             ``select`` reads them as Stage 2 did (``select.candidates``).
+        scoring: ``lavt``: as a model is scored, per expression at ``eval.resolution``;
+            ``official``: as the official ``test_unsupervised_masks_dataset.py`` scores Stages
+            1-2 (the paper's S+S and oracle figures; README deviation row 38): see
+            :func:`_score_per_ref`.
 
     Returns:
         The ``metrics.json`` object: ``stage``, ``what``, ``split``, ``resolution``, ``mIoU``,
@@ -101,12 +106,69 @@ def evaluate_stage(
     if stage == "segment" and pools != "whole":
         out["what"] += f" over the {pools} pools (background: {background})"
         out["pools"] = {"pools": pools, "background": background}
-    m = evaluate_masks(refer, split, predict, resolution=res, point_rule=cfg.eval.point_rule)
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+    if scoring == "official":
+        out["what"] += ", scored per ref as the official test_unsupervised_masks_dataset.py"
+        m = _score_per_ref(split, refs, s1, s2, refer, warnings)
+    else:
+        m = evaluate_masks(refer, split, predict, resolution=res, point_rule=cfg.eval.point_rule)
     warnings.update(m.pop("warnings"))
     out |= m
     out["producer"] = store.producer
     out["warnings"] = dict(sorted(warnings.items()))
     return out
+
+
+SCORINGS = ("lavt", "official")
+
+
+def _score_per_ref(split: str, refs, s1: Store, s2: Store | None, refer: Refer, warnings) -> dict:
+    """Stages 1-2 scored as the official ``test_unsupervised_masks_dataset.py`` does.
+
+    One IoU per ref (a referred object counts once, whatever its number of expressions), at the
+    image's own size. A ref whose pool is empty scores 0 in mIoU and adds nothing to oIoU's sums;
+    one with a pool but no choice (every candidate under 500 px, row 11) scores an empty mask,
+    so its GT adds to the union. ``segment``: the pool's best candidate by IoU (the first of
+    equals; ``--mask-choice best``); ``select``: Stage 2's choice (the script's
+    ``--mask-choice reverse_blur`` on the Stage 1 masks, as its README runs it). mIoU and oIoU
+    are the script's; prec@0.5-0.9 are over the same per-ref IoUs; PointM and PointIt are not
+    scored.
+    """
+    ious, cum_i, cum_u = [], 0, 0
+    for ref in refs:
+        rec = s1.get(ref.image_id)
+        pool = rec.object(ref.ann_id).eligible
+        if not pool:
+            warnings["object_without_eligible"] += 1
+            ious.append(0.0)
+            continue
+        gt = refer.gt_mask(ref.ann_id)
+        if s2 is not None:
+            chosen = s2.get(ref.image_id).object(ref.ann_id).chosen
+            if chosen is None:
+                warnings["object_without_choice"] += 1
+                pred = np.zeros_like(gt)
+            else:
+                pred = rec.candidate(chosen).decode()
+        else:
+            ious_pool = _masks.iou([rec.candidate(i).rle for i in pool], [_masks.encode(gt)])
+            pred = rec.candidate(pool[int(np.argmax(ious_pool[:, 0]))]).decode()
+        i, u = np.count_nonzero(pred & gt), np.count_nonzero(pred | gt)
+        ious.append(i / u)  # the GT is never empty (the reader skips such refs)
+        cum_i, cum_u = cum_i + i, cum_u + u
+    v = np.asarray(ious, dtype=np.float64)
+    return {
+        "split": split,
+        "resolution": "original",
+        "scoring": "official (per ref)",
+        "mIoU": 100.0 * float(v.mean()) if len(v) else 0.0,
+        "oIoU": 100.0 * cum_i / cum_u if cum_u else 0.0,
+        **{f"prec@{t}": 100.0 * float((v >= t).mean()) if len(v) else 0.0 for t in THRESHOLDS},
+        "num_expressions": sum(len(r.sentences) for r in refs),
+        "num_objects": len(refs),
+        "warnings": {},
+    }
 
 
 def _prediction(ref, s1: Store, s2: Store | None, refer: Refer, res, warnings) -> np.ndarray | None:
