@@ -96,6 +96,9 @@ class DataConfig:
     # from seed, epoch and object) | official (np.random.choice in the official loader's
     # workers, seeded by torch from torch.manual_seed(100); torch >= 1.9)
     samples_workers: int = 8  # samples_draw=official: the official loader's workers (--workers)
+    samples_target_check: str = "resized"  # samples: an object whose target is all one value is
+    # skipped, judged after the nearest resize to train.image_size (resized, official) | at the
+    # stored resolution (stored)
     text_field: str = "raw"  # raw (LAVT tokenizes REFER's raw text) | sent (the cleaned one)
     polygon_overlap: str = "refer"  # GT of several polygons: refer (LAVT: overlaps are
     # background) | union
@@ -310,6 +313,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.batching": ("images", "samples"),
     "data.samples_order": ("sssc", "official"),
     "data.samples_draw": ("sssc", "official"),
+    "data.samples_target_check": ("resized", "stored"),
     "data.polygon_overlap": ("refer", "union"),
     "eval.upsample": ("lavt", "sssc"),
     "eval.point_rule": ("tris", "sssc"),

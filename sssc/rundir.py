@@ -98,6 +98,7 @@ _TRAINING_DATA = {
     "data.samples_skip_first",
     "data.samples_draw",
     "data.samples_workers",
+    "data.samples_target_check",
 }
 _CORRECT_ONLY = {
     "train.correct_epochs",
@@ -116,6 +117,7 @@ _ONLY_WHEN: dict[str, tuple[str, Any] | list[tuple[str, Any]]] = {
     "data.samples_order": ("data.batching", "samples".__eq__),
     "data.samples_skip_first": ("data.batching", "samples".__eq__),
     "data.samples_draw": ("data.batching", "samples".__eq__),
+    "data.samples_target_check": ("data.batching", "samples".__eq__),
     "data.samples_workers": [
         ("data.batching", "samples".__eq__),
         ("data.samples_draw", "official".__eq__),
@@ -144,6 +146,8 @@ _ADDED_LATER: dict[str, Any] = {
     "segment.models.gdino_cls_token": "ignored",
     "segment.models.sam_box": "clamped",
     "segment.models.sam_calls": "per_image",
+    # 2026-12-07: samples batching judged a target empty at the stored resolution only
+    "data.samples_target_check": "stored",
 }
 # After a NaN stop, a resume may lower the learning rate or add clipping.
 RESUMABLE_AFTER_DIVERGENCE = ("train.lr", "train.grad_clip")

@@ -249,6 +249,62 @@ def test_binary_targets_equal_the_official_read_back(frac, background, tmp_path)
     assert (binary_target(m, background) == ~m).any() == (background == "largest" and frac > 0.5)
 
 
+def _official_skip(label: np.ndarray, size: int, path) -> bool:
+    """The official loop's skip of a target: its PNG (``plt.imsave``, gray) read back by the
+    Stage 3 loader (``convert("P")``), resized by its transform (torchvision's ``F.resize``,
+    nearest), then ``(mask == 0).all() or (mask == 1).all()``."""
+    from torchvision.transforms import functional as F
+
+    plt.imsave(path, label.astype(float), cmap=cm.gray)
+    back = Image.open(path).convert("P")
+    mask = np.array(F.resize(back, [size, size], interpolation=F.InterpolationMode.NEAREST))
+    return bool((mask == 0).all() or (mask == 1).all())
+
+
+@pytest.mark.parametrize("size", [9, 50])
+@pytest.mark.parametrize("seed", range(25))
+def test_the_resized_target_check_is_the_official_loops(seed, size, tmp_path):
+    """``data.samples_target_check: resized``: an object keeps its target unless the official
+    loop would skip it at ``size`` (1-pixel boxes vanish at 9; whole-image candidates cover
+    everything): over its label image in the correct phase, over its S2 mask (as Stage 3 reads
+    it, ``label_background``) in the phases trained on S2."""
+    from types import SimpleNamespace
+
+    from sssc.correct.phase import objects_with_targets
+    from sssc.store import ObjectLabels
+
+    masks, eligible = _random_case(seed, p_full=0.15)
+    rng = np.random.default_rng(seed)
+    for m in masks[::2]:  # thin ones too
+        m[:] = False
+        m[:, rng.integers(W)] = True
+    rec = _record(masks, eligible)
+    refer = SimpleNamespace(split_image_ids=lambda split: [7])
+    s1 = SimpleNamespace(get=lambda i: rec)
+    want = set()
+    for k, el in enumerate(eligible):
+        label = np.zeros((H, W))
+        for n, c in enumerate(el):
+            label[masks[c]] = n + 1
+        if el and not _official_skip(label, size, tmp_path / "l.png"):
+            want.add(100 + k)
+    assert objects_with_targets(refer, "train", s1, None, size) == want
+    chosen = [
+        ObjectLabels(100 + k, tuple(el), el[-1] if el else None) for k, el in enumerate(eligible)
+    ]
+    s2 = SimpleNamespace(get=lambda i: SimpleNamespace(objects=chosen))
+    for background in ("minimum", "largest"):
+        want = {
+            o.ann_id
+            for o in chosen
+            if o.chosen is not None
+            and not _official_skip(
+                binary_target(masks[o.chosen], background), size, tmp_path / "m.png"
+            )
+        }
+        assert objects_with_targets(refer, "train", s1, s2, size, background) == want
+
+
 def test_a_run_on_painted_pools(tmp_path, capsys, monkeypatch):
     """Stage 2 chooses among the painted candidates and Stage 3 trains on them; the S2 store and
     every metrics file say so; a rerun with whole pools is refused, Stage 1 is not redone."""

@@ -870,3 +870,17 @@ def test_stage_1_stored_before_the_detector_keys_dropped_cls_and_clamped(backend
     assert config_diff(old, same, "segment") == []
     m = load_config(None, before).segment.models
     assert segment_producer(m, ["circle"], {})["gdino_rules"] == ["comma", "exact", "official"]
+
+
+@pytest.mark.parametrize("batching, named", [("images", False), ("samples", True)])
+def test_a_run_stored_before_the_target_check_judged_at_the_stored_size(batching, named):
+    """``data.samples_target_check`` is new: a stored training phase without it judged targets
+    unresized (``stored``), which differs from today's official default under ``samples``
+    batching and is inert under ``images``."""
+    new = config_to_dict(load_config(None, [f"data.batching={batching}"]))
+    old = json.loads(json.dumps(new))
+    del old["data"]["samples_target_check"]
+    diff = config_diff(old, new, "bootstrap")
+    assert diff == ([("data.samples_target_check", "stored", "resized")] if named else [])
+    for stage in ("segment", "select"):  # training data never defines Stages 1-2
+        assert config_diff(old, new, stage) == []

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..data.refer import Refer, pack_images
@@ -24,6 +25,7 @@ from ..rundir import (
     write_stage_config,
 )
 from ..store import Store, StoreError, check_join
+from ..store.pools import binary_target
 from .checkpoints import CheckpointError
 from .data import pack_samples
 from .trainutil import load_checkpoint
@@ -164,7 +166,10 @@ def epoch_plans(
     schedule's length and where a resume picks up."""
     data, t = cfg.data, cfg.train
     if data.batching == "samples":
-        with_target = objects_with_targets(refer, data.train_split, s1, s2)
+        resized = t.image_size if data.samples_target_check == "resized" else None
+        with_target = objects_with_targets(
+            refer, data.train_split, s1, s2, resized, t.label_background
+        )
         return [
             pack_samples(
                 refer,
@@ -215,16 +220,62 @@ def official_loads(refer: Refer, data: Any) -> int:
     return math.ceil(n / data.samples_gpus) // data.samples_images_per_load
 
 
-def objects_with_targets(refer: Refer, split: str, s1: Store, s2: Store | None) -> set[int]:
+def objects_with_targets(
+    refer: Refer,
+    split: str,
+    s1: Store,
+    s2: Store | None,
+    resized: int | None = None,
+    background: str = "minimum",
+) -> set[int]:
     """The objects (ann ids) with a target in this phase: an S2 choice (``s2`` given) or else an
-    eligible S1 candidate. The official code skips the others (their mask files are empty)."""
+    eligible S1 candidate. The official code skips the others (their mask files are empty).
+
+    ``resized`` (``data.samples_target_check: resized``): also judge each target as the official
+    loop does, after its nearest resize to ``resized`` x ``resized``: a target that is then all
+    one value (``(mask == 0).all() or (mask == 1).all()``: the object vanished, or covers
+    everything) has none. The target is the S2 mask as Stage 3 reads it (``background``,
+    ``train.label_background``), or the object's label image: its eligible candidates painted
+    1, 2, ... in id order, as the official Stage 1 saves it.
+    """
     out = set()
     for image_id in refer.split_image_ids(split):
         if s2 is not None:
-            out.update(o.ann_id for o in s2.get(image_id).objects if o.chosen is not None)
+            have = [o for o in s2.get(image_id).objects if o.chosen is not None]
+            if resized:
+                rec = s1.get(image_id)
+                have = [
+                    o
+                    for o in have
+                    if _two_values(
+                        binary_target(rec.candidate(o.chosen).decode(), background), resized
+                    )
+                ]
+            out.update(o.ann_id for o in have)
+        elif resized:
+            rec = s1.get(image_id)
+            for o in rec.objects:
+                if not o.eligible:
+                    continue
+                label = np.zeros((rec.height, rec.width), dtype=np.int32)
+                for k, i in enumerate(o.eligible):
+                    label[rec.candidate(i).decode()] = k + 1
+                if _two_values(label, resized):
+                    out.add(o.ann_id)
         else:  # under painted pools, without painting every image
             out.update(s1.objects_with_candidates(image_id))
     return out
+
+
+def _two_values(label: np.ndarray, size: int) -> bool:
+    """Whether a label map (bool or int) still holds two values after PIL's nearest resize to
+    ``size`` x ``size`` (what LAVT's transform and sssc's loader apply to targets)."""
+    from PIL import Image
+
+    if label.shape != (size, size):
+        im = Image.fromarray(label.astype(np.int32), mode="I")
+        label = np.asarray(im.resize((size, size), Image.NEAREST))
+    return bool((label != label.flat[0]).any())
 
 
 def load_state(path: Path) -> dict | None:
