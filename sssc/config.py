@@ -142,6 +142,9 @@ class SegmentModelsConfig:
     # detector (official: SAM gets the detector's box as is, past the border too) | clamped
     sam_box: str = "detector"
     sam_calls: str = "per_image"  # per_image (all boxes at once) | per_box (official, slower)
+    # image (all of an image's refs in one query) | file_runs (official: each run of refs
+    # consecutive in the refs file, one split at a time, is one image)
+    image_grouping: str = "image"
     nouns: str = "spacy"  # spacy (the paper) | rules (model-free, for the synthetic dataset)
     noun_rule: str = "official"  # official (the published code's spaCy rule) | sssc
     gdino_text_encoder: str = ""  # local bert-base-uncased folder; "" = the Hugging Face cache
@@ -297,6 +300,7 @@ OFFICIAL_RECIPE: dict[str, Any] = {
     "data.samples_draw": "official",
     "segment.models.class_order": "set",
     "segment.models.sam_calls": "per_box",
+    "segment.models.image_grouping": "file_runs",
     "select.models.channel_order": "bgr",
     "train.single_candidate": "always",
     "train.match_ties": "official",
@@ -326,6 +330,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "segment.models.gdino_cls_token": ("counted", "ignored"),
     "segment.models.sam_box": ("detector", "clamped"),
     "segment.models.sam_calls": ("per_image", "per_box"),
+    "segment.models.image_grouping": ("image", "file_runs"),
     "select.models.small_masks": ("official", "sssc"),
     "select.models.channel_order": ("rgb", "bgr"),
     "select.models.composite": ("exact", "fast"),

@@ -146,6 +146,7 @@ _ADDED_LATER: dict[str, Any] = {
     "segment.models.gdino_cls_token": "ignored",
     "segment.models.sam_box": "clamped",
     "segment.models.sam_calls": "per_image",
+    "segment.models.image_grouping": "image",
     # 2026-12-07: samples batching judged a target empty at the stored resolution only
     "data.samples_target_check": "stored",
 }

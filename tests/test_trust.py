@@ -856,7 +856,8 @@ def test_stage_1_stored_before_the_detector_keys_dropped_cls_and_clamped(backend
 
     new = config_to_dict(load_config(None, [f"segment.backend={backend}"]))
     old = json.loads(json.dumps(new))
-    for key in ("gdino_cls_token", "sam_box", "sam_calls"):  # sam_calls: per_image, as always
+    # sam_calls (per_image) and image_grouping (image): today's defaults, what sssc always did
+    for key in ("gdino_cls_token", "sam_box", "sam_calls", "image_grouping"):
         del old["segment"]["models"][key]
     diff = config_diff(old, new, "segment")
     assert sorted(k.rpartition(".")[2] for k, _, _ in diff) == sorted(named)

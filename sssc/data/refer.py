@@ -401,6 +401,7 @@ class Refer:
 
     def _index(self) -> None:
         self._file_by_image: dict[int, list[_FileRef]] | None = None  # built when first asked
+        self._runs: dict[str, dict[int, int]] = {}  # split -> ref id -> its Stage 1 run
         self._by_split: dict[str, list[Ref]] = collections.defaultdict(list)
         self._by_image: dict[int, list[Ref]] = collections.defaultdict(list)
         for ref in sorted(self.refs.values(), key=lambda r: r.ref_id):
@@ -447,6 +448,27 @@ class Refer:
             for r in self._file_refs:
                 self._file_by_image[r.image_id].append(r)
         return [(r.ref_id, r.sent_ids) for r in self._file_by_image[image_id] if r.split == split]
+
+    def file_runs(self, image_id: int, split: str) -> list[list[Ref]]:
+        """An image's refs of ``split`` as the official Stage 1 groups them: its driver walks the
+        split's refs in file order (refs sssc skips included) and processes each run of
+        consecutive refs of one image as one image. So an image whose refs are not contiguous in
+        the file comes in several runs, each with its own refs (in file order); usually one."""
+        self._check_split(split)
+        runs = self._runs.get(split)
+        if runs is None:
+            runs, k, last = {}, -1, None
+            for r in self._file_refs:
+                if r.split != split:
+                    continue
+                if r.image_id != last:
+                    k, last = k + 1, r.image_id
+                runs[r.ref_id] = k
+            self._runs[split] = runs
+        out: dict[int, list[Ref]] = {}
+        for r in self.image_refs(image_id, split, order="file"):
+            out.setdefault(runs[r.ref_id], []).append(r)
+        return [out[k] for k in sorted(out)]
 
     def image_refs(
         self, image_id: int, split: str | None = None, order: str = "ref_id"

@@ -27,7 +27,9 @@ from .nouns import make_noun_extractor
 from .projection import ClassProjector
 from .segmenter import SamSegmenter, build_sam
 
-__all__ = ["ModelsSegmenter", "check_segment_weights", "segment_producer"]
+__all__ = ["IMAGE_GROUPINGS", "ModelsSegmenter", "check_segment_weights", "segment_producer"]
+
+IMAGE_GROUPINGS = ("image", "file_runs")
 
 
 def check_segment_weights(m: Any) -> None:
@@ -69,7 +71,8 @@ def segment_producer(m: Any, class_names: list[str], data: dict) -> dict:
         "gdino_rules": [m.gdino_caption, m.gdino_labels, m.gdino_retry]
         + (["cls_token:counted"] if m.gdino_cls_token == "counted" else [])
         + (["sam_box:detector"] if m.sam_box == "detector" else [])
-        + (["sam_calls:per_box"] if m.sam_calls == "per_box" else []),
+        + (["sam_calls:per_box"] if m.sam_calls == "per_box" else [])
+        + (["grouping:file_runs"] if m.image_grouping == "file_runs" else []),
         "box_threshold": float(m.box_threshold),
         "text_threshold": float(m.text_threshold),
         "detector_size": [int(m.gdino_size), int(m.gdino_max_size)],
@@ -113,6 +116,12 @@ class ModelsSegmenter:
         clip = load_clip(m.clip_model, m.clip_weights, device, "segment.models")
         self.project = ClassProjector(clip, self.class_names, m.projection_prompt)
         self.query, self.class_order = m.query, m.class_order
+        if m.image_grouping not in IMAGE_GROUPINGS:
+            raise ValueError(
+                f"segment.models.image_grouping must be one of {IMAGE_GROUPINGS}, "
+                f"got {m.image_grouping!r}"
+            )
+        self.grouping = m.image_grouping
         self.detector = GroundingDinoDetector(
             m.gdino_config,
             m.gdino_weights,
@@ -165,45 +174,66 @@ class ModelsSegmenter:
             names = [c for cs in obj_classes.values() for c in cs]
         return list(set(names)) if self.class_order == "set" else sorted(set(names))
 
+    def groups(self, image_id: int) -> list[list]:
+        """The refs of an image that one detector call serves (``segment.models.image_grouping``):
+        ``image``: all of them, every labelled split at once; ``file_runs`` (the official
+        driver, one split at a time): each run of refs consecutive in the split's refs file
+        (:meth:`sssc.data.refer.Refer.file_runs`), usually one."""
+        if self.grouping == "file_runs":
+            return [run for s in self.splits for run in self.refer.file_runs(image_id, s)]
+        return [[r for s in self.splits for r in self.refer.image_refs(image_id, s)]]
+
     def __call__(self, image_id: int) -> dict:
         info = self.refer.images[image_id]
-        refs = [r for s in self.splits for r in self.refer.image_refs(image_id, s)]
-        by_obj: dict[int, list[str]] = collections.defaultdict(list)
-        for r in refs:
-            by_obj[r.ann_id] += [s.sent for s in r.sentences]
-        obj_classes = {a: self.object_classes(sents) for a, sents in sorted(by_obj.items())}
-        names = self.query_classes(obj_classes)
-
+        groups = [g for g in self.groups(image_id) if g]
+        if len(groups) > 1:
+            self.counts["image_in_several_runs"] += 1
+        image = None
         cands: list[dict] = []
-        if names:
-            image = self.refer.load_image(image_id)
-            det = self.detector(image, names)
-            self.counts["detector_retry"] += int(det.retried)
-            if len(det) == 0:
-                self.counts["image_without_detection"] += 1
-            masks, _ = self.segmenter(image, det.boxes)
-            for box, score, lab, m in zip(det.boxes, det.scores, det.labels, masks, strict=True):
-                if not m.any():
-                    self.counts["empty_mask"] += 1  # kept: the store is lossless
-                # The record keeps the box's part in the image (SAM may have had more of it).
-                x0, x1 = (min(max(float(v), 0.0), info.width) for v in box[0::2])
-                y0, y1 = (min(max(float(v), 0.0), info.height) for v in box[1::2])
-                cands.append(
-                    {
-                        "rle": _masks.encode(m),
-                        "box": [x0, y0, x1 - x0, y1 - y0],
-                        "score": float(score),
-                        # "": the detector's phrase named no class (eligible for no object)
-                        "label": names[int(lab)] if lab >= 0 else "",
-                    }
+        eligible: dict[int, list[int]] = {}
+        for refs in groups:
+            by_obj: dict[int, list[str]] = collections.defaultdict(list)
+            for r in refs:
+                by_obj[r.ann_id] += [s.sent for s in r.sentences]
+            obj_classes = {a: self.object_classes(sents) for a, sents in sorted(by_obj.items())}
+            names = self.query_classes(obj_classes)
+            first = len(cands)
+            if names:
+                if image is None:
+                    image = self.refer.load_image(image_id)
+                det = self.detector(image, names)
+                self.counts["detector_retry"] += int(det.retried)
+                if len(det) == 0:
+                    self.counts["image_without_detection"] += 1
+                masks, _ = self.segmenter(image, det.boxes)
+                for box, score, lab, m in zip(
+                    det.boxes, det.scores, det.labels, masks, strict=True
+                ):
+                    if not m.any():
+                        self.counts["empty_mask"] += 1  # kept: the store is lossless
+                    # The record keeps the box's part in the image (SAM may have had more of it).
+                    x0, x1 = (min(max(float(v), 0.0), info.width) for v in box[0::2])
+                    y0, y1 = (min(max(float(v), 0.0), info.height) for v in box[1::2])
+                    cands.append(
+                        {
+                            "rle": _masks.encode(m),
+                            "box": [x0, y0, x1 - x0, y1 - y0],
+                            "score": float(score),
+                            # "": the detector's phrase named no class (eligible for no object)
+                            "label": names[int(lab)] if lab >= 0 else "",
+                        }
+                    )
+            for ann_id, ks in obj_classes.items():
+                wanted = set(ks)  # a box of any of the object's classes, as the official code
+                # an object in two runs (two refs, apart in the file) takes both runs' boxes
+                eligible.setdefault(ann_id, []).extend(
+                    i for i in range(first, len(cands)) if cands[i]["label"] in wanted
                 )
         self.counts["images"] += 1
         self.counts["candidates"] += len(cands)
         objects = []
-        for ann_id, ks in obj_classes.items():
-            wanted = set(ks)  # a box of any of the object's classes, as the official code
-            eligible = [i for i, c in enumerate(cands) if c["label"] in wanted]
-            if not eligible:
+        for ann_id, el in sorted(eligible.items()):
+            if not el:
                 self.counts["object_without_eligible"] += 1
-            objects.append((ann_id, eligible))
+            objects.append((ann_id, el))
         return s1_record(image_id, info.height, info.width, cands, objects)

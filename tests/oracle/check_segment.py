@@ -1,8 +1,8 @@
 """Oracle: the official Stage 1 (``segment_from_image_and_nouns`` and the driver of
 ``create_all_masks_dataset.py`` with its README flags ``--most-likely-noun --project
---context-projections``) against sssc's ``ModelsSegmenter`` with the official settings (README,
-deviation rows 1-9 and 36-37; row 3's NLTK fallback is
-counted, not run).
+--context-projections``, which treats each run of consecutive refs of one file name as an image)
+against sssc's ``ModelsSegmenter`` with the official settings (README, deviation rows 1-9, 36-37
+and 39; row 3's NLTK fallback is counted, not run).
 
     SSC_REPO=/path/to/segment-select-correct GDINO_REPO=/path/to/GroundingDINO \\
         .venv/bin/python tests/oracle/check_segment.py [IMAGES]
@@ -207,7 +207,8 @@ def coco_vocab() -> tuple[str, ...]:
 
 
 def dataset(root: Path, images: int) -> Path:
-    """The synthetic dataset, a third of its expressions without their leading "the"."""
+    """The synthetic dataset, a third of its expressions without their leading "the", one ref
+    in 20 moved to another place in the refs file (so some images' refs are not contiguous)."""
     from sssc.data.synthetic import generate
 
     generate(root, seed=3, num_images=images, image_size=96, val_images=1, test_images=1)
@@ -219,6 +220,8 @@ def dataset(root: Path, images: int) -> Path:
             if s["sent"].startswith("the ") and rng.random() < 1 / 3:
                 s["sent"] = s["raw"] = s["sent"][4:]
                 s["tokens"] = s["tokens"][1:]
+    for _ in range(len(refs) // 20):  # a few refs moved elsewhere in the file: split images
+        refs.insert(int(rng.integers(len(refs))), refs.pop(int(rng.integers(len(refs)))))
     path.write_bytes(pickle.dumps(refs))
     return root
 
@@ -230,7 +233,7 @@ def main() -> int:
         "--before",
         action="store_true",
         help="sssc's Stage 1 as it was before 2026-12-07 (gdino_cls_token: ignored, "
-        "sam_box: clamped): the check then fails",
+        "sam_box: clamped, image_grouping: image): the check then fails",
     )
     args = ap.parse_args()
 
@@ -269,6 +272,7 @@ def main() -> int:
         amp="none",
         gdino_cls_token="ignored" if args.before else "counted",
         sam_box="clamped" if args.before else "detector",
+        image_grouping="image" if args.before else "file_runs",
     )
     torch.manual_seed(0)
     seg = ModelsSegmenter(refer, m, COCO, ["train"])
