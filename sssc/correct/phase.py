@@ -4,6 +4,7 @@ loss, the stop that keeps the last good checkpoint; after it, the phase's ``metr
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -240,26 +241,26 @@ def objects_with_targets(
     """
     out = set()
     for image_id in refer.split_image_ids(split):
+        if resized:
+            rec = s1.get(image_id)
+            # decoded once per image: its objects share candidates
+            mask = functools.cache(lambda i, rec=rec: rec.candidate(i).decode())
         if s2 is not None:
             have = [o for o in s2.get(image_id).objects if o.chosen is not None]
             if resized:
-                rec = s1.get(image_id)
                 have = [
                     o
                     for o in have
-                    if _two_values(
-                        binary_target(rec.candidate(o.chosen).decode(), background), resized
-                    )
+                    if _two_values(binary_target(mask(o.chosen), background), resized)
                 ]
             out.update(o.ann_id for o in have)
         elif resized:
-            rec = s1.get(image_id)
             for o in rec.objects:
                 if not o.eligible:
                     continue
                 label = np.zeros((rec.height, rec.width), dtype=np.int32)
                 for k, i in enumerate(o.eligible):
-                    label[rec.candidate(i).decode()] = k + 1
+                    label[mask(i)] = k + 1
                 if _two_values(label, resized):
                     out.add(o.ann_id)
         else:  # under painted pools, without painting every image
