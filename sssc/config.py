@@ -260,6 +260,9 @@ class TrainConfig:
     bert_dropout: bool = False  # LAVT keeps BERT in eval mode while training (dropout off)
     drop_path: str = "both"  # both (official Swin: attention and MLP) | attention (HF Swin)
     selection: str = "last"  # last epoch (no GT) | best_gt (official: best val oIoU against GT)
+    # best_gt: on which val expressions: all | official_draw (the one per ref the official
+    # loop's validation loader draws; data.samples_workers workers)
+    selection_val: str = "all"
     loss_norm: str = "samples"  # samples (official: mean of per-expression CE) | pixels
     match_size: int = 0  # soft IoU at this resolution (0: image_size); only picks the match
     amp: bool = False  # bf16 autocast on CUDA (ignored on CPU); the official code trains in fp32
@@ -341,6 +344,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "train.label_background": ("minimum", "largest"),
     "train.drop_path": ("both", "attention"),
     "train.selection": ("last", "best_gt"),
+    "train.selection_val": ("all", "official_draw"),
     "train.loss_norm": ("samples", "pixels"),
     "segment.backend": ("simulated", "models"),
     "select.backend": ("simulated", "models"),

@@ -128,6 +128,7 @@ _ONLY_WHEN: dict[str, tuple[str, Any] | list[tuple[str, Any]]] = {
     "select.simulate.": ("select.backend", "simulated".__eq__),
     "select.models.": ("select.backend", "models".__eq__),
     "train.iou_loss_phases": ("train.iou_loss_weight", bool),
+    "train.selection_val": ("train.selection", "best_gt".__eq__),
 }
 # Keys added after runs existed, with the value that gives the behaviour sssc had before: a stored
 # config without one is compared as if it held this value.

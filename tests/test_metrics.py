@@ -158,3 +158,36 @@ def test_point_it_rules(pixel, tris, sssc):
         acc = MetricAccumulator(point_rule=rule)
         acc.add(pred, gt, box, resolution="original")
         assert acc.point_it == int(want), rule
+
+
+def test_subsets_are_scored_from_the_same_predictions():
+    """``evaluate_masks(subsets=...)``: each named set of expressions scored on its own, as if
+    it were the split, from the predictions the whole split was scored with."""
+    from types import SimpleNamespace
+
+    gts = blob_masks(8, 29, 41, seed=5)
+    preds = blob_masks(24, 29, 41, seed=6)
+    refs = [
+        SimpleNamespace(
+            ann_id=a, ref_id=a, sentences=[SimpleNamespace(sent_id=3 * a + k) for k in range(3)]
+        )
+        for a in range(8)
+    ]
+    refer = SimpleNamespace(
+        split_refs=lambda split: refs,
+        gt_mask=lambda a: gts[a],
+        annotation=lambda a: {},
+    )
+    subset = [1, 3, 4, 8, 13, 14, 20, 23]
+    m = metrics.evaluate_masks(
+        refer, "val", dict(enumerate(preds)), "original", subsets={"s": subset}
+    )
+    i = [int((preds[s] & gts[s // 3]).sum()) for s in subset]
+    u = [int((preds[s] | gts[s // 3]).sum()) for s in subset]
+    sub = m["subsets"]["s"]
+    assert sub["num_expressions"] == len(subset) and m["num_expressions"] == 24
+    assert sub["mIoU"] == pytest.approx(100 * np.mean(np.divide(i, u)), abs=1e-9)
+    assert sub["oIoU"] == pytest.approx(100 * sum(i) / sum(u), abs=1e-9)
+    assert sub["prec@0.5"] == pytest.approx(100 * np.mean(np.divide(i, u) >= 0.5), abs=1e-9)
+    assert sub["oIoU"] != pytest.approx(m["oIoU"])
+    assert "subsets" not in metrics.evaluate_masks(refer, "val", dict(enumerate(preds)), "original")

@@ -264,3 +264,49 @@ def test_official_draw_is_the_loader_workers_numpy_draw(tmp_path, workers):
     assert lost  # some draw fell on a dropped expression
     with pytest.raises(ValueError, match="one expression per object"):
         pack_samples(refer, "train", 4, 0, 0, 2, 2, 2, None, "official", draw="official")
+
+
+class _OfficialValSet(torch.utils.data.Dataset):
+    """LAVT's ``ReferDataset`` outside eval mode, as the official validation reads it: one item
+    per ref of the split (``getRefIds``: file order), each drawing ``np.random.choice`` over its
+    expressions in the file."""
+
+    def __init__(self, file_refs, split):
+        self.refs = [r for r in file_refs if r["split"] == split and r["sentences"]]
+
+    def __len__(self):
+        return len(self.refs)
+
+    def __getitem__(self, index):
+        r = self.refs[index]
+        return r["ref_id"], r["sentences"][np.random.choice(len(r["sentences"]))]["sent_id"]
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("workers", [1, 3])
+def test_official_val_draw_is_the_validation_loaders(tmp_path, workers):
+    """train.selection_val=official_draw: the expression each val ref is scored on is the one
+    the official validation loader's workers draw, run here for real after an epoch of the
+    training loader (the loop's order: torch.manual_seed(100), the training loader's iterator,
+    then the validation loader's), the same every epoch."""
+    from sssc.correct.data import official_val_draw
+
+    empty = {5000 + 3 * k for k in range(0, 40, 3)}
+    file_refs = _write(tmp_path, val_every=2, empty_second=empty)
+    refer = Refer(tmp_path, "refcoco", "unc", tmp_path / "images")
+    train = _OfficialOneSentenceSet(file_refs, "train")
+    val = _OfficialValSet(file_refs, "val")
+    kept = {s.sent_id for r in refer.split_refs("val") for s in r.sentences}
+    want = []
+    for epoch in (0, 1):
+        for _ in official_loader(train, 2, 0, 2, epoch, workers):  # seeds, then iterates
+            pass
+        loader = torch.utils.data.DataLoader(
+            val, batch_size=1, num_workers=workers, multiprocessing_context="fork",
+            collate_fn=lambda b: b[0],
+        )  # fmt: skip
+        want.append({ref_id: s if s in kept else None for ref_id, s in loader})
+    got = official_val_draw(refer, "val", workers)
+    assert want[0] == want[1] == got
+    assert any(s is None for s in got.values())  # an empty expression drawn: none scored
+    assert got != official_val_draw(refer, "val", workers + 1)

@@ -546,6 +546,30 @@ def test_selection_best_gt_keeps_the_best_val_epoch_and_says_so(base, tmp_path):
     assert load_config(None, ["recipe=official"]).train.selection == "last"
 
 
+def test_best_gt_on_the_official_val_draw(base, tmp_path):
+    """``train.selection_val: official_draw``: every epoch is also scored on the one expression
+    per val ref that the official loop's validation loader draws, and best_gt keeps the epoch
+    whose oIoU there is best."""
+    from sssc.correct.data import official_val_draw
+
+    run, sets = _run_copy(base, tmp_path)
+    cfg = load_config(
+        None,
+        [*sets, "train.selection=best_gt", "train.selection_val=official_draw"]
+        + ["train.bootstrap_epochs=3"],
+    )
+    m = train_phase("bootstrap", cfg, run)
+    evals = [r["eval"] for r in _losses(run / "bootstrap" / "log.jsonl")[1]]
+    refer = Refer.from_config(cfg.data)
+    drawn = official_val_draw(refer, "val", cfg.data.samples_workers)
+    n = sum(s is not None for s in drawn.values())
+    assert n == len(refer.split_refs("val")) < sum(e["num_expressions"] for e in evals[:1])
+    assert all(e["subsets"]["official_draw"]["num_expressions"] == n for e in evals)
+    best = max(evals, key=lambda e: e["subsets"]["official_draw"]["oIoU"])
+    assert m["subsets"] == best["subsets"] and m["oIoU"] == best["oIoU"]
+    assert m["selection"].endswith("over one expression per ref (the official loop's draw)")
+
+
 def _official_unfold_and_cut(
     refer, order, gpus, per_load, per_gpu, drawn, has_target, skip_first=True
 ):

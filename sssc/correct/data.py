@@ -36,6 +36,7 @@ __all__ = [
     "IMAGENET_STD",
     "ImageSet",
     "collate",
+    "official_val_draw",
     "pack_samples",
     "preprocess_image",
     "rank_keys",
@@ -331,20 +332,7 @@ def official_draws(
     order; so each worker's draws follow from its seed and its own loads alone. Under a torch
     before 1.9 the workers inherit an unseeded NumPy state and the official draw is random.
     """
-    if workers < 1:
-        raise ValueError(f"draw='official' needs the loader's workers (>= 1), got {workers}")
-    try:
-        from torch.utils.data._utils.worker import _generate_state
-    except ImportError as e:  # a private function of torch's DataLoader
-        raise RuntimeError(
-            f"draw='official' needs torch's DataLoader worker seeding ({e}); this torch "
-            f"{torch.__version__} does not have it"
-        ) from None
-    base_seed = torch.empty((), dtype=torch.int64).random_(
-        generator=torch.Generator().manual_seed(100)
-    )
-    base_seed = int(base_seed.item())
-    states = [np.random.RandomState(_generate_state(base_seed, w)) for w in range(workers)]
+    states = _official_worker_states(workers, loader=0)
     out = []
     for k, load in enumerate(loads):
         rs, per_image = states[k % workers], []
@@ -356,6 +344,48 @@ def official_draws(
             per_image.append(chosen)
         out.append(per_image)
     return out
+
+
+def official_val_draw(refer: Refer, split: str, workers: int) -> dict[int, int | None]:
+    """The expression each ref of ``split`` is scored on in the official training loop's
+    per-epoch validation (``train.selection: best_gt`` with ``train.selection_val:
+    official_draw``): ``ref_id -> sent_id`` (None where the draw falls on an expression sssc
+    drops).
+
+    The official validation set is LAVT's ``ReferDataset`` outside eval mode: one item per ref
+    (REFER's ``getRefIds(split=...)``, file order), each drawing ``np.random.choice`` among its
+    expressions, read by a ``DataLoader`` with a sequential sampler, batches of 1 and the run's
+    ``--workers``, so item ``i`` goes to worker ``i % workers``. Its iterator is made after the
+    epoch's training loader's, and nothing between them draws from torch's default CPU generator
+    (the model, its dropout and stochastic depth run on the GPU), so after the loop's
+    ``torch.manual_seed(100)`` its base seed is that generator's second draw: the same every epoch.
+    """
+    states = _official_worker_states(workers, loader=1)
+    out: dict[int, int | None] = {}
+    for i, (ref_id, sent_ids) in enumerate(refer.file_refs(split)):
+        if sent_ids:  # the official set cannot hold a ref without one
+            out[ref_id] = sent_ids[int(states[i % workers].choice(len(sent_ids)))]
+    return out
+
+
+def _official_worker_states(workers: int, loader: int) -> list[np.random.RandomState]:
+    """Each worker's NumPy state in the official loop's ``loader``-th ``DataLoader`` iterator of
+    an epoch (0: training, 1: validation): after ``torch.manual_seed(100)``, an iterator's base
+    seed is the default generator's next int64 draw, and torch (1.9 and later) seeds each
+    worker's NumPy from it and the worker's id (``_generate_state``, from the installed torch)."""
+    if workers < 1:
+        raise ValueError(f"draw='official' needs the loader's workers (>= 1), got {workers}")
+    try:
+        from torch.utils.data._utils.worker import _generate_state
+    except ImportError as e:  # a private function of torch's DataLoader
+        raise RuntimeError(
+            f"draw='official' needs torch's DataLoader worker seeding ({e}); this torch "
+            f"{torch.__version__} does not have it"
+        ) from None
+    g = torch.Generator().manual_seed(100)
+    for _ in range(loader + 1):
+        base_seed = int(torch.empty((), dtype=torch.int64).random_(generator=g).item())
+    return [np.random.RandomState(_generate_state(base_seed, w)) for w in range(workers)]
 
 
 def rank_keys(batch: list, rank: int, world: int) -> list:

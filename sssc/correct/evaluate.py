@@ -13,10 +13,10 @@ import torch.distributed as dist
 
 from ..data.refer import Refer, pack_images
 from ..eval.metrics import evaluate_masks
-from .data import ImageSet, collate
+from .data import ImageSet, collate, official_val_draw
 from .trainutil import append_log, read_log
 
-__all__ = ["eval_and_log", "evaluate_model", "global_counts", "logged_eval"]
+__all__ = ["eval_and_log", "evaluate_model", "global_counts", "logged_eval", "selection_oiou"]
 
 
 @torch.no_grad()
@@ -58,6 +58,11 @@ def evaluate_model(
             cache["pack"], cache["probs"] = k, dict(zip(b["sent_ids"].tolist(), probs, strict=True))
         return cache["probs"][sent_id]
 
+    subsets = None
+    t = cfg.train
+    if t.selection == "best_gt" and t.selection_val == "official_draw":
+        drawn = official_val_draw(refer, split, cfg.data.samples_workers)
+        subsets = {"official_draw": [s for s in drawn.values() if s is not None]}
     m = evaluate_masks(
         refer,
         split,
@@ -65,6 +70,7 @@ def evaluate_model(
         resolution=cfg.eval.resolution,
         upsample=cfg.eval.upsample,
         point_rule=cfg.eval.point_rule,
+        subsets=subsets,
     )
     model.train(was_training)
     return m
@@ -129,6 +135,13 @@ def eval_and_log(
     if world > 1:
         dist.barrier()
     return m
+
+
+def selection_oiou(m: dict) -> float:
+    """The val oIoU ``train.selection: best_gt`` compares: over the official draw's expressions
+    when they were scored (``train.selection_val: official_draw``), else over all of them."""
+    sub = m.get("subsets", {}).get("official_draw")
+    return float(sub["oIoU"] if sub is not None else m["oIoU"])
 
 
 def logged_eval(log_path: Path, epoch: int, gstep: int) -> dict | None:

@@ -407,6 +407,8 @@ def phase_metrics(
     if t.selection == "best_gt" and best is not None:
         kept = {k: v for k, v in best.items() if k != "epoch"}
         selection = f"selected on GT: epoch {best['epoch']} of {epochs}, best val oIoU"
+        if "official_draw" in best.get("subsets", {}):
+            selection += " over one expression per ref (the official loop's draw)"
     else:
         kept, selection = last, "last epoch (no GT)"
     metrics = {

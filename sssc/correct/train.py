@@ -48,7 +48,7 @@ from ..config import config_to_dict, resolve_device
 from ..data.refer import Refer
 from ..rundir import atomic_write_text, read_json
 from .data import ImageSet, collate, rank_keys
-from .evaluate import eval_and_log, evaluate_model, global_counts, logged_eval
+from .evaluate import eval_and_log, evaluate_model, global_counts, logged_eval, selection_oiou
 from .losses import batch_loss, match_targets, soft_iou_loss_sums, weighted_ce_sums
 from .optim import build_optimizer, poly_schedule, set_base_lr
 from .phase import (
@@ -366,7 +366,7 @@ def _train_phase(phase, cfg, run_dir: Path, refer, on_step, rank: int, world: in
             if (
                 t.selection == "best_gt"
                 and rank == 0
-                and (best is None or last["oIoU"] > best["oIoU"])
+                and (best is None or selection_oiou(last) > selection_oiou(best))
             ):
                 best = {"epoch": epoch, **last}
                 save_checkpoint(

@@ -449,6 +449,13 @@ class Refer:
                 self._file_by_image[r.image_id].append(r)
         return [(r.ref_id, r.sent_ids) for r in self._file_by_image[image_id] if r.split == split]
 
+    def file_refs(self, split: str) -> list[tuple[int, tuple[int | None, ...]]]:
+        """Every ref of ``split`` in the refs file's order (REFER's ``getRefIds(split=...)``,
+        refs sssc skips included), each as ``(ref_id, sent_ids)`` (``None`` for an expression
+        sssc drops, an empty one)."""
+        self._check_split(split)
+        return [(r.ref_id, r.sent_ids) for r in self._file_refs if r.split == split]
+
     def file_runs(self, image_id: int, split: str) -> list[list[Ref]]:
         """An image's refs of ``split`` as the official Stage 1 groups them: its driver walks the
         split's refs in file order (refs sssc skips included) and processes each run of

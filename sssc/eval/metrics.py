@@ -36,7 +36,7 @@ only happen when a small object vanishes in the resize to 480x480.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -232,6 +232,7 @@ def evaluate_masks(
     progress: bool = False,
     upsample: str = "sssc",
     point_rule: str = "sssc",
+    subsets: Mapping[str, Collection[int]] | None = None,
 ) -> dict:
     """Score predictions for every expression of a split against the GT.
 
@@ -247,11 +248,16 @@ def evaluate_masks(
         upsample: what a float prediction is and how it is resized (``eval.upsample``):
             ``"sssc"``, a probability; ``"lavt"``, the logit difference ``l1 - l0``.
         point_rule: ``"sssc"`` or ``"tris"`` (``eval.point_rule``, see the module docstring).
+        subsets: named sets of ``sent_id``s also scored on their own, from the same predictions
+            (``mIoU``, ``oIoU``, ``prec@``, ``num_expressions`` under ``"subsets"``).
 
     Returns:
         ``{"split", "resolution", "mIoU", "oIoU", "prec@0.5" ... "prec@0.9", "PointM", "PointIt"
-        (percent), "num_expressions", "num_objects", "warnings": {kind: count}}``.
+        (percent), "num_expressions", "num_objects", "warnings": {kind: count}}``, and
+        ``"subsets": {name: metrics}`` when asked.
     """
+    subsets = {k: set(v) for k, v in (subsets or {}).items()}
+    parts = {k: MetricAccumulator() for k in subsets}
     get = predictions if callable(predictions) else predictions.get
     acc = MetricAccumulator(upsample=upsample, point_rule=point_rule)
     warnings: collections.Counter = collections.Counter()
@@ -281,9 +287,18 @@ def evaluate_masks(
                         f"{int((~np.isfinite(pred)).sum())} non-finite value(s) (NaN/inf); a "
                         "score would be meaningless (its argmax and threshold are undefined)"
                     )
+            i, u = acc.cum_i, acc.cum_u
             acc.add(pred, gt, box, resolution, gt_eval=g)
+            for k, ids in subsets.items():
+                if s.sent_id in ids:
+                    parts[k].add_iu(acc.cum_i - i, acc.cum_u - u)
     out = {"split": split, "resolution": resolution, "upsample": upsample, "point_rule": point_rule}
     out |= acc.result()
+    if subsets:
+        keep = ("mIoU", "oIoU", *(f"prec@{t}" for t in THRESHOLDS), "num_expressions")
+        out["subsets"] = {
+            k: {m: v for m, v in a.result().items() if m in keep} for k, a in parts.items()
+        }
     out["num_objects"] = len(refer.split_refs(split))
     out["warnings"] = dict(warnings)
     return out
