@@ -374,12 +374,12 @@ def _official_worker_states(workers: int, loader: int) -> list[np.random.RandomS
     seed is the default generator's next int64 draw, and torch (1.9 and later) seeds each
     worker's NumPy from it and the worker's id (``_generate_state``, from the installed torch)."""
     if workers < 1:
-        raise ValueError(f"draw='official' needs the loader's workers (>= 1), got {workers}")
+        raise ValueError(f"the official draws need the loader's workers (>= 1), got {workers}")
     try:
         from torch.utils.data._utils.worker import _generate_state
     except ImportError as e:  # a private function of torch's DataLoader
         raise RuntimeError(
-            f"draw='official' needs torch's DataLoader worker seeding ({e}); this torch "
+            f"the official draws need torch's DataLoader worker seeding ({e}); this torch "
             f"{torch.__version__} does not have it"
         ) from None
     g = torch.Generator().manual_seed(100)

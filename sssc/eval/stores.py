@@ -144,16 +144,8 @@ def _score_per_ref(split: str, refs, s1: Store, s2: Store | None, refer: Refer, 
             ious.append(0.0)
             continue
         gt = refer.gt_mask(ref.ann_id)
-        if s2 is not None:
-            chosen = s2.get(ref.image_id).object(ref.ann_id).chosen
-            if chosen is None:
-                warnings["object_without_choice"] += 1
-                pred = np.zeros_like(gt)
-            else:
-                pred = rec.candidate(chosen).decode()
-        else:
-            ious_pool = _masks.iou([rec.candidate(i).rle for i in pool], [_masks.encode(gt)])
-            pred = rec.candidate(pool[int(np.argmax(ious_pool[:, 0]))]).decode()
+        pred = _prediction(ref, s1, s2, refer, "original", warnings)  # None: no choice
+        pred = np.zeros_like(gt) if pred is None else pred
         i, u = np.count_nonzero(pred & gt), np.count_nonzero(pred | gt)
         ious.append(i / u)  # the GT is never empty (the reader skips such refs)
         cum_i, cum_u = cum_i + i, cum_u + u

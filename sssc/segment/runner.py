@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..data import masks as _masks
 from ..data.refer import Refer
 from ..pretrained import check_weights
@@ -189,7 +191,7 @@ class ModelsSegmenter:
         if len(groups) > 1:
             self.counts["image_in_several_runs"] += 1
         image = None
-        cands: list[dict] = []
+        boxes, scores, labels = [], [], []  # every group's boxes; SAM runs once for all
         eligible: dict[int, list[int]] = {}
         for refs in groups:
             by_obj: dict[int, list[str]] = collections.defaultdict(list)
@@ -197,7 +199,7 @@ class ModelsSegmenter:
                 by_obj[r.ann_id] += [s.sent for s in r.sentences]
             obj_classes = {a: self.object_classes(sents) for a, sents in sorted(by_obj.items())}
             names = self.query_classes(obj_classes)
-            first = len(cands)
+            first = len(labels)
             if names:
                 if image is None:
                     image = self.refer.load_image(image_id)
@@ -205,29 +207,32 @@ class ModelsSegmenter:
                 self.counts["detector_retry"] += int(det.retried)
                 if len(det) == 0:
                     self.counts["image_without_detection"] += 1
-                masks, _ = self.segmenter(image, det.boxes)
-                for box, score, lab, m in zip(
-                    det.boxes, det.scores, det.labels, masks, strict=True
-                ):
-                    if not m.any():
-                        self.counts["empty_mask"] += 1  # kept: the store is lossless
-                    # The record keeps the box's part in the image (SAM may have had more of it).
-                    x0, x1 = (min(max(float(v), 0.0), info.width) for v in box[0::2])
-                    y0, y1 = (min(max(float(v), 0.0), info.height) for v in box[1::2])
-                    cands.append(
-                        {
-                            "rle": _masks.encode(m),
-                            "box": [x0, y0, x1 - x0, y1 - y0],
-                            "score": float(score),
-                            # "": the detector's phrase named no class (eligible for no object)
-                            "label": names[int(lab)] if lab >= 0 else "",
-                        }
-                    )
+                boxes += list(det.boxes)
+                scores += [float(v) for v in det.scores]
+                # "": the detector's phrase named no class (eligible for no object)
+                labels += [names[int(k)] if k >= 0 else "" for k in det.labels]
             for ann_id, ks in obj_classes.items():
                 wanted = set(ks)  # a box of any of the object's classes, as the official code
                 # an object in two runs (two refs, apart in the file) takes both runs' boxes
                 eligible.setdefault(ann_id, []).extend(
-                    i for i in range(first, len(cands)) if cands[i]["label"] in wanted
+                    i for i in range(first, len(labels)) if labels[i] in wanted
+                )
+        cands: list[dict] = []
+        if boxes:
+            masks, _ = self.segmenter(image, np.stack(boxes))
+            for box, score, label, m in zip(boxes, scores, labels, masks, strict=True):
+                if not m.any():
+                    self.counts["empty_mask"] += 1  # kept: the store is lossless
+                # The record keeps the box's part in the image (SAM may have had more of it).
+                x0, x1 = (min(max(float(v), 0.0), info.width) for v in box[0::2])
+                y0, y1 = (min(max(float(v), 0.0), info.height) for v in box[1::2])
+                cands.append(
+                    {
+                        "rle": _masks.encode(m),
+                        "box": [x0, y0, x1 - x0, y1 - y0],
+                        "score": score,
+                        "label": label,
+                    }
                 )
         self.counts["images"] += 1
         self.counts["candidates"] += len(cands)
