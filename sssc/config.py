@@ -147,6 +147,9 @@ class SegmentModelsConfig:
     image_grouping: str = "image"
     nouns: str = "spacy"  # spacy (the paper) | rules (model-free, for the synthetic dataset)
     noun_rule: str = "official"  # official (the published code's spaCy rule) | sssc
+    # nltk (official: where the rule finds no noun, NLTK's noun-phrase chunker) | none
+    noun_fallback: str = "nltk"
+    nltk_data: str = ""  # NLTK data folder (punkt_tab, averaged_perceptron_tagger_eng); "" = NLTK's
     gdino_text_encoder: str = ""  # local bert-base-uncased folder; "" = the Hugging Face cache
     gdino_size: int = 800  # detector input: short side (GroundingDINO's 800), long side capped
     gdino_max_size: int = 1333
@@ -325,6 +328,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "eval.upsample": ("lavt", "sssc"),
     "eval.point_rule": ("tris", "sssc"),
     "segment.models.noun_rule": ("official", "sssc"),
+    "segment.models.noun_fallback": ("nltk", "none"),
     "segment.models.query": ("most_likely", "union"),
     "segment.models.class_order": ("sorted", "set"),
     "segment.models.gdino_caption": ("comma", "period"),

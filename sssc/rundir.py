@@ -125,6 +125,11 @@ _ONLY_WHEN: dict[str, tuple[str, Any] | list[tuple[str, Any]]] = {
     "data.synth.": ("data.dataset", "synthetic".__eq__),
     "segment.simulate.": ("segment.backend", "simulated".__eq__),
     "segment.models.": ("segment.backend", "models".__eq__),
+    "segment.models.noun_fallback": ("segment.models.nouns", "spacy".__eq__),
+    "segment.models.nltk_data": [
+        ("segment.models.nouns", "spacy".__eq__),
+        ("segment.models.noun_fallback", "nltk".__eq__),
+    ],
     "select.simulate.": ("select.backend", "simulated".__eq__),
     "select.models.": ("select.backend", "models".__eq__),
     "train.iou_loss_phases": ("train.iou_loss_weight", bool),
@@ -148,6 +153,9 @@ _ADDED_LATER: dict[str, Any] = {
     "segment.models.sam_box": "clamped",
     "segment.models.sam_calls": "per_image",
     "segment.models.image_grouping": "image",
+    # 2026-12-07: an expression without a spaCy noun was queried as "object", without NLTK
+    "segment.models.noun_fallback": "none",
+    "segment.models.nltk_data": "",
     # 2026-12-07: samples batching judged a target empty at the stored resolution only
     "data.samples_target_check": "stored",
 }

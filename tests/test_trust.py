@@ -845,32 +845,58 @@ def test_stage_2_stored_before_the_composite_key_scored_the_fast_prompts(backend
 
 
 @pytest.mark.parametrize(
-    "backend, named", [("simulated", []), ("models", ["gdino_cls_token", "sam_box"])]
+    "backend, nouns, named",
+    [
+        ("simulated", "spacy", []),
+        ("models", "spacy", ["gdino_cls_token", "noun_fallback", "sam_box"]),
+        ("models", "rules", ["gdino_cls_token", "sam_box"]),
+    ],
 )
-def test_stage_1_stored_before_the_detector_keys_dropped_cls_and_clamped(backend, named):
-    """A Stage 1 stored before ``segment.models.gdino_cls_token`` and ``sam_box`` existed read
-    phrases without [CLS] and prompted SAM with clamped boxes: under the models backend that
-    differs from today's official defaults, and with the old values set it resumes; its producer
-    then names the detector rules as it did."""
+def test_stage_1_stored_before_the_detector_keys_dropped_cls_and_clamped(backend, nouns, named):
+    """A Stage 1 stored before ``segment.models.gdino_cls_token``, ``sam_box`` and
+    ``noun_fallback`` existed read phrases without [CLS], prompted SAM with clamped boxes and
+    asked no NLTK chunker: under the models backend that differs from today's official defaults
+    (the fallback only where spaCy finds the nouns), and with the old values set it resumes; its
+    producer then names the detector rules and the nouns as it did."""
     from sssc.segment.runner import segment_producer
 
-    new = config_to_dict(load_config(None, [f"segment.backend={backend}"]))
+    args = [f"segment.backend={backend}", f"segment.models.nouns={nouns}"]
+    new = config_to_dict(load_config(None, args))
     old = json.loads(json.dumps(new))
     # sam_calls (per_image) and image_grouping (image): today's defaults, what sssc always did
-    for key in ("gdino_cls_token", "sam_box", "sam_calls", "image_grouping"):
+    for key in (
+        "gdino_cls_token",
+        "sam_box",
+        "sam_calls",
+        "image_grouping",
+        "noun_fallback",
+        "nltk_data",
+    ):
         del old["segment"]["models"][key]
     diff = config_diff(old, new, "segment")
-    assert sorted(k.rpartition(".")[2] for k, _, _ in diff) == sorted(named)
-    if named:
-        assert {k.rpartition(".")[2]: (a, b) for k, a, b in diff} == {
+    assert sorted(k.rpartition(".")[2] for k, _, _ in diff) == named
+    assert {k.rpartition(".")[2]: (a, b) for k, a, b in diff} == {
+        k: v
+        for k, v in {
             "gdino_cls_token": ("ignored", "counted"),
             "sam_box": ("clamped", "detector"),
-        }
-    before = ["segment.models.gdino_cls_token=ignored", "segment.models.sam_box=clamped"]
-    same = config_to_dict(load_config(None, [f"segment.backend={backend}", *before]))
+            "noun_fallback": ("none", "nltk"),
+        }.items()
+        if k in named
+    }
+    before = [
+        "segment.models.gdino_cls_token=ignored",
+        "segment.models.sam_box=clamped",
+        "segment.models.noun_fallback=none",
+    ]
+    same = config_to_dict(load_config(None, [*args, *before]))
     assert config_diff(old, same, "segment") == []
     m = load_config(None, before).segment.models
-    assert segment_producer(m, ["circle"], {})["gdino_rules"] == ["comma", "exact", "official"]
+    producer = segment_producer(m, ["circle"], {})
+    assert producer["gdino_rules"] == ["comma", "exact", "official"]
+    assert producer["nouns"] == "spacy:en_core_web_md:official"
+    m = load_config(None, ["segment.models.nltk_data=/x"]).segment.models
+    assert segment_producer(m, ["circle"], {})["nouns"] == "spacy:en_core_web_md:official:nltk"
 
 
 @pytest.mark.parametrize("batching, named", [("images", False), ("samples", True)])

@@ -5,6 +5,8 @@
 * GroundingDINO: the package's SwinT (OGC) config with smaller transformer settings and a tiny
   BERT (vocabulary of the synthetic dataset's words) written to a folder.
 * SAM: ``segment.models.sam_type=tiny`` (see :mod:`sssc.segment.segmenter`).
+* NLTK: an NLTK data folder in the real on-disk formats (``punkt_tab``'s tables and the
+  averaged-perceptron tagger's three JSON files) with a designed tagger (:func:`write_tiny_nltk`).
 """
 
 from __future__ import annotations
@@ -107,3 +109,44 @@ def models_overrides(folder: str | os.PathLike) -> list[str]:
         "select.models.num_workers=0",
         "select.models.min_area=40",
     ]
+
+
+def write_tiny_nltk(
+    folder: str | os.PathLike,
+    tags: dict[str, str],
+    ambiguous: dict[str, tuple[str, ...]] | None = None,
+    abbreviations: tuple[str, ...] = (),
+    seed: int = 0,
+) -> str:
+    """Write an NLTK data folder with ``punkt_tab`` (English) and
+    ``averaged_perceptron_tagger_eng``; returns the folder.
+
+    The tagger tags each word of ``tags`` by its tag dictionary. A word of ``ambiguous`` (not in
+    the dictionary) goes to the perceptron: random weights on the word and on the previous tag
+    choose one of its tags, so its tag depends on its left neighbour. Any other word takes the
+    perceptron's bias, ``NN``. Punkt knows ``abbreviations`` and nothing else.
+    """
+    import random
+
+    rng = random.Random(seed)
+    root = Path(folder)
+    punkt = root / "tokenizers" / "punkt_tab" / "english"
+    punkt.mkdir(parents=True, exist_ok=True)
+    (punkt / "collocations.tab").write_text("")
+    (punkt / "sent_starters.txt").write_text("")
+    (punkt / "abbrev_types.txt").write_text("".join(a + "\n" for a in abbreviations))
+    (punkt / "ortho_context.tab").write_text("")
+    ambiguous = ambiguous or {}
+    classes = sorted({*tags.values(), *(t for ts in ambiguous.values() for t in ts), "NN", "."})
+    weights: dict[str, dict[str, float]] = {"bias": {"NN": 0.5}}
+    for word, options in ambiguous.items():
+        weights[f"i word {word.lower()}"] = {t: rng.uniform(1.0, 2.0) for t in options}
+        for prev in classes:
+            weights[f"i-1 tag+i word {prev} {word.lower()}"] = {
+                t: rng.uniform(-1.5, 1.5) for t in options
+            }
+    tagger = root / "taggers" / "averaged_perceptron_tagger_eng"
+    tagger.mkdir(parents=True, exist_ok=True)
+    for part, value in (("weights", weights), ("tagdict", tags), ("classes", classes)):
+        (tagger / f"averaged_perceptron_tagger_eng.{part}.json").write_text(json.dumps(value))
+    return str(root)

@@ -59,7 +59,11 @@ def segment_producer(m: Any, class_names: list[str], data: dict) -> dict:
     return {
         "name": "models",
         "stage": "segment",
-        "nouns": m.nouns if m.nouns == "rules" else f"spacy:{m.spacy_model}:{m.noun_rule}",
+        # The NLTK fallback (added on 2026-12-07) is named only where it runs, as gdino_rules.
+        "nouns": m.nouns
+        if m.nouns == "rules"
+        else f"spacy:{m.spacy_model}:{m.noun_rule}"
+        + (":nltk" if m.noun_fallback == "nltk" else ""),
         "clip": f"{m.clip_model}:{_file_id(m.clip_weights)}",
         "detector": f"groundingdino:{_file_id(m.gdino_config) or 'SwinT_OGC'}:"
         f"{_file_id(m.gdino_weights)}",
@@ -114,7 +118,16 @@ class ModelsSegmenter:
         self.refer, self.splits = refer, tuple(splits)
         self.class_names = list(class_names)
         self.producer = segment_producer(m, self.class_names, data or {})
-        self.nouns = make_noun_extractor(m.nouns, m.spacy_model, self.class_names, m.noun_rule)
+        self.counts: collections.Counter = collections.Counter()
+        self.nouns = make_noun_extractor(
+            m.nouns,
+            m.spacy_model,
+            self.class_names,
+            m.noun_rule,
+            m.noun_fallback,
+            m.nltk_data,
+            self.counts,
+        )
         clip = load_clip(m.clip_model, m.clip_weights, device, "segment.models")
         self.project = ClassProjector(clip, self.class_names, m.projection_prompt)
         self.query, self.class_order = m.query, m.class_order
@@ -143,7 +156,6 @@ class ModelsSegmenter:
         self.segmenter = SamSegmenter(
             build_sam(m.sam_type, m.sam_weights), device, m.amp, m.sam_calls
         )
-        self.counts: collections.Counter = collections.Counter()
 
     def object_classes(self, sentences: Iterable[str]) -> list[str]:
         """The projected class of every noun of an object's expressions, in order, repeats kept

@@ -2,7 +2,7 @@
 ``create_all_masks_dataset.py`` with its README flags ``--most-likely-noun --project
 --context-projections``, which treats each run of consecutive refs of one file name as an image)
 against sssc's ``ModelsSegmenter`` with the official settings (README, deviation rows 1-9, 36-37
-and 39; row 3's NLTK fallback is counted, not run).
+and 39; row 3's NLTK fallback runs on a designed NLTK tagger).
 
     SSC_REPO=/path/to/segment-select-correct GDINO_REPO=/path/to/GroundingDINO \\
         .venv/bin/python tests/oracle/check_segment.py [IMAGES]
@@ -20,6 +20,10 @@ No weights exist here, so both pipelines share stand-ins for the three models:
 * spaCy: a random parser (each token's part of speech and dependency drawn from the text), the
   same Doc for both rules; the expressions of a synthetic dataset, a third of them without their
   leading "the", so both parse paths run;
+* NLTK (the official last fallback, for expressions without a spaCy noun): the installed NLTK
+  with a designed data folder (``tests/tiny_models.write_tiny_nltk``): each word of the dataset
+  tagged by a perceptron from two of NN, NNS, JJ, VBN, IN and RB (a third of the words from the
+  last four), by the word and the tag before it; "the", "of" and "." by its tag dictionary;
 * CLIP: one random open_clip ViT (text tower only used);
 * GroundingDINO: a network whose per-token probabilities and boxes are designed from the
   caption: boxes on a class's tokens, on part of them, on two classes, on the [CLS] token too,
@@ -226,6 +230,21 @@ def dataset(root: Path, images: int) -> Path:
     return root
 
 
+def nltk_tagger(folder: Path, refer) -> str:
+    """The designed NLTK data folder (module docstring) for the dataset's words."""
+    from tiny_models import write_tiny_nltk
+
+    words = sorted({w for r in refer.refs.values() for s in r.sentences for w in s.sent.split()})
+    tags = ("NN", "NNS", "JJ", "VBN", "IN", "RB")
+    rng = np.random.default_rng(7)
+    # A third of the words never a noun, so that some expressions have no phrase.
+    ambiguous = {
+        w: tuple(rng.choice(tags[2 * (rng.random() < 1 / 3) :], 2, replace=False)) for w in words
+    }
+    fixed = {"the": "DT", "of": "IN", ".": "."}
+    return write_tiny_nltk(folder, fixed, {w: t for w, t in ambiguous.items() if w not in fixed})
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("images", nargs="?", type=int, default=120)
@@ -233,7 +252,7 @@ def main() -> int:
         "--before",
         action="store_true",
         help="sssc's Stage 1 as it was before 2026-12-07 (gdino_cls_token: ignored, "
-        "sam_box: clamped, image_grouping: image): the check then fails",
+        "sam_box: clamped, image_grouping: image, noun_fallback: none): the check then fails",
     )
     args = ap.parse_args()
 
@@ -257,6 +276,8 @@ def main() -> int:
     root = dataset(work / "data", args.images)
     refer = Refer(root, "synthetic", "synthetic", root / "synthetic" / "images")
     gdino_config, bert = write_tiny_gdino(work / "gdino", coco_vocab())
+    nltk_data = nltk_tagger(work / "nltk_data", refer)
+    __import__("nltk").data.path.insert(0, nltk_data)  # where the official fallback reads it
     (work / f"{CLIP_ARCH}.json").write_text(__import__("json").dumps(CLIP_CFG))
     open_clip.add_model_config(work / f"{CLIP_ARCH}.json")
     m = SegmentModelsConfig(
@@ -273,6 +294,8 @@ def main() -> int:
         gdino_cls_token="ignored" if args.before else "counted",
         sam_box="clamped" if args.before else "detector",
         image_grouping="image" if args.before else "file_runs",
+        noun_fallback="none" if args.before else "nltk",
+        nltk_data=nltk_data,
     )
     torch.manual_seed(0)
     seg = ModelsSegmenter(refer, m, COCO, ["train"])
@@ -306,10 +329,13 @@ def main() -> int:
         for r in g:
             obj = []
             for s in r["sentences"]:
+                # The driver's default (--noun-extraction spacy): spaCy, then NLTK's chunker.
                 nouns = official.get_nouns_and_noun_phrases_spacy(s["sent"])
                 counts["expressions"] += 1
                 if not nouns:
-                    counts["nltk_fallback"] += 1  # README row 3: not reproduced, [] in both
+                    nouns = official.get_nouns_and_noun_phrases_nltk(s["sent"])
+                    counts["nltk_fallback"] += 1
+                    counts["nltk_fallback_empty"] += not nouns
                 ours = seg.nouns(s["sent"])
                 counts["nouns_equal"] += nouns == ours
                 proj = official.project_to_dataset_classes(

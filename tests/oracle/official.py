@@ -54,13 +54,6 @@ STANDINS = {
     "ssc_ris/__init__.py": "",
     "ssc_ris/select/__init__.py": "",
     "ssc_ris/segment/__init__.py": "",
-    # NLTK: Stage 1's last noun fallback, which sssc does not reproduce (README row 3); the
-    # Stage 1 check counts the expressions that would reach it instead of calling it.
-    "nltk/__init__.py": (
-        "def _absent(*args, **kwargs):\n"
-        "    raise RuntimeError('oracle stand-in: the NLTK fallback is not run')\n\n\n"
-        "word_tokenize = pos_tag = RegexpParser = _absent\n"
-    ),
     "ssc_ris/utils/lavt_lib/__init__.py": "",
     "ssc_ris/refer_dataset/refer/__init__.py": "",
     # Pretrained-weight loading, which the checks never do (it needs mmcv).
