@@ -262,6 +262,10 @@ class TrainConfig:
     bert_train_layers: int = 10  # LAVT trains BERT's first 10 layers only; -1: all of BERT
     bert_dropout: bool = False  # LAVT keeps BERT in eval mode while training (dropout off)
     drop_path: str = "both"  # both (official Swin: attention and MLP) | attention (HF Swin)
+    # -1: torch's RNG seeded once per phase (seed), so dropout and drop path draw anew every epoch
+    # | N: torch.manual_seed(N) at every epoch's start (official: 100, so every epoch draws the
+    # same masks step for step)
+    epoch_seed: int = -1
     selection: str = "last"  # last epoch (no GT) | best_gt (official: best val oIoU against GT)
     # best_gt: on which val expressions: all | official_draw (the one per ref the official
     # loop's validation loader draws; data.samples_workers workers)
@@ -313,6 +317,7 @@ OFFICIAL_RECIPE: dict[str, Any] = {
     "train.lr_horizon": "loads",
     "select.candidates": "painted",
     "train.label_background": "largest",
+    "train.epoch_seed": 100,
     # Not train.selection=best_gt: model selection on GT masks is only ever set by name.
 }
 
@@ -713,6 +718,11 @@ def _check_values(cfg: RunConfig, source: str) -> None:
             f"{source}: 'select.models.sigma' must be > 0, got {cfg.select.models.sigma!r}"
         )
     t = cfg.train
+    if t.epoch_seed < -1:
+        raise ConfigError(
+            f"{source}: 'train.epoch_seed' must be -1 (seed once per phase) or a seed >= 0, got "
+            f"{t.epoch_seed!r}"
+        )
     if t.bert_train_layers < -1:
         raise ConfigError(
             f"{source}: 'train.bert_train_layers' must be -1 (all of BERT) or a number of "

@@ -156,6 +156,8 @@ _ADDED_LATER: dict[str, Any] = {
     # 2026-12-07: an expression without a spaCy noun was queried as "object", without NLTK
     "segment.models.noun_fallback": "none",
     "segment.models.nltk_data": "",
+    # 2026-12-07: torch's RNG was seeded once per phase
+    "train.epoch_seed": -1,
     # 2026-12-07: samples batching judged a target empty at the stored resolution only
     "data.samples_target_check": "stored",
 }

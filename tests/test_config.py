@@ -332,6 +332,7 @@ def test_recipe_official_sets_every_official_behaviour_and_explicit_keys_win(tmp
         ("select.models.sigma=0", "sigma"),
         ("segment.models.box_threshold=1.5", "box_threshold"),
         ("train.bootstrap_threads=-1", "'train.bootstrap_threads' must be >= 0"),
+        ("train.epoch_seed=-2", "'train.epoch_seed' must be -1 (seed once per phase)"),
         ("train.backbone_lr_scale=-0.1", "'train.backbone_lr_scale' must be in [0, 1]"),
         ("train.backbone_lr_scale=2", "'train.backbone_lr_scale' must be in [0, 1]"),
         ("train.iou_loss_weight=-1", "'train.iou_loss_weight' must be a finite weight >= 0"),

@@ -1,5 +1,6 @@
 """Stage 3 training end to end on a tiny synthetic dataset: resume, NaN stop, DDP, the CLI table."""
 
+import itertools
 import json
 import shutil
 
@@ -105,6 +106,52 @@ def test_resume_after_a_kill_mid_epoch_equals_an_uninterrupted_run(base, tmp_pat
         assert k in straight
     assert straight["producer"]["name"] == "simulated"
     assert straight["selection"].startswith("last epoch")
+
+
+@pytest.mark.parametrize("epoch_seed", [-1, 100])
+def test_epoch_seed_starts_every_epochs_draws_from_one_rng_state(
+    base, tmp_path, monkeypatch, epoch_seed
+):
+    """``train.epoch_seed: 100`` is the official loop's ``torch.manual_seed(100)`` at every
+    epoch's start: each epoch's first drop-path draw starts from the state that seed gives, so
+    every epoch draws the same masks step for step. With -1 (sssc), each epoch's draws go on from
+    the last's."""
+    from transformers.models.swin import modeling_swin
+
+    run, sets = _run_copy(base, tmp_path)
+    cfg = load_config(
+        None,
+        [
+            *sets,
+            "train.model=lavt-tiny",  # drop path 0.1
+            "train.bootstrap_epochs=3",
+            "train.eval_every=3",
+            f"train.epoch_seed={epoch_seed}",
+        ],
+    )
+    events: list = []
+    draw, bar = modeling_swin.drop_path, train_mod.progress_bar
+
+    def spy_draw(x, drop_prob=0.0, training=False):
+        if training and drop_prob > 0:
+            events.append(torch.get_rng_state())
+        return draw(x, drop_prob, training)
+
+    def spy_bar(*args):
+        events.append("epoch")
+        return bar(*args)
+
+    monkeypatch.setattr(modeling_swin, "drop_path", spy_draw)
+    monkeypatch.setattr(train_mod, "progress_bar", spy_bar)
+    train_phase("bootstrap", cfg, run, Refer.from_config(cfg.data))
+    firsts = [events[i + 1] for i, e in enumerate(events) if isinstance(e, str)]
+    assert len(firsts) == 3 and not any(isinstance(f, str) for f in firsts)
+    torch.manual_seed(100)
+    seeded = torch.get_rng_state()
+    if epoch_seed == 100:
+        assert all(torch.equal(f, seeded) for f in firsts)
+    else:
+        assert not any(torch.equal(a, b) for a, b in itertools.combinations([*firsts, seeded], 2))
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(base, tmp_path, monkeypatch):

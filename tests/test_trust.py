@@ -911,3 +911,16 @@ def test_a_run_stored_before_the_target_check_judged_at_the_stored_size(batching
     assert diff == ([("data.samples_target_check", "stored", "resized")] if named else [])
     for stage in ("segment", "select"):  # training data never defines Stages 1-2
         assert config_diff(old, new, stage) == []
+
+
+def test_a_phase_stored_before_the_epoch_seed_seeded_once():
+    """``train.epoch_seed`` is new: a training phase stored without it seeded torch once, which
+    is today's default (-1); the official reseeding (100) is a change, named."""
+    new = config_to_dict(load_config(None, []))
+    old = json.loads(json.dumps(new))
+    del old["train"]["epoch_seed"]
+    assert config_diff(old, new, "correct") == []
+    official = config_to_dict(load_config(None, ["train.epoch_seed=100"]))
+    assert config_diff(old, official, "correct") == [("train.epoch_seed", -1, 100)]
+    for stage in ("segment", "select"):
+        assert config_diff(old, official, stage) == []

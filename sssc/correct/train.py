@@ -268,6 +268,11 @@ def _train_phase(phase, cfg, run_dir: Path, refer, on_step, rank: int, world: in
             )
 
     while epoch < epochs:
+        if t.epoch_seed >= 0 and step == 0:
+            # The official loop's per-epoch torch.manual_seed(100): every rank's dropout and drop
+            # path draw the same masks each epoch. Mid-epoch, a resume has the RNG state that
+            # this seed led to from the checkpoint instead.
+            torch.manual_seed(t.epoch_seed)
         dataset.set_epoch(epoch)
         mine = [rank_keys(b, rank, world) for b in plans[epoch][step:]]
         if any(not b for b in mine):

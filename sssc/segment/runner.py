@@ -100,7 +100,7 @@ class ModelsSegmenter:
 
     Raises:
         WeightsError: a weight path is missing (checked before any model is built).
-        NounError: the spaCy model is missing.
+        NounError: the spaCy model, NLTK or its data (``noun_fallback: nltk``) is missing.
     """
 
     def __init__(
