@@ -291,7 +291,8 @@ def _write(
 
 
 def _check_model_weights(cfg: Any, stages: tuple[str, ...]) -> None:
-    """The models backends' weight paths, checked before any stage does any work."""
+    """The models backends' weight paths (and Stage 1's NLTK data), checked before any stage
+    does any work."""
     from .pretrained import WeightsError, check_weights
 
     try:
@@ -299,6 +300,14 @@ def _check_model_weights(cfg: Any, stages: tuple[str, ...]) -> None:
             from .segment.runner import check_segment_weights
 
             check_segment_weights(cfg.segment.models)
+            m = cfg.segment.models
+            if m.nouns == "spacy" and m.noun_fallback == "nltk":
+                from .segment.nouns import NltkNounPhrases, NounError
+
+                try:
+                    NltkNounPhrases(m.nltk_data)  # its data, which a run reads mid-stage
+                except NounError as e:
+                    raise StageError(str(e)) from None
         if "select" in stages and cfg.select.backend == "models":
             check_weights("select.models", {"clip_weights": cfg.select.models.clip_weights})
     except WeightsError as e:

@@ -166,6 +166,20 @@ def test_missing_weights_fail_before_any_work(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+def test_missing_nltk_data_fails_before_any_work(tmp_path, monkeypatch):
+    """Stage 1 with spaCy nouns reads NLTK's data only for expressions without a spaCy noun,
+    mid-stage: a missing data package is found before anything starts, naming the command."""
+    nltk = pytest.importorskip("nltk")
+    monkeypatch.setattr(nltk.data, "path", [])
+    ov = _overrides(tmp_path) + [
+        "segment.models.nouns=spacy",
+        f"segment.models.nltk_data={tmp_path}",
+    ]
+    with pytest.raises(stages.StageError, match=r"'punkt_tab'.*nltk\.downloader"):
+        stages.run_stage("select", load_config(None, ov), tmp_path / "run")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
+
+
 def test_detector_finds_nothing_is_counted(run, tmp_path, capsys):
     _, cfg, _ = run
     ov = _overrides(tmp_path) + ["segment.models.box_threshold=1.0"]
