@@ -314,6 +314,36 @@ def _check_model_weights(cfg: Any, stages: tuple[str, ...]) -> None:
         raise StageError(str(e)) from None
 
 
+# The packages whose code makes a models-backend stage's outputs: each session logs their
+# versions, so that a store written across sessions shows whether they changed in between.
+_LIBRARIES = {
+    "segment": (
+        "torch",
+        "torchvision",
+        "open_clip_torch",
+        "groundingdino-py",
+        "segment-anything",
+        "transformers",
+        "spacy",
+        "nltk",
+    ),
+    "select": ("torch", "torchvision", "open_clip_torch", "pillow"),
+}
+
+
+def library_versions(names: tuple[str, ...]) -> str:
+    """``"torch 2.14.1, nltk (not installed), ..."``: the installed distributions' versions."""
+    from importlib import metadata
+
+    out = []
+    for name in names:
+        try:
+            out.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            out.append(f"{name} (not installed)")
+    return ", ".join(out)
+
+
 def _models_error(stage: str, e: Exception) -> StageError:
     return StageError(f"{stage}.backend=models cannot start: {e}")
 
@@ -338,6 +368,12 @@ def _run_segment(refer: Refer, cfg: Any, run_dir: Path, ranks: _Ranks) -> dict:
             )
         except (NounError, ImportError, OSError, ValueError) as e:
             raise _models_error("segment", e) from e
+        parser = getattr(getattr(seg.nouns, "nlp", None), "meta", {})
+        log(
+            f"segment: libraries: {library_versions(_LIBRARIES['segment'])}"
+            + (f"; spaCy pipeline {parser.get('name')} {parser.get('version')}" if parser else ""),
+            echo=False,
+        )
     else:
         seg = SimulatedSegmenter(refer, cfg.segment.simulate, splits, _data_desc(cfg))
     log(
@@ -370,6 +406,7 @@ def _run_select(refer: Refer, cfg: Any, run_dir: Path, ranks: _Ranks) -> dict:
         except (ImportError, OSError, ValueError) as e:
             raise _models_error("select", e) from e
         make = sel
+        log(f"select: libraries: {library_versions(_LIBRARIES['select'])}", echo=False)
     else:
         sel = SimulatedSelector(refer, cfg.select.simulate, s1)
         make = sel

@@ -158,6 +158,26 @@ def test_killed_select_resumes_to_the_same_store(run, monkeypatch):
         assert a.get(i).objects == b.get(i).objects
 
 
+def test_each_session_logs_the_libraries_that_made_its_outputs(run):
+    """Stages 1-2 with models log the installed versions of the packages whose code makes their
+    outputs (read here independently from the distributions' metadata)."""
+    from importlib import metadata
+
+    tmp, _, _ = run
+    for stage, names in (
+        ("segment", ("groundingdino-py", "segment-anything", "nltk")),
+        ("select", ("torch", "open_clip_torch")),
+    ):
+        lines = [
+            x
+            for x in (tmp / "run" / stage / "log.txt").read_text().splitlines()
+            if "libraries:" in x
+        ]
+        assert len(lines) == 1
+        for name in names:
+            assert f"{name} {metadata.version(name)}" in lines[0]
+
+
 def test_missing_weights_fail_before_any_work(tmp_path):
     ov = _overrides(tmp_path) + [f"segment.models.sam_weights={tmp_path / 'sam_vit_h_4b8939.pth'}"]
     with pytest.raises(stages.StageError, match=r"segment\.models\.sam_weights=.*sam_vit_h_4b8939"):
