@@ -305,12 +305,15 @@ def evaluate_masks(
 
 
 def format_table(rows: Mapping[str, Mapping]) -> str:
-    """A fixed-width table of metric rows (``name -> metrics dict``), for the terminal."""
+    """A fixed-width table of metric rows (``name -> metrics dict``), for the terminal; ``n`` is
+    what was scored: ``num_scored`` where a row has it (refs, under official per-ref scoring),
+    else ``num_expressions``."""
     cols = ["mIoU", "oIoU", *(f"prec@{t}" for t in THRESHOLDS), "PointM", "PointIt"]
     width = max([len(n) for n in rows] + [10])
     head = f"{'':{width}}  " + " ".join(f"{c:>8}" for c in cols) + "       n"
     lines = [head, "-" * len(head)]
     for name, m in rows.items():
         vals = " ".join(f"{float(m.get(c, float('nan'))):8.2f}" for c in cols)
-        lines.append(f"{name:{width}}  {vals} {int(m.get('num_expressions', 0)):7d}")
+        n = m.get("num_scored", m.get("num_expressions", 0))
+        lines.append(f"{name:{width}}  {vals} {int(n):7d}")
     return "\n".join(lines)

@@ -159,6 +159,7 @@ def _score_per_ref(split: str, refs, s1: Store, s2: Store | None, refer: Refer, 
         **{f"prec@{t}": 100.0 * float((v >= t).mean()) if len(v) else 0.0 for t in THRESHOLDS},
         "num_expressions": sum(len(r.sentences) for r in refs),
         "num_objects": len(refs),
+        "num_scored": len(refs),  # the table's n: refs, not expressions
         "warnings": {},
     }
 
