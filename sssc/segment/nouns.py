@@ -182,10 +182,14 @@ class NltkNounPhrases:
     :func:`noun_phrases_from_chunks` says. "left." tagged as a noun gives ``["left"]``; an
     expression without a noun tag gives ``[]``.
 
+    It calls NLTK's public functions, as the official code does, so that any NLTK version gives
+    what the official function gives under it. NLTK caches the tagger and the Punkt model per
+    process: the first data folder they are loaded from serves every later call.
+
     Args:
         data_dir: an NLTK data folder holding ``punkt_tab`` and ``averaged_perceptron_tagger_eng``
-            (``segment.models.nltk_data``); ``""`` searches NLTK's own path (``NLTK_DATA``,
-            ``~/nltk_data``, ...).
+            (``segment.models.nltk_data``), put first on NLTK's search path; ``""`` searches
+            NLTK's own path (``NLTK_DATA``, ``~/nltk_data``, ...).
 
     Raises:
         NounError: NLTK or one of its two data packages is missing; the message gives the
