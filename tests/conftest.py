@@ -14,3 +14,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def nltk_data(tmp_path_factory):
+    """The tests' one NLTK data folder (tiny_models.write_tiny_nltk with NLTK_TAGS): NLTK caches
+    its tagger and Punkt model per process, so every test that tags shares this one."""
+    from tiny_models import NLTK_AMBIGUOUS, NLTK_TAGS, write_tiny_nltk
+
+    folder = tmp_path_factory.mktemp("nltk_data")
+    return write_tiny_nltk(folder, NLTK_TAGS, NLTK_AMBIGUOUS, ("mr",))

@@ -13,7 +13,7 @@ import pytest
 nltk = pytest.importorskip("nltk", reason="NLTK is in the segment extra")
 spacy = pytest.importorskip("spacy", reason="spaCy is in the segment extra")
 
-from tiny_models import write_tiny_nltk  # noqa: E402
+from tiny_models import NLTK_TAGS, write_tiny_nltk  # noqa: E402
 
 from sssc.config import load_config  # noqa: E402
 from sssc.segment.nouns import (  # noqa: E402
@@ -24,40 +24,13 @@ from sssc.segment.nouns import (  # noqa: E402
     noun_phrases_from_chunks,
 )
 
-# Words with one tag each, over every tag class the grammar reads (NN.*, JJ) and some it does not.
-TAGS = {
-    "dog": "NN",
-    "man": "NN",
-    "shirt": "NN",
-    "dogs": "NNS",
-    "john": "NNP",
-    "giants": "NNPS",
-    "red": "JJ",
-    "big": "JJ",
-    "tallest": "JJS",
-    "bigger": "JJR",
-    "of": "IN",
-    "on": "IN",
-    "the": "DT",
-    "a": "DT",
-    "and": "CC",
-    "running": "VBG",
-    "holds": "VBZ",
-    "very": "RB",
-    "two": "CD",
-    ",": ",",
-    ".": ".",
-}
+TAGS = NLTK_TAGS
 NOUNS = ("NN", "NNS", "NNP", "NNPS")
 
 
 @pytest.fixture(scope="module")
-def phrases(tmp_path_factory):
-    # One folder for the module: NLTK caches its tagger and Punkt model per process.
-    folder = write_tiny_nltk(
-        tmp_path_factory.mktemp("nltk_data"), TAGS, {"left": ("NN", "VBN", "JJ")}, ("mr",)
-    )
-    return NltkNounPhrases(folder)
+def phrases(nltk_data):
+    return NltkNounPhrases(nltk_data)
 
 
 def reference_chunks(tags: list[str]) -> list[tuple[int, int]]:

@@ -6,6 +6,7 @@ initialised from a fixed seed, so a rerun builds the same models.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -184,6 +185,34 @@ def test_missing_weights_fail_before_any_work(tmp_path):
         stages.run_stage("select", load_config(None, ov), tmp_path / "run")
     assert not (tmp_path / "run").exists()  # nothing started
     assert not (tmp_path / "data").exists()
+
+
+def test_stage_1_asks_nltk_where_spacy_finds_no_noun(tmp_path, nltk_data, capsys):
+    """With spaCy nouns and a pipeline that tags nothing (a blank one), every expression goes to
+    the NLTK chunker (the designed tagger: the shapes' names are nouns, so each has a phrase);
+    without the fallback, every expression is without a noun."""
+    spacy = pytest.importorskip("spacy")
+    blank = tmp_path / "blank"
+    spacy.blank("en").to_disk(blank)
+    base = _overrides(tmp_path) + [
+        "segment.models.nouns=spacy",
+        f"segment.models.spacy_model={blank}",
+        f"segment.models.nltk_data={nltk_data}",
+    ]
+    counts = {}
+    for fallback in ("nltk", "none"):
+        cfg = load_config(None, [*base, f"segment.models.noun_fallback={fallback}"])
+        capsys.readouterr()
+        stages.run_stage("segment", cfg, tmp_path / f"run-{fallback}")
+        line = next(x for x in capsys.readouterr().out.splitlines() if "counts:" in x)
+        counts[fallback] = ast.literal_eval(line.split("counts: ", 1)[1])
+        producer = Store(tmp_path / f"run-{fallback}" / "segment").producer
+        assert producer["nouns"] == f"spacy:{blank}:official" + (":nltk" * (fallback == "nltk"))
+    refer = Refer.from_config(cfg.data)
+    n = sum(len(r.sentences) for s in ("train", "val") for r in refer.split_refs(s))
+    assert counts["nltk"]["nltk_fallback"] == n and counts["nltk"]["nltk_fallback_empty"] == 0
+    assert "expression_without_noun" not in counts["nltk"]
+    assert counts["none"]["expression_without_noun"] == n and "nltk_fallback" not in counts["none"]
 
 
 def test_missing_nltk_data_fails_before_any_work(tmp_path, monkeypatch):

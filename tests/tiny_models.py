@@ -111,6 +111,35 @@ def models_overrides(folder: str | os.PathLike) -> list[str]:
     ]
 
 
+# Words with one tag each, over every tag class the grammar reads (NN.*, JJ) and some it does not.
+NLTK_TAGS = {
+    "dog": "NN",
+    "man": "NN",
+    "shirt": "NN",
+    "dogs": "NNS",
+    "john": "NNP",
+    "giants": "NNPS",
+    "red": "JJ",
+    "big": "JJ",
+    "tallest": "JJS",
+    "bigger": "JJR",
+    "of": "IN",
+    "on": "IN",
+    "the": "DT",
+    "a": "DT",
+    "and": "CC",
+    "running": "VBG",
+    "holds": "VBZ",
+    "very": "RB",
+    "two": "CD",
+    ",": ",",
+    ".": ".",
+}
+# The words the designed tagger of the tests' shared NLTK folder (conftest ``nltk_data``) tags
+# by its context: a noun alone, a participle after "the".
+NLTK_AMBIGUOUS = {"left": ("NN", "VBN", "JJ")}
+
+
 def write_tiny_nltk(
     folder: str | os.PathLike,
     tags: dict[str, str],
