@@ -154,6 +154,36 @@ def test_epoch_seed_starts_every_epochs_draws_from_one_rng_state(
         assert not any(torch.equal(a, b) for a, b in itertools.combinations([*firsts, seeded], 2))
 
 
+def test_resume_mid_epoch_with_the_epoch_seed_equals_an_uninterrupted_run(base, tmp_path):
+    """With drop path on and ``train.epoch_seed: 100``, a kill in the second epoch after its
+    mid-epoch checkpoint resumes from the checkpoint's RNG state, not from a fresh reseed."""
+    run, sets = _run_copy(base, tmp_path)
+    cfg = load_config(
+        None,
+        [*sets, "train.model=lavt-tiny", "train.epoch_seed=100", "train.checkpoint_every=2"],
+    )
+    refer = Refer.from_config(cfg.data)
+    first = len(pack_images(refer, "train", 24, shuffle=True, seed=0))
+
+    class Killed(Exception):
+        pass
+
+    def kill(gstep):
+        if gstep == first + 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_phase("bootstrap", cfg, run, refer, on_step=kill)
+    train_phase("bootstrap", cfg, run, refer)
+    ref_run = tmp_path / "ref"
+    shutil.copytree(base[0] / "run", ref_run)
+    train_phase("bootstrap", cfg, ref_run, refer)
+    got, _ = _losses(run / "bootstrap" / "log.jsonl")
+    want, _ = _losses(ref_run / "bootstrap" / "log.jsonl")
+    assert len(got) == len(want) > first + 3
+    assert got == want
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(base, tmp_path, monkeypatch):
     run, sets = _run_copy(base, tmp_path)
     cfg = load_config(None, [*sets, "train.checkpoint_every=1"])
