@@ -446,3 +446,72 @@ def test_the_table_measures_a_painted_run_against_its_own_oracle_only(tmp_path):
     assert "closes" not in stage3_table(tmp_path)
     write("correct", 55.0)
     assert "S+S+C closes 0.38 of the S+S -> S1-oracle mIoU gap" in stage3_table(tmp_path)
+
+
+def _official_resized_pool(masks, eligible, size: int, path) -> list[np.ndarray]:
+    """An object's candidates in the official correct phase: its label image (``plt.imsave``,
+    gray) read back by the Stage 3 loader (``convert("P")``), resized by its transform
+    (torchvision's ``F.resize``, nearest) and split by value, 0 being background."""
+    from torchvision.transforms import functional as F
+
+    label = np.zeros(masks[0].shape)
+    for n, c in enumerate(eligible):  # detection order; the object's candidates only
+        label[masks[c]] = n + 1
+    plt.imsave(path, label, cmap=cm.gray)
+    back = Image.open(path).convert("P")
+    resized = np.array(F.resize(back, [size, size], interpolation=F.InterpolationMode.NEAREST))
+    return [resized == v for v in np.unique(resized) if v != 0]
+
+
+@pytest.mark.parametrize("size", [9, 50])
+@pytest.mark.parametrize("seed", range(30))
+def test_candidates_the_resize_loses_are_no_candidates(seed, size, tmp_path):
+    """``train.vanished_candidates: drop``: in the correct phase, an object may take exactly the
+    masks the official loop splits from its resized label image (painted pools, ``largest``
+    background); with ``keep``, a candidate the resize loses stays eligible as an empty mask."""
+    from sssc.correct.data import resized_candidates
+
+    masks, eligible = _random_case(seed, p_full=0.1)
+    rng = np.random.default_rng(seed)
+    for m in masks[1::2]:  # thin ones, which the resize to 9 loses
+        m[:] = False
+        m[rng.integers(H), :] = True
+    painted = paint_pools(_record(masks, eligible), "largest")
+    ann_ids = [100 + k for k in range(len(eligible))]
+    got, elig = resized_candidates(painted, ann_ids, (size, size), "drop")
+    _, kept = resized_candidates(painted, ann_ids, (size, size), "keep")
+    lost = 0  # eligible (object, candidate) pairs that keep has and drop has not
+    for k, el in enumerate(eligible):
+        want = _official_resized_pool(masks, el, size, tmp_path / "l.png") if el else []
+        mine = [got[c] for c in np.flatnonzero(elig[k])]
+        assert len(mine) == len(want)
+        assert all(any(np.array_equal(a, b) for b in want) for a in mine)
+        lost += int(kept[k].sum() - elig[k].sum())
+        assert not got[kept[k] & ~elig[k]].any()  # what keep adds: empty masks only
+    if (seed, size) == (0, 9):
+        assert lost > 0  # this case has one
+
+
+def test_a_row_the_resize_skips_is_no_candidate(tmp_path):
+    """At 9 rows out of 24, PIL's nearest neighbour never samples row 0: a candidate on it alone
+    vanishes. The official object has one candidate left (so its match is forced); ``keep``
+    leaves two."""
+    from sssc.correct.data import resized_candidates
+
+    row = np.zeros((H, W), dtype=bool)
+    row[0] = True
+    masks, eligible = [_box(2, 12, 2, 14), row], [[0, 1]]
+    assert len(_official_resized_pool(masks, [0, 1], 9, tmp_path / "l.png")) == 1
+    rec = paint_pools(_record(masks, eligible), "largest")
+    assert resized_candidates(rec, [100], (9, 9), "drop")[1].sum() == 1
+    assert resized_candidates(rec, [100], (9, 9), "keep")[1].sum() == 2
+
+
+def test_resized_candidates_of_an_image_without_candidates():
+    from sssc.correct.data import resized_candidates
+
+    c, elig = resized_candidates(_record([np.zeros((H, W), bool)], [[0]]), [100], (8, 8))
+    assert c.shape == (1, 8, 8) and not elig.any()
+    empty = ImageRecord._from_json(s1_record(7, H, W, [], [(100, [])]))
+    c, elig = resized_candidates(empty, [100, 100], (8, 8))
+    assert c.shape == (0, 8, 8) and elig.shape == (2, 0)

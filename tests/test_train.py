@@ -1,5 +1,6 @@
 """Stage 3 training end to end on a tiny synthetic dataset: resume, NaN stop, DDP, the CLI table."""
 
+import collections
 import itertools
 import json
 import shutil
@@ -399,6 +400,30 @@ def test_iou_loss_is_added_in_the_phases_it_lists_only(base, tmp_path):
         correct[name] = _losses(run / "correct" / "log.jsonl")[0]
     assert correct["default"] == correct["none"]
     assert correct["listed"][0] > correct["none"][0] + 1.0
+
+
+@pytest.mark.parametrize("vanished", ["drop", "keep"])
+def test_the_correct_phase_reads_its_candidates_by_the_vanished_rule(
+    base, tmp_path, monkeypatch, vanished
+):
+    """``train.vanished_candidates`` reaches the correct phase's loader (the rule itself:
+    tests/test_pools.py)."""
+    from sssc.correct import data as data_mod
+
+    run, sets = _run_copy(base, tmp_path)
+    sets = [*sets, "train.bootstrap_epochs=1"]
+    train_phase("bootstrap", load_config(None, sets), run)
+    seen = collections.Counter()
+    read = data_mod.resized_candidates
+
+    def spy(pool, ann_ids, size, rule="drop"):
+        seen[rule] += 1
+        return read(pool, ann_ids, size, rule)
+
+    monkeypatch.setattr(data_mod, "resized_candidates", spy)
+    cfg = load_config(None, [*sets, f"train.vanished_candidates={vanished}"])
+    train_phase("correct", cfg, run)
+    assert seen[vanished] > 0 and set(seen) == {vanished}
 
 
 def test_cli_correct_runs_every_stage_and_prints_the_table(base, tmp_path, capsys, monkeypatch):

@@ -95,6 +95,8 @@ class ImageSet(torch.utils.data.Dataset):
         label_background: ``"largest"``: an S2 target over half the image is inverted, as the
             official loader reads its binary PNGs (``train.label_background``); the S1 pools
             are read that way by the store (:func:`sssc.store.pools.paint_pools`).
+        vanished: what becomes of an S1 candidate that the resize to ``size`` loses
+            (:func:`resized_candidates`, ``train.vanished_candidates``).
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class ImageSet(torch.utils.data.Dataset):
         seed: int = 0,
         text_field: str = "raw",
         label_background: str = "minimum",
+        vanished: str = "drop",
     ):
         if targets not in (None, "s1", "s2"):
             raise ValueError(f"targets must be None, 's1' or 's2', got {targets!r}")
@@ -121,7 +124,7 @@ class ImageSet(torch.utils.data.Dataset):
         self.targets, self.s1, self.s2 = targets, s1, s2
         self.cache: dict[int, dict] | None = {} if cache else None
         self.per_object, self.seed, self.epoch = per_object, seed, 0
-        self.label_background = label_background
+        self.label_background, self.vanished = label_background, vanished
 
     def set_epoch(self, epoch: int) -> None:
         """Which expressions an epoch uses (with ``per_object``); the same on every rank."""
@@ -184,14 +187,45 @@ class ImageSet(torch.utils.data.Dataset):
                     target[k] = masks[chosen]
             item["target"] = torch.from_numpy(target)
         else:
-            cands = [resize_mask(c.decode(), size) for c in pool.candidates]
-            c = np.stack(cands) if cands else np.zeros((0, *size), dtype=bool)
+            c, elig = resized_candidates(pool, item["ann_ids"], size, self.vanished)
             item["candidates"] = torch.from_numpy(c.astype(np.uint8))
-            elig = np.zeros((len(item["ann_ids"]), len(cands)), dtype=bool)
-            for k, ann_id in enumerate(item["ann_ids"]):
-                elig[k, list(pool.object(ann_id).eligible)] = True
             item["eligible"] = torch.from_numpy(elig)
         return item
+
+
+VANISHED_CANDIDATES = ("drop", "keep")
+
+
+def resized_candidates(
+    pool: Any, ann_ids: list[int], size: tuple[int, int], vanished: str = "drop"
+) -> tuple[np.ndarray, np.ndarray]:
+    """An image's S1 candidates at the training size, and which each row's object may take.
+
+    Each candidate is resized with PIL nearest neighbour. The official loop resizes an object's
+    label image the same way and then splits it by value, so a candidate of which no pixel
+    survives the resize is not among the object's candidates at all: ``vanished="drop"``
+    (``train.vanished_candidates``) makes it ineligible; ``"keep"`` leaves it eligible as an
+    empty mask (what sssc did until 2026-12-07).
+
+    Args:
+        pool: the image's S1 record (as the store reads it: whole or painted).
+        ann_ids: the object of each row.
+        size: ``(height, width)``.
+        vanished: ``"drop"`` | ``"keep"``.
+
+    Returns:
+        ``(candidates bool [C, H, W], eligible bool [len(ann_ids), C])``.
+    """
+    if vanished not in VANISHED_CANDIDATES:
+        raise ValueError(f"vanished must be one of {VANISHED_CANDIDATES}, got {vanished!r}")
+    cands = [resize_mask(c.decode(), size) for c in pool.candidates]
+    c = np.stack(cands) if cands else np.zeros((0, *size), dtype=bool)
+    elig = np.zeros((len(ann_ids), len(cands)), dtype=bool)
+    for k, ann_id in enumerate(ann_ids):
+        elig[k, list(pool.object(ann_id).eligible)] = True
+    if vanished == "drop":
+        elig &= c.any(axis=(1, 2))[None, :]
+    return c, elig
 
 
 def _drawn(seed: int, epoch: int, ann_id: int, n: int, per_object: int) -> np.ndarray:
