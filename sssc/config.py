@@ -259,9 +259,9 @@ class TrainConfig:
     # code's: it draws a random candidate but adds no loss) | random (sssc: CE on a random one)
     single_candidate: str = "compete"  # compete (sssc) | always (official: kept, CE counted twice)
     match_ties: str = "sssc"  # sssc (object id, candidate index) | official (batch scan order)
-    # S1 candidates that the resize to image_size loses entirely: drop (official: the resized label
-    # image has no such region) | keep (eligible as an empty mask)
-    vanished_candidates: str = "drop"
+    # where the correct phase tells S1 candidates apart: image_size (official: as the resized label
+    # image gives them; one the resize loses is none, ones equal after it are one) | stored
+    candidates_at: str = "image_size"
     bert_train_layers: int = 10  # LAVT trains BERT's first 10 layers only; -1: all of BERT
     bert_dropout: bool = False  # LAVT keeps BERT in eval mode while training (dropout off)
     drop_path: str = "both"  # both (official Swin: attention and MLP) | attention (HF Swin)
@@ -337,7 +337,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "eval.point_rule": ("tris", "sssc"),
     "segment.models.noun_rule": ("official", "sssc"),
     "segment.models.noun_fallback": ("nltk", "none"),
-    "train.vanished_candidates": ("drop", "keep"),
+    "train.candidates_at": ("image_size", "stored"),
     "segment.models.query": ("most_likely", "union"),
     "segment.models.class_order": ("sorted", "set"),
     "segment.models.gdino_caption": ("comma", "period"),

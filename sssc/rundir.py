@@ -102,7 +102,7 @@ _TRAINING_DATA = {
 }
 _CORRECT_ONLY = {
     "train.correct_epochs",
-    "train.vanished_candidates",
+    "train.candidates_at",
     "train.unmatched",
     "train.single_candidate",
     "train.match_ties",
@@ -157,8 +157,8 @@ _ADDED_LATER: dict[str, Any] = {
     # 2026-12-07: an expression without a spaCy noun was queried as "object", without NLTK
     "segment.models.noun_fallback": "none",
     "segment.models.nltk_data": "",
-    # 2026-12-07: an S1 candidate the resize lost stayed eligible, as an empty mask
-    "train.vanished_candidates": "keep",
+    # 2026-12-07: S1 candidates were told apart as stored; one the resize lost stayed eligible
+    "train.candidates_at": "stored",
     # 2026-12-07: torch's RNG was seeded once per phase
     "train.epoch_seed": -1,
     # 2026-12-07: samples batching judged a target empty at the stored resolution only

@@ -465,10 +465,11 @@ def _official_resized_pool(masks, eligible, size: int, path) -> list[np.ndarray]
 
 @pytest.mark.parametrize("size", [9, 50])
 @pytest.mark.parametrize("seed", range(30))
-def test_candidates_the_resize_loses_are_no_candidates(seed, size, tmp_path):
-    """``train.vanished_candidates: drop``: in the correct phase, an object may take exactly the
+def test_candidates_are_told_apart_at_the_training_size(seed, size, tmp_path):
+    """``train.candidates_at: image_size``: in the correct phase, an object may take exactly the
     masks the official loop splits from its resized label image (painted pools, ``largest``
-    background); with ``keep``, a candidate the resize loses stays eligible as an empty mask."""
+    background), and no two candidate ids share a resized mask (the official exclusion compares
+    masks at that size). ``stored`` adds only empty masks and repeats of an object's masks."""
     from sssc.correct.data import resized_candidates
 
     masks, eligible = _random_case(seed, p_full=0.1)
@@ -478,23 +479,26 @@ def test_candidates_the_resize_loses_are_no_candidates(seed, size, tmp_path):
         m[rng.integers(H), :] = True
     painted = paint_pools(_record(masks, eligible), "largest")
     ann_ids = [100 + k for k in range(len(eligible))]
-    got, elig = resized_candidates(painted, ann_ids, (size, size), "drop")
-    _, kept = resized_candidates(painted, ann_ids, (size, size), "keep")
-    lost = 0  # eligible (object, candidate) pairs that keep has and drop has not
+    got, elig = resized_candidates(painted, ann_ids, (size, size), "image_size")
+    _, stored = resized_candidates(painted, ann_ids, (size, size), "stored")
+    lost = 0  # eligible (object, candidate) pairs that stored has and image_size has not
     for k, el in enumerate(eligible):
         want = _official_resized_pool(masks, el, size, tmp_path / "l.png") if el else []
         mine = [got[c] for c in np.flatnonzero(elig[k])]
         assert len(mine) == len(want)
         assert all(any(np.array_equal(a, b) for b in want) for a in mine)
-        lost += int(kept[k].sum() - elig[k].sum())
-        assert not got[kept[k] & ~elig[k]].any()  # what keep adds: empty masks only
+        for c in np.flatnonzero(stored[k] & ~elig[k]):
+            lost += 1
+            assert not got[c].any() or any(np.array_equal(got[c], b) for b in mine)
+    used = [got[i].tobytes() for i in np.flatnonzero(elig.any(axis=0))]
+    assert len(set(used)) == len(used)
     if (seed, size) == (0, 9):
         assert lost > 0  # this case has one
 
 
 def test_a_row_the_resize_skips_is_no_candidate(tmp_path):
     """At 9 rows out of 24, PIL's nearest neighbour never samples row 0: a candidate on it alone
-    vanishes. The official object has one candidate left (so its match is forced); ``keep``
+    vanishes. The official object has one candidate left (so its match is forced); ``stored``
     leaves two."""
     from sssc.correct.data import resized_candidates
 
@@ -503,8 +507,47 @@ def test_a_row_the_resize_skips_is_no_candidate(tmp_path):
     masks, eligible = [_box(2, 12, 2, 14), row], [[0, 1]]
     assert len(_official_resized_pool(masks, [0, 1], 9, tmp_path / "l.png")) == 1
     rec = paint_pools(_record(masks, eligible), "largest")
-    assert resized_candidates(rec, [100], (9, 9), "drop")[1].sum() == 1
-    assert resized_candidates(rec, [100], (9, 9), "keep")[1].sum() == 2
+    assert resized_candidates(rec, [100], (9, 9), "image_size")[1].sum() == 1
+    assert resized_candidates(rec, [100], (9, 9), "stored")[1].sum() == 2
+
+
+def test_candidates_equal_after_the_resize_are_one():
+    """Two candidates that differ in row 0 only (never sampled at 9 rows) are one at 9: the
+    first id takes the other's objects, so a greedy that gives it to one object excludes it for
+    the other, as the official comparison of the resized masks does. At 50 they stay two."""
+    import torch
+
+    from sssc.correct.data import resized_candidates
+    from sssc.correct.losses import match_targets
+
+    a = _box(2, 12, 2, 14)
+    b = a.copy()
+    b[0, :] = True
+    rec = paint_pools(_record([a, b, _box(14, 20, 16, 30)], [[0, 2], [1, 2]]), "largest")
+    c, elig = resized_candidates(rec, [100, 101], (9, 9), "image_size")
+    ids = [np.flatnonzero(e).tolist() for e in elig]
+    assert ids[0][0] == ids[1][0] and len(set(ids[0] + ids[1])) == 3 - 1
+    _, stored = resized_candidates(rec, [100, 101], (9, 9), "stored")
+    assert len({i for e in stored for i in np.flatnonzero(e)}) == 3
+    assert resized_candidates(rec, [100, 101], (50, 50), "image_size")[1].sum() == 4
+
+    # Both objects' predictions are the shared mask. The first pop (object 100, the tie's
+    # smaller id) takes it; object 101 then gets the third candidate only where the two resized
+    # masks are one candidate, as in the official loss.
+    third = ids[0][1]
+    shared = torch.from_numpy(c[ids[0][0]])
+    logits = (torch.stack([~shared, shared]).float() * 8)[None].repeat(2, 1, 1, 1)
+    for e, want in ((elig, True), (stored, False)):
+        m = match_targets(
+            logits,
+            torch.from_numpy(c.astype(np.uint8)),
+            torch.zeros(len(c), dtype=torch.int64),
+            torch.from_numpy(e),
+            torch.tensor([100, 101]),
+            torch.zeros(2, dtype=torch.int64),
+        )
+        assert m.match[0].item() == ids[0][0]
+        assert (m.match[1].item() == third) == want
 
 
 def test_resized_candidates_of_an_image_without_candidates():

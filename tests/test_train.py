@@ -402,11 +402,11 @@ def test_iou_loss_is_added_in_the_phases_it_lists_only(base, tmp_path):
     assert correct["listed"][0] > correct["none"][0] + 1.0
 
 
-@pytest.mark.parametrize("vanished", ["drop", "keep"])
-def test_the_correct_phase_reads_its_candidates_by_the_vanished_rule(
-    base, tmp_path, monkeypatch, vanished
+@pytest.mark.parametrize("judged_at", ["image_size", "stored"])
+def test_the_correct_phase_reads_its_candidates_by_the_candidates_at_rule(
+    base, tmp_path, monkeypatch, judged_at
 ):
-    """``train.vanished_candidates`` reaches the correct phase's loader (the rule itself:
+    """``train.candidates_at`` reaches the correct phase's loader (the rule itself:
     tests/test_pools.py)."""
     from sssc.correct import data as data_mod
 
@@ -416,14 +416,14 @@ def test_the_correct_phase_reads_its_candidates_by_the_vanished_rule(
     seen = collections.Counter()
     read = data_mod.resized_candidates
 
-    def spy(pool, ann_ids, size, rule="drop"):
+    def spy(pool, ann_ids, size, rule="image_size"):
         seen[rule] += 1
         return read(pool, ann_ids, size, rule)
 
     monkeypatch.setattr(data_mod, "resized_candidates", spy)
-    cfg = load_config(None, [*sets, f"train.vanished_candidates={vanished}"])
+    cfg = load_config(None, [*sets, f"train.candidates_at={judged_at}"])
     train_phase("correct", cfg, run)
-    assert seen[vanished] > 0 and set(seen) == {vanished}
+    assert seen[judged_at] > 0 and set(seen) == {judged_at}
 
 
 def test_cli_correct_runs_every_stage_and_prints_the_table(base, tmp_path, capsys, monkeypatch):

@@ -926,15 +926,15 @@ def test_a_phase_stored_before_the_epoch_seed_seeded_once():
         assert config_diff(old, official, stage) == []
 
 
-def test_a_correct_phase_stored_before_the_vanished_rule_kept_them():
-    """``train.vanished_candidates`` is new: a correct phase stored without it kept candidates the
-    resize loses (``keep``), which differs from today's official default; the phases trained on
+def test_a_correct_phase_stored_before_candidates_at_told_them_apart_as_stored():
+    """``train.candidates_at`` is new: a correct phase stored without it told S1 candidates apart
+    as stored (``stored``), which differs from today's official default; the phases trained on
     S2 never read it."""
     new = config_to_dict(load_config(None, []))
     old = json.loads(json.dumps(new))
-    del old["train"]["vanished_candidates"]
-    assert config_diff(old, new, "correct") == [("train.vanished_candidates", "keep", "drop")]
+    del old["train"]["candidates_at"]
+    assert config_diff(old, new, "correct") == [("train.candidates_at", "stored", "image_size")]
     for stage in ("segment", "select", "bootstrap", "plus_epochs"):
         assert config_diff(old, new, stage) == []
-    same = config_to_dict(load_config(None, ["train.vanished_candidates=keep"]))
+    same = config_to_dict(load_config(None, ["train.candidates_at=stored"]))
     assert config_diff(old, same, "correct") == []

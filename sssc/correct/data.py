@@ -95,8 +95,8 @@ class ImageSet(torch.utils.data.Dataset):
         label_background: ``"largest"``: an S2 target over half the image is inverted, as the
             official loader reads its binary PNGs (``train.label_background``); the S1 pools
             are read that way by the store (:func:`sssc.store.pools.paint_pools`).
-        vanished: what becomes of an S1 candidate that the resize to ``size`` loses
-            (:func:`resized_candidates`, ``train.vanished_candidates``).
+        candidates_at: where S1 candidates are told apart: at ``size`` or as stored
+            (:func:`resized_candidates`, ``train.candidates_at``).
     """
 
     def __init__(
@@ -112,7 +112,7 @@ class ImageSet(torch.utils.data.Dataset):
         seed: int = 0,
         text_field: str = "raw",
         label_background: str = "minimum",
-        vanished: str = "drop",
+        candidates_at: str = "image_size",
     ):
         if targets not in (None, "s1", "s2"):
             raise ValueError(f"targets must be None, 's1' or 's2', got {targets!r}")
@@ -124,7 +124,7 @@ class ImageSet(torch.utils.data.Dataset):
         self.targets, self.s1, self.s2 = targets, s1, s2
         self.cache: dict[int, dict] | None = {} if cache else None
         self.per_object, self.seed, self.epoch = per_object, seed, 0
-        self.label_background, self.vanished = label_background, vanished
+        self.label_background, self.candidates_at = label_background, candidates_at
 
     def set_epoch(self, epoch: int) -> None:
         """Which expressions an epoch uses (with ``per_object``); the same on every rank."""
@@ -187,44 +187,58 @@ class ImageSet(torch.utils.data.Dataset):
                     target[k] = masks[chosen]
             item["target"] = torch.from_numpy(target)
         else:
-            c, elig = resized_candidates(pool, item["ann_ids"], size, self.vanished)
+            c, elig = resized_candidates(pool, item["ann_ids"], size, self.candidates_at)
             item["candidates"] = torch.from_numpy(c.astype(np.uint8))
             item["eligible"] = torch.from_numpy(elig)
         return item
 
 
-VANISHED_CANDIDATES = ("drop", "keep")
+CANDIDATES_AT = ("image_size", "stored")
 
 
 def resized_candidates(
-    pool: Any, ann_ids: list[int], size: tuple[int, int], vanished: str = "drop"
+    pool: Any, ann_ids: list[int], size: tuple[int, int], judged_at: str = "image_size"
 ) -> tuple[np.ndarray, np.ndarray]:
     """An image's S1 candidates at the training size, and which each row's object may take.
 
     Each candidate is resized with PIL nearest neighbour. The official loop resizes an object's
-    label image the same way and then splits it by value, so a candidate of which no pixel
-    survives the resize is not among the object's candidates at all: ``vanished="drop"``
-    (``train.vanished_candidates``) makes it ineligible; ``"keep"`` leaves it eligible as an
-    empty mask (what sssc did until 2026-12-07).
+    label image the same way, splits it by value, and excludes a mask another object has taken by
+    comparing the masks at that size. So with ``judged_at="image_size"``
+    (``train.candidates_at``, official):
+
+    * a candidate of which no pixel survives the resize is not a candidate at all;
+    * candidates equal after the resize are one: the first (lowest id) takes the others'
+      eligibility, so that a greedy that takes it excludes them all, as the official comparison
+      does. Within one object's pool (disjoint regions) no two are equal, so each object keeps as
+      many candidates as the official split gives.
+
+    ``"stored"``: candidates are told apart at the stored resolution; one the resize loses stays
+    eligible as an empty mask (what sssc did until 2026-12-07).
 
     Args:
         pool: the image's S1 record (as the store reads it: whole or painted).
         ann_ids: the object of each row.
         size: ``(height, width)``.
-        vanished: ``"drop"`` | ``"keep"``.
+        judged_at: ``"image_size"`` | ``"stored"``.
 
     Returns:
         ``(candidates bool [C, H, W], eligible bool [len(ann_ids), C])``.
     """
-    if vanished not in VANISHED_CANDIDATES:
-        raise ValueError(f"vanished must be one of {VANISHED_CANDIDATES}, got {vanished!r}")
+    if judged_at not in CANDIDATES_AT:
+        raise ValueError(f"judged_at must be one of {CANDIDATES_AT}, got {judged_at!r}")
     cands = [resize_mask(c.decode(), size) for c in pool.candidates]
     c = np.stack(cands) if cands else np.zeros((0, *size), dtype=bool)
     elig = np.zeros((len(ann_ids), len(cands)), dtype=bool)
     for k, ann_id in enumerate(ann_ids):
         elig[k, list(pool.object(ann_id).eligible)] = True
-    if vanished == "drop":
+    if judged_at == "image_size":
         elig &= c.any(axis=(1, 2))[None, :]
+        first: dict[bytes, int] = {}
+        for i in np.flatnonzero(elig.any(axis=0)):
+            j = first.setdefault(np.packbits(c[i]).tobytes(), int(i))
+            if j != i:
+                elig[:, j] |= elig[:, i]
+                elig[:, i] = False
     return c, elig
 
 

@@ -202,7 +202,7 @@ def _train_phase(phase, cfg, run_dir: Path, refer, on_step, rank: int, world: in
         cfg.seed,
         cfg.data.text_field,
         t.label_background,
-        t.vanished_candidates,
+        t.candidates_at,
     )
     weights = torch.tensor(t.class_weights, device=device)
     iou_weight = t.iou_loss_weight if phase in t.iou_loss_phases else 0.0
