@@ -145,6 +145,10 @@ class SegmentModelsConfig:
     # image (all of an image's refs in one query) | file_runs (official: each run of refs
     # consecutive in the refs file, one split at a time, is one image)
     image_grouping: str = "image"
+    # stored (the pixels as stored, on which COCO's annotations are drawn; Stages 2-3 read them
+    # so) | exif (official: Stage 1 alone reads each image turned by its EXIF orientation tag, as
+    # cv2.imread does)
+    image_orientation: str = "stored"
     nouns: str = "spacy"  # spacy (the paper) | rules (model-free, for the synthetic dataset)
     noun_rule: str = "official"  # official (the published code's spaCy rule) | sssc
     # nltk (official: where the rule finds no noun, NLTK's noun-phrase chunker) | none
@@ -314,6 +318,7 @@ OFFICIAL_RECIPE: dict[str, Any] = {
     "segment.models.class_order": "set",
     "segment.models.sam_calls": "per_box",
     "segment.models.image_grouping": "file_runs",
+    "segment.models.image_orientation": "exif",
     "select.models.channel_order": "bgr",
     "train.single_candidate": "always",
     "train.match_ties": "official",
@@ -347,6 +352,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "segment.models.sam_box": ("detector", "clamped"),
     "segment.models.sam_calls": ("per_image", "per_box"),
     "segment.models.image_grouping": ("image", "file_runs"),
+    "segment.models.image_orientation": ("stored", "exif"),
     "select.models.small_masks": ("official", "sssc"),
     "select.models.channel_order": ("rgb", "bgr"),
     "select.models.composite": ("exact", "fast"),

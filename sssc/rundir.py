@@ -163,6 +163,8 @@ _ADDED_LATER: dict[str, Any] = {
     "train.epoch_seed": -1,
     # 2026-12-07: samples batching judged a target empty at the stored resolution only
     "data.samples_target_check": "stored",
+    # 2026-12-07: Stage 1 always read the pixels as stored
+    "segment.models.image_orientation": "stored",
 }
 # After a NaN stop, a resume may lower the learning rate or add clipping.
 RESUMABLE_AFTER_DIVERGENCE = ("train.lr", "train.grad_clip")

@@ -351,8 +351,10 @@ def _models_error(stage: str, e: Exception) -> StageError:
 def _run_segment(refer: Refer, cfg: Any, run_dir: Path, ranks: _Ranks) -> dict:
     from .segment.simulated import SimulatedSegmenter
 
-    d, log, fresh = _prepare("segment", cfg, run_dir, ranks)
     splits, ids = _stage_images(refer, cfg)
+    if cfg.segment.backend == "models" and cfg.segment.models.image_orientation == "exif":
+        _check_turned(refer, ids, ranks)
+    d, log, fresh = _prepare("segment", cfg, run_dir, ranks)
     if cfg.segment.backend == "models":
         from .segment.nouns import NounError
         from .segment.runner import ModelsSegmenter
@@ -388,6 +390,29 @@ def _run_segment(refer: Refer, cfg: Any, run_dir: Path, ranks: _Ranks) -> dict:
             echo=seg.producer["name"] != "simulated",
         )
     return _finish("segment", refer, cfg, run_dir, log, ranks)
+
+
+def _check_turned(refer: Refer, ids: list[int], ranks: _Ranks) -> None:
+    """``segment.models.image_orientation: exif`` refuses, before Stage 1 writes anything, images
+    that their EXIF orientation tag turns to another shape (README row 42)."""
+    from .segment.runner import turned_images
+
+    bad = turned_images(refer, ids, progress=ranks.main)
+    if bad:
+        info = refer.images
+        eg = "; ".join(
+            f"image {i} ({refer.image_path(i).name}, {info[i].height}x{info[i].width}, tag {t})"
+            for i, t in bad[:3]
+        )
+        raise StageError(
+            f"segment.models.image_orientation=exif: {len(bad)} of {len(ids)} images turn to "
+            f"another shape under their EXIF orientation tag, e.g. {eg}. The official Stage 1 "
+            "(cv2.imread) segments them turned and stores masks of the turned shape, which its "
+            "Stage 2 cannot composite with the stored image (cv2.bitwise_and refuses the size "
+            "once 2 or more candidates include one of 500 px or more); sssc does not reproduce "
+            "that. Set segment.models.image_orientation=stored to read every image as stored "
+            "(README row 42)"
+        )
 
 
 def _run_select(refer: Refer, cfg: Any, run_dir: Path, ranks: _Ranks) -> dict:

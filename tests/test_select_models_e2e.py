@@ -306,3 +306,95 @@ def test_models_select_on_painted_pools(run, tmp_path):
                 whole.candidate(e).rle for e in whole.object(o1.ann_id).eligible
             ]
     assert changed > 0  # the random detector's boxes overlap: painting cut some
+
+
+def test_stage_1_reads_images_turned_only_under_exif(tmp_path, monkeypatch, capsys):
+    """``segment.models.image_orientation`` (README row 42): with ``stored`` GroundingDINO and
+    SAM get the stored pixels of every image; with ``exif`` (official) an image with an EXIF
+    orientation tag reaches both as ``cv2.imread`` reads it (the synthetic images are square, so
+    every tag keeps the shape); the masks stay at the size ``instances.json`` gives."""
+    cv2 = pytest.importorskip("cv2")
+    import numpy as np
+    from PIL import Image
+
+    from sssc.data.synthetic import ensure_generated
+    from sssc.segment import runner
+
+    base = _overrides(tmp_path)
+    ensure_generated(load_config(None, base).data)
+    refer = Refer.from_config(load_config(None, base).data)
+    ids = sorted({i for s in ("train", "val") for i in refer.split_image_ids(s)})  # Stage 1's
+    tags = {ids[0]: 6, ids[1]: 3, ids[2]: 2, ids[3]: 8}
+    for i, tag in tags.items():
+        path = refer.image_path(i)
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"))
+        im = Image.fromarray(arr)
+        exif = im.getexif()
+        exif[0x0112] = tag
+        im.save(path, exif=exif)
+    current, seen = [None], {}
+    call, det = runner.ModelsSegmenter.__call__, runner.GroundingDinoDetector.__call__
+    sam = runner.SamSegmenter.__call__
+
+    def on_image(self, image_id):
+        current[0] = image_id
+        return call(self, image_id)
+
+    def on_detector(self, image, names):
+        seen.setdefault(current[0], []).append(("detector", image.copy()))
+        return det(self, image, names)
+
+    def on_sam(self, image, boxes):
+        seen.setdefault(current[0], []).append(("sam", image.copy()))
+        return sam(self, image, boxes)
+
+    monkeypatch.setattr(runner.ModelsSegmenter, "__call__", on_image)
+    monkeypatch.setattr(runner.GroundingDinoDetector, "__call__", on_detector)
+    monkeypatch.setattr(runner.SamSegmenter, "__call__", on_sam)
+    for orientation in ("stored", "exif"):
+        seen.clear()
+        cfg = load_config(None, [*base, f"segment.models.image_orientation={orientation}"])
+        capsys.readouterr()
+        stages.run_stage("segment", cfg, tmp_path / f"run-{orientation}")
+        line = next(x for x in capsys.readouterr().out.splitlines() if "counts:" in x)
+        counts = ast.literal_eval(line.split("counts: ", 1)[1])
+        assert set(seen) == set(ids) and all(v[0][0] == "detector" for v in seen.values())
+        assert sum(len(v) == 2 for v in seen.values()) > len(ids) // 2  # SAM on the boxes
+        for i, inputs in seen.items():
+            path = str(refer.image_path(i))
+            flags = cv2.IMREAD_COLOR | (cv2.IMREAD_IGNORE_ORIENTATION * (orientation == "stored"))
+            want = cv2.imread(path, flags)[..., ::-1]
+            for _, image in inputs:
+                np.testing.assert_array_equal(image, want)
+            if i in tags:  # the test can fail: the tag changes what the models see
+                turned = cv2.imread(path)[..., ::-1]
+                assert np.array_equal(want, turned) == (orientation == "exif")
+        assert counts["exif_orientation_tag"] == len(tags)
+        s1 = Store(tmp_path / f"run-{orientation}" / "segment", kind="S1")
+        rules = s1.producer["gdino_rules"]
+        assert ("orientation:exif" in rules) == (orientation == "exif")
+        for i in s1.image_ids():
+            rec, info = s1.get(i), refer.images[i]
+            assert all(c.decode().shape == (info.height, info.width) for c in rec.candidates)
+
+
+def test_exif_refuses_images_turned_to_another_shape_before_any_work(tmp_path, monkeypatch):
+    """Where a tag would turn an image to another shape (never on the square synthetic images,
+    so the scan is replaced here; ``tests/test_image_orientation.py`` checks it on files), the
+    stage stops before it writes anything."""
+    from sssc.segment import runner
+
+    first = []
+
+    def turned(refer, ids, progress=False):
+        first.append(list(ids))
+        return [(first[0][0], 6)]
+
+    monkeypatch.setattr(runner, "turned_images", turned)
+    ov = _overrides(tmp_path)
+    with pytest.raises(stages.StageError, match=r"image_orientation=exif: 1 of \d+ images turn"):
+        stages.run_stage("segment", load_config(None, [*ov, "recipe=official"]), tmp_path / "run")
+    assert not (tmp_path / "run" / "segment").exists()
+    stages.run_stage("segment", load_config(None, ov), tmp_path / "run")  # stored: not scanned
+    assert len(first) == 1 and len(first[0]) > 0

@@ -863,12 +863,14 @@ def test_stage_1_stored_before_the_detector_keys_dropped_cls_and_clamped(backend
     args = [f"segment.backend={backend}", f"segment.models.nouns={nouns}"]
     new = config_to_dict(load_config(None, args))
     old = json.loads(json.dumps(new))
-    # sam_calls (per_image) and image_grouping (image): today's defaults, what sssc always did
+    # sam_calls (per_image), image_grouping (image) and image_orientation (stored): today's
+    # defaults, what sssc always did
     for key in (
         "gdino_cls_token",
         "sam_box",
         "sam_calls",
         "image_grouping",
+        "image_orientation",
         "noun_fallback",
         "nltk_data",
     ):
@@ -891,12 +893,21 @@ def test_stage_1_stored_before_the_detector_keys_dropped_cls_and_clamped(backend
     ]
     same = config_to_dict(load_config(None, [*args, *before]))
     assert config_diff(old, same, "segment") == []
+    turned = config_to_dict(
+        load_config(None, [*args, *before, "segment.models.image_orientation=exif"])
+    )
+    assert [(k, a, b) for k, a, b in config_diff(old, turned, "segment")] == (
+        [("segment.models.image_orientation", "stored", "exif")] if backend == "models" else []
+    )
     m = load_config(None, before).segment.models
     producer = segment_producer(m, ["circle"], {})
     assert producer["gdino_rules"] == ["comma", "exact", "official"]
     assert producer["nouns"] == "spacy:en_core_web_md:official"
     m = load_config(None, ["segment.models.nltk_data=/x"]).segment.models
     assert segment_producer(m, ["circle"], {})["nouns"] == "spacy:en_core_web_md:official:nltk"
+    m = load_config(None, [*before, "segment.models.image_orientation=exif"]).segment.models
+    rules = ["comma", "exact", "official", "orientation:exif"]
+    assert segment_producer(m, ["circle"], {})["gdino_rules"] == rules
 
 
 @pytest.mark.parametrize("batching, named", [("images", False), ("samples", True)])

@@ -122,7 +122,7 @@ def _check(args: argparse.Namespace) -> int:
     image_dir = Path(image_dir) if image_dir else default_image_dir(root, dataset)
     try:
         refer = Refer(root, dataset, split_by, image_dir)
-        _check_images(refer, args.headers_only)
+        tagged = _check_images(refer, args.headers_only)
     except DatasetError as e:
         print(f"sssc data check: {e}", file=sys.stderr)
         return 2
@@ -140,6 +140,15 @@ def _check(args: argparse.Namespace) -> int:
     for kind, n in sorted(refer.warnings.items()):
         examples = "; ".join(refer.warning_examples[kind])
         print(f"skipped ({kind}): {n}, e.g. {examples}")
+    if tagged:
+        turned = sum(t >= 5 and refer.images[i].height != refer.images[i].width for i, t in tagged)
+        eg = ", ".join(f"{refer.image_path(i).name} (tag {t})" for i, t in tagged[:3])
+        print(
+            f"EXIF orientation: {len(tagged)} images carry a tag other than 1, {turned} of them "
+            f"one that turns them to another shape; e.g. {eg}. sssc reads every image as stored, "
+            "as the annotations are drawn on it; the official Stage 1 (cv2.imread) reads them "
+            "turned (README row 42, segment.models.image_orientation)"
+        )
     if args.strict and refer.warnings:
         kind = sorted(refer.warnings)[0]
         print(
@@ -152,28 +161,42 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_images(refer, headers_only: bool = False) -> None:
+def _check_images(refer, headers_only: bool = False) -> list[tuple[int, int]]:
     """Every referenced image decodes in full (PNG CRCs checked, 8-bit) at the size that
-    ``instances.json`` gives; with ``headers_only``, only the size in its header."""
+    ``instances.json`` gives; with ``headers_only``, only the size in its header.
+
+    Returns:
+        ``(image_id, tag)`` of each image whose EXIF orientation tag is not 1: sssc reads it as
+        stored, the official Stage 1 turned (README row 42).
+    """
     from PIL import Image
     from tqdm import tqdm
 
+    from .images import ImageReadError, exif_orientation
     from .refer import DatasetError
 
     ids = sorted({r.image_id for r in refer.refs.values()})
+    tagged = []
     for image_id in tqdm(ids, desc="images", unit="img", file=sys.stderr, disable=len(ids) < 500):
+        path = refer.image_path(image_id)
         if not headers_only:
             refer.load_image(image_id)  # raises DatasetError naming the file
-            continue
-        info = refer.images[image_id]
-        path = refer.image_path(image_id)
+        else:
+            info = refer.images[image_id]
+            try:
+                with Image.open(path) as im:
+                    w, h = im.size
+            except (OSError, ValueError) as e:
+                raise DatasetError(f"{path}: cannot read image ({e})") from None
+            if (h, w) != (info.height, info.width):
+                raise DatasetError(
+                    f"{path}: image is {h}x{w}, but {refer.instances_path} says "
+                    f"{info.height}x{info.width} (image {image_id})"
+                )
         try:
-            with Image.open(path) as im:
-                w, h = im.size
-        except (OSError, ValueError) as e:
-            raise DatasetError(f"{path}: cannot read image ({e})") from None
-        if (h, w) != (info.height, info.width):
-            raise DatasetError(
-                f"{path}: image is {h}x{w}, but {refer.instances_path} says "
-                f"{info.height}x{info.width} (image {image_id})"
-            )
+            tag = exif_orientation(path)
+        except ImageReadError as e:
+            raise DatasetError(str(e)) from None
+        if tag != 1:
+            tagged.append((image_id, tag))
+    return tagged

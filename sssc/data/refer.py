@@ -512,20 +512,22 @@ class Refer:
     def image_path(self, image_id: int) -> Path:
         return self.image_dir / self.images[image_id].file_name
 
-    def load_image(self, image_id: int) -> np.ndarray:
+    def load_image(self, image_id: int, orientation: str = "stored") -> np.ndarray:
         """The image as uint8 RGB ``[H, W, 3]``, fully decoded and checked
-        (:func:`sssc.data.images.read_rgb`)."""
+        (:func:`sssc.data.images.read_rgb`); ``orientation="exif"`` turns it as its EXIF
+        orientation tag says, which must keep the size ``instances.json`` gives."""
         from .images import ImageReadError, read_rgb
 
         path = self.image_path(image_id)
         try:
-            arr = read_rgb(path)
+            arr = read_rgb(path, orientation)
         except ImageReadError as e:
             raise DatasetError(str(e)) from None
         info = self.images[image_id]
         if arr.shape[:2] != (info.height, info.width):
+            turned = " turned by its EXIF orientation tag" if orientation == "exif" else ""
             raise DatasetError(
-                f"{path}: image is {arr.shape[0]}x{arr.shape[1]}, but "
+                f"{path}: image is {arr.shape[0]}x{arr.shape[1]}{turned}, but "
                 f"{self.instances_path} says {info.height}x{info.width}"
             )
         return arr

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..data import masks as _masks
+from ..data.images import ORIENTATIONS, exif_orientation
 from ..data.refer import Refer
 from ..pretrained import check_weights
 from ..store import s1_record
@@ -29,7 +30,13 @@ from .nouns import make_noun_extractor
 from .projection import ClassProjector
 from .segmenter import SamSegmenter, build_sam
 
-__all__ = ["IMAGE_GROUPINGS", "ModelsSegmenter", "check_segment_weights", "segment_producer"]
+__all__ = [
+    "IMAGE_GROUPINGS",
+    "ModelsSegmenter",
+    "check_segment_weights",
+    "segment_producer",
+    "turned_images",
+]
 
 IMAGE_GROUPINGS = ("image", "file_runs")
 
@@ -47,6 +54,36 @@ def check_segment_weights(m: Any) -> None:
         },
         optional=("gdino_config", "gdino_text_encoder"),
     )
+
+
+def turned_images(refer: Refer, ids: Iterable[int], progress: bool = False) -> list[tuple]:
+    """``(image_id, tag)`` of each image in ``ids`` whose EXIF orientation tag turns it to
+    another shape (tags 5 to 8 on a non-square image), read from the headers only.
+
+    ``segment.models.image_orientation: exif`` refuses these before Stage 1 starts: the official
+    Stage 1 (``cv2.imread``) segments them turned and stores masks of the turned shape, which its
+    Stage 2 cannot composite with the stored image, and which sssc's store, at the size
+    ``instances.json`` gives, cannot hold.
+
+    Raises:
+        DatasetError: an image that cannot be opened.
+    """
+    from tqdm import tqdm
+
+    from ..data.images import ImageReadError
+    from ..data.refer import DatasetError
+
+    ids = list(ids)
+    out = []
+    for image_id in tqdm(ids, desc="EXIF tags", unit="img", disable=not progress or len(ids) < 500):
+        info = refer.images[image_id]
+        try:
+            tag = exif_orientation(refer.image_path(image_id))
+        except ImageReadError as e:
+            raise DatasetError(str(e)) from None
+        if tag >= 5 and info.height != info.width:
+            out.append((image_id, tag))
+    return out
 
 
 def _file_id(path: str) -> str:
@@ -78,7 +115,8 @@ def segment_producer(m: Any, class_names: list[str], data: dict) -> dict:
         + (["cls_token:counted"] if m.gdino_cls_token == "counted" else [])
         + (["sam_box:detector"] if m.sam_box == "detector" else [])
         + (["sam_calls:per_box"] if m.sam_calls == "per_box" else [])
-        + (["grouping:file_runs"] if m.image_grouping == "file_runs" else []),
+        + (["grouping:file_runs"] if m.image_grouping == "file_runs" else [])
+        + (["orientation:exif"] if m.image_orientation == "exif" else []),
         "box_threshold": float(m.box_threshold),
         "text_threshold": float(m.text_threshold),
         "detector_size": [int(m.gdino_size), int(m.gdino_max_size)],
@@ -137,6 +175,12 @@ class ModelsSegmenter:
                 f"got {m.image_grouping!r}"
             )
         self.grouping = m.image_grouping
+        if m.image_orientation not in ORIENTATIONS:
+            raise ValueError(
+                f"segment.models.image_orientation must be one of {ORIENTATIONS}, "
+                f"got {m.image_orientation!r}"
+            )
+        self.orientation = m.image_orientation
         self.detector = GroundingDinoDetector(
             m.gdino_config,
             m.gdino_weights,
@@ -214,7 +258,10 @@ class ModelsSegmenter:
             first = len(labels)
             if names:
                 if image is None:
-                    image = self.refer.load_image(image_id)
+                    image = self.refer.load_image(image_id, self.orientation)
+                    tag = exif_orientation(self.refer.image_path(image_id))
+                    # read as stored, or turned (image_orientation: exif) where it keeps the size
+                    self.counts["exif_orientation_tag"] += int(tag != 1)
                 det = self.detector(image, names)
                 self.counts["detector_retry"] += int(det.retried)
                 if len(det) == 0:
