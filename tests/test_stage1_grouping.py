@@ -74,6 +74,7 @@ def _seg(refer, grouping):
     seg.nouns = lambda s: [s]  # "s17"
     seg.project = lambda nouns: [int(n[1:]) % 5 for n in nouns]
     seg.query, seg.class_order = "most_likely", "sorted"
+    seg.orientation = "stored"  # segment.models.image_orientation
     seg.detector, seg.segmenter = _Detector(), _segmenter
     seg.counts = __import__("collections").Counter()
     return seg

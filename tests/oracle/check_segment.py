@@ -35,6 +35,11 @@ No weights exist here, so both pipelines share stand-ins for the three models:
 
 Each object's official instance map (its candidates painted 1, 2, ... in detection order) is
 compared with the one sssc's S1 record gives (its eligible candidates painted in id order).
+
+``--exif exif`` rewrites half of the (square) images with an EXIF orientation tag, 2 to 8, which
+the official ``cv2.imread`` applies, and runs sssc with ``image_orientation: exif`` (README row
+42); the designed detector then also reads the image's top-left quarter, so that a turned image
+gets other boxes. ``--exif stored`` runs sssc's default there: the check fails.
 """
 
 from __future__ import annotations
@@ -138,9 +143,9 @@ class DesignedDino(torch.nn.Module):
 
     KINDS = ("exact", "part", "two", "cls", "weak")
 
-    def __init__(self, tokenizer, queries: int = 10):
+    def __init__(self, tokenizer, queries: int = 10, turns: bool = False):
         super().__init__()
-        self.tokenizer, self.queries = tokenizer, queries
+        self.tokenizer, self.queries, self.turns = tokenizer, queries, turns
         self.kinds: Counter = Counter()
 
     def to(self, *args, **kwargs):  # the pinned predict() moves the model
@@ -149,6 +154,9 @@ class DesignedDino(torch.nn.Module):
     def forward(self, images: torch.Tensor, captions: list[str]) -> dict:
         caption = captions[0]
         key = f"{caption}|{tuple(images.shape)}|{float(images.mean()):.3f}"
+        if self.turns:  # a turned image gets other boxes (the mean alone is the same)
+            h, w = images.shape[-2:]
+            key += f"|{float(images[..., : h // 2, : w // 2].mean()):.3f}"
         rng = np.random.default_rng(zlib.crc32(key.encode()))
         enc = self.tokenizer(caption, return_offsets_mapping=True)
         n = len(enc["input_ids"])
@@ -230,6 +238,26 @@ def dataset(root: Path, images: int) -> Path:
     return root
 
 
+def tag_images(root: Path, seed: int = 5) -> dict[str, int]:
+    """Half of the dataset's images rewritten with an EXIF orientation tag (2 to 8; the
+    synthetic images are square, so every tag keeps their shape), pixels unchanged: the
+    official Stage 1 reads them turned (``cv2.imread``), sssc as ``image_orientation`` says."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    tags = {}
+    for path in sorted((root / "synthetic" / "images").iterdir()):
+        if rng.random() < 0.5:
+            tag = int(rng.integers(2, 9))
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+            exif = im.getexif()
+            exif[0x0112] = tag
+            im.save(path, exif=exif)
+            tags[path.name] = tag
+    return tags
+
+
 def nltk_tagger(folder: Path, refer) -> str:
     """The designed NLTK data folder (module docstring) for the dataset's words."""
     from tiny_models import write_tiny_nltk
@@ -254,6 +282,12 @@ def main() -> int:
         help="sssc's Stage 1 as it was before 2026-12-07 (gdino_cls_token: ignored, "
         "sam_box: clamped, image_grouping: image, noun_fallback: none): the check then fails",
     )
+    ap.add_argument(
+        "--exif",
+        choices=("exif", "stored"),
+        help="tag half of the images with an EXIF orientation (README row 42) and run sssc with "
+        "segment.models.image_orientation set to this (exif: official; stored: the check fails)",
+    )
     args = ap.parse_args()
 
     import open_clip
@@ -274,6 +308,7 @@ def main() -> int:
 
     work = scratch("sssc-oracle-segment-")
     root = dataset(work / "data", args.images)
+    tagged = tag_images(root) if args.exif else {}
     refer = Refer(root, "synthetic", "synthetic", root / "synthetic" / "images")
     gdino_config, bert = write_tiny_gdino(work / "gdino", coco_vocab())
     nltk_data = nltk_tagger(work / "nltk_data", refer)
@@ -296,10 +331,11 @@ def main() -> int:
         image_grouping="image" if args.before else "file_runs",
         noun_fallback="none" if args.before else "nltk",
         nltk_data=nltk_data,
+        image_orientation=args.exif or "stored",
     )
     torch.manual_seed(0)
     seg = ModelsSegmenter(refer, m, COCO, ["train"])
-    dino = DesignedDino(seg.detector.model.tokenizer)
+    dino = DesignedDino(seg.detector.model.tokenizer, turns=bool(args.exif))
     seg.detector.model = dino
 
     # The official driver's setup: the COCO list's CLIP features with the context string.
@@ -373,6 +409,10 @@ def main() -> int:
                         + ("equal" if ok else f"{int((c != b).sum())} px")
                     )
         counts["images"] += 1
+        if g[0]["file_name"] in tagged:
+            counts["tagged_images"] += 1
+            counts["tagged_objects"] += len(g)
+            counts["tagged_maps_equal"] += sum(same)
     print(dict(counts))
     print("designed boxes:", dict(dino.kinds))
     print("sssc counts:", dict(seg.counts))
