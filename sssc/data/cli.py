@@ -141,7 +141,10 @@ def _check(args: argparse.Namespace) -> int:
         examples = "; ".join(refer.warning_examples[kind])
         print(f"skipped ({kind}): {n}, e.g. {examples}")
     if tagged:
-        turned = sum(t >= 5 and refer.images[i].height != refer.images[i].width for i, t in tagged)
+        from .images import turns_shape
+
+        info = refer.images
+        turned = sum(turns_shape(t, info[i].height, info[i].width) for i, t in tagged)
         eg = ", ".join(f"{refer.image_path(i).name} (tag {t})" for i, t in tagged[:3])
         print(
             f"EXIF orientation: {len(tagged)} images carry a tag other than 1, {turned} of them "

@@ -28,6 +28,7 @@ __all__ = [
     "exif_orientation",
     "orient",
     "read_rgb",
+    "turns_shape",
 ]
 
 # ImageNet statistics, with which Swin (LAVT) and GroundingDINO normalise their inputs.
@@ -125,6 +126,12 @@ def orient(arr: np.ndarray, tag: int) -> np.ndarray:
     if tag == 8:
         return arr[:, ::-1].swapaxes(0, 1)
     return arr
+
+
+def turns_shape(tag: int, height: int, width: int) -> bool:
+    """Whether EXIF orientation ``tag`` turns a ``height x width`` image to another shape (tags
+    5 to 8, which swap its axes, on a non-square image)."""
+    return tag >= 5 and height != width
 
 
 def read_rgb(path: str | Path, orientation: str = "stored") -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..data import masks as _masks
-from ..data.images import ORIENTATIONS, exif_orientation
+from ..data.images import ORIENTATIONS, exif_orientation, turns_shape
 from ..data.refer import Refer
 from ..pretrained import check_weights
 from ..store import s1_record
@@ -81,7 +81,7 @@ def turned_images(refer: Refer, ids: Iterable[int], progress: bool = False) -> l
             tag = exif_orientation(refer.image_path(image_id))
         except ImageReadError as e:
             raise DatasetError(str(e)) from None
-        if tag >= 5 and info.height != info.width:
+        if turns_shape(tag, info.height, info.width):
             out.append((image_id, tag))
     return out
 
