@@ -99,7 +99,8 @@ class DataConfig:
     samples_target_check: str = "resized"  # samples: an object whose target is all one value is
     # skipped, judged after the nearest resize to train.image_size (resized, official) | at the
     # stored resolution (stored)
-    text_field: str = "raw"  # raw (LAVT tokenizes REFER's raw text) | sent (the cleaned one)
+    text_field: str = "sent"  # which REFER text LAVT reads: sent (the cleaned text; S+S+C's
+    # datasets, training and evaluation) | raw (as typed; LAVT-RIS's own datasets)
     polygon_overlap: str = "refer"  # GT of several polygons: refer (LAVT: overlaps are
     # background) | union
     synth: SynthConfig = field(default_factory=SynthConfig)

@@ -551,13 +551,17 @@ def test_overlapping_polygons_follow_refer_or_union(tmp_path):
     np.testing.assert_array_equal(refer.gt_mask(102), union.gt_mask(102))
 
 
-def test_training_text_is_the_raw_field_unless_set(fixture_refer):
+def test_training_text_is_the_sent_field_unless_set(fixture_refer):
+    """S+S+C's ``UnsupervisedReferDataset`` (training) and ``ReferDataset`` (evaluation) tokenize
+    ``el['sent']``; LAVT-RIS's own dataset reads ``el['raw']`` (README row 18)."""
+    from sssc.config import DataConfig
     from sssc.correct.data import ImageSet
 
     refer, _ = fixture_refer
     image_id = refer.split_image_ids("train")[0]
     refs = refer.image_refs(image_id, "train")
-    raw = ImageSet(refer, "train", 16)[image_id]["sents"]
-    sent = ImageSet(refer, "train", 16, text_field="sent")[image_id]["sents"]
-    assert raw == [s.raw for r in refs for s in r.sentences]
-    assert sent == [s.sent for r in refs for s in r.sentences] and raw != sent
+    default = ImageSet(refer, "train", 16)[image_id]["sents"]
+    raw = ImageSet(refer, "train", 16, text_field="raw")[image_id]["sents"]
+    assert DataConfig().text_field == "sent"
+    assert default == [s.sent for r in refs for s in r.sentences]
+    assert raw == [s.raw for r in refs for s in r.sentences] and raw != default

@@ -90,8 +90,9 @@ class ImageSet(torch.utils.data.Dataset):
         per_object: keep this many of each object's expressions per epoch, drawn from
             ``(seed, epoch, ann_id)`` (LAVT samples one sentence per object); 0 keeps all.
         seed: the draws' seed (see :meth:`set_epoch`).
-        text_field: which REFER text the model reads: ``"raw"`` (as typed, LAVT's choice) or
-            ``"sent"`` (REFER's cleaned, lower-cased text).
+        text_field: which REFER text the model reads: ``"sent"`` (REFER's cleaned, lower-cased
+            text, which S+S+C's datasets read in training and evaluation) or ``"raw"`` (as typed,
+            which LAVT-RIS's datasets read).
         label_background: ``"largest"``: an S2 target over half the image is inverted, as the
             official loader reads its binary PNGs (``train.label_background``); the S1 pools
             are read that way by the store (:func:`sssc.store.pools.paint_pools`).
@@ -110,7 +111,7 @@ class ImageSet(torch.utils.data.Dataset):
         cache: bool = False,
         per_object: int = 0,
         seed: int = 0,
-        text_field: str = "raw",
+        text_field: str = "sent",
         label_background: str = "minimum",
         candidates_at: str = "image_size",
     ):

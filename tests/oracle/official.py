@@ -10,12 +10,14 @@ or mirrored git directory, read with ``git show HEAD:<path>``).
 
 from __future__ import annotations
 
+import ast
 import atexit
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 FILES = [
@@ -47,6 +49,7 @@ FILES = [
     "ssc_ris/utils/lavt_lib/_utils.py",
     "ssc_ris/utils/lavt_lib/backbone.py",
     "ssc_ris/utils/lavt_lib/mask_predictor.py",
+    "ssc_ris/utils/lavt_lib/lavt_utils.py",
 ]
 
 STANDINS = {
@@ -104,9 +107,7 @@ def scratch(prefix: str) -> Path:
     return path
 
 
-def load(scratch_dir: str | Path | None = None) -> Path:
-    """Extract the official files into ``scratch_dir`` (by default a temporary folder removed at
-    exit) and put it first on ``sys.path``; returns the folder."""
+def _repo() -> Path:
     repo = os.environ.get("SSC_REPO")
     if not repo:
         sys.exit(
@@ -116,6 +117,24 @@ def load(scratch_dir: str | Path | None = None) -> Path:
     repo_path = Path(repo)
     if (repo_path / ".git").is_dir():
         repo_path = repo_path / ".git" if not (repo_path / FILES[0]).is_file() else repo_path
+    return repo_path
+
+
+def script_function(path: str, name: str, namespace: dict) -> Callable:
+    """The top-level function ``name`` of the official script ``path`` (e.g. ``evaluate`` of
+    ``scripts/train/test_model.py``), compiled alone into ``namespace`` (the names it reads), so
+    that the script's other imports (its model, its argument parser) are not needed."""
+    src = _read(_repo(), path)
+    (node,) = [n for n in ast.parse(src).body if isinstance(n, ast.FunctionDef) and n.name == name]
+    code = "\n" * (node.lineno - 1) + ast.get_source_segment(src, node)  # keep line numbers
+    exec(compile(code, f"official:{path}", "exec"), namespace)
+    return namespace[name]
+
+
+def load(scratch_dir: str | Path | None = None) -> Path:
+    """Extract the official files into ``scratch_dir`` (by default a temporary folder removed at
+    exit) and put it first on ``sys.path``; returns the folder."""
+    repo_path = _repo()
     out = Path(scratch_dir) if scratch_dir else scratch("sssc-oracle-")
     for path in FILES:
         (out / path).parent.mkdir(parents=True, exist_ok=True)
