@@ -103,6 +103,8 @@ class DataConfig:
     # datasets, training and evaluation) | raw (as typed; LAVT-RIS's own datasets)
     polygon_overlap: str = "refer"  # GT of several polygons: refer (LAVT: overlaps are
     # background) | union
+    empty_gt: str = "keep"  # a ref whose GT mask is empty: keep (official: queried, trained on,
+    # scored with IoU 0 in evaluation) | skip (left out everywhere)
     synth: SynthConfig = field(default_factory=SynthConfig)
 
 
@@ -339,6 +341,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.samples_draw": ("sssc", "official"),
     "data.samples_target_check": ("resized", "stored"),
     "data.polygon_overlap": ("refer", "union"),
+    "data.empty_gt": ("keep", "skip"),
     "eval.upsample": ("lavt", "sssc"),
     "eval.point_rule": ("tris", "sssc"),
     "segment.models.noun_rule": ("official", "sssc"),

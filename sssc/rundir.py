@@ -99,6 +99,7 @@ _TRAINING_DATA = {
     "data.samples_draw",
     "data.samples_workers",
     "data.samples_target_check",
+    "data.text_field",  # Stages 1-2 read REFER's sent, as the official ones do, whatever it says
 }
 _CORRECT_ONLY = {
     "train.correct_epochs",
@@ -165,6 +166,8 @@ _ADDED_LATER: dict[str, Any] = {
     "data.samples_target_check": "stored",
     # 2026-12-07: Stage 1 always read the pixels as stored
     "segment.models.image_orientation": "stored",
+    # 2026-12-07: refs whose GT mask is empty were left out
+    "data.empty_gt": "skip",
 }
 # After a NaN stop, a resume may lower the learning rate or add clipping.
 RESUMABLE_AFTER_DIVERGENCE = ("train.lr", "train.grad_clip")

@@ -114,6 +114,35 @@ def test_check_skips_are_reported_and_strict_fails(synth_root, capsys):
     assert "ref_without_sentences" in capsys.readouterr().err
 
 
+def test_check_reports_an_empty_gt_as_kept_unless_the_config_skips_it(synth_root, capsys):
+    import json
+
+    before = _counts(_run_check(synth_root, capsys))  # the dataset as written
+    path = synth_root / "synthetic" / "instances.json"
+    coco = json.loads(path.read_text())
+    refs = pickle.loads((synth_root / "synthetic" / "refs(synthetic).p").read_bytes())
+    ann = next(a for a in coco["annotations"] if a["id"] == refs[0]["ann_id"])
+    ann["segmentation"] = [ann["segmentation"][0], list(ann["segmentation"][0])]  # twice: empty
+    path.write_text(json.dumps(coco))
+    assert _check(synth_root) == 0
+    out = capsys.readouterr().out
+    assert f"counted, kept (empty_mask): 1, e.g. annotation {ann['id']}" in out
+    assert "score IoU 0 in evaluation" in out
+    assert _counts(out) == before
+    config = synth_root / "skip.yaml"
+    config.write_text(f"data:\n  root: {synth_root}\n  empty_gt: skip\n")
+    assert _check(synth_root, "--config", str(config)) == 0
+    out = capsys.readouterr().out
+    assert "skipped (empty_mask): 1" in out
+    assert _counts(out)["total"][1] == before["total"][1] - 1
+
+
+def _run_check(root, capsys):
+    capsys.readouterr()
+    assert _check(root) == 0
+    return capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

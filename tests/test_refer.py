@@ -287,16 +287,85 @@ def test_ref_without_sentences_is_skipped_and_counted(tmp_path):
     ],
     ids=["no-polygons", "two-points", "outside-image", "empty-rle"],
 )
-def test_empty_mask_skips_its_refs_and_is_counted(tmp_path, segm, why):
+def test_empty_mask_is_counted_and_kept_or_skipped(tmp_path, segm, why):
+    """The official REFER keeps every ref, and its evaluation scores one whose GT is empty
+    (README row 43): ``empty_gt: keep`` (the default) keeps it with an all-background GT;
+    ``skip`` leaves it out."""
+
     def edit(anns):
         anns[4]["segmentation"] = segm
 
     write_fixture(tmp_path, anns_edit=edit)
     refer = _open(tmp_path)
-    assert 4 not in refer.refs and sorted(refer.refs) == [0, 1, 2, 3, 5]
-    assert refer.warnings["empty_mask"] == 1
-    assert "annotation 105" in refer.warning_examples["empty_mask"][0]
-    assert why in refer.warning_examples["empty_mask"][0]
+    assert refer.empty_gt == "keep" and sorted(refer.refs) == [0, 1, 2, 3, 4, 5]
+    gt = refer.gt_mask(105)
+    assert gt.shape == (30, 45) and not gt.any()
+    assert not refer.skipped("empty_mask") and refer.skipped("empty_sentence")
+    skip = Refer(tmp_path, "refcoco", "unc", tmp_path / "images", empty_gt="skip")
+    assert 4 not in skip.refs and sorted(skip.refs) == [0, 1, 2, 3, 5]
+    assert skip.skipped("empty_mask") and not skip.skipped("polygon_clipped")
+    for r in (refer, skip):
+        assert r.warnings["empty_mask"] == 1
+        assert "annotation 105" in r.warning_examples["empty_mask"][0]
+        assert why in r.warning_examples["empty_mask"][0]
+    with pytest.raises(ValueError, match="empty_gt"):
+        Refer(tmp_path, "refcoco", "unc", tmp_path / "images", empty_gt="drop")
+
+
+def test_polygons_covering_each_other_give_an_empty_gt(tmp_path):
+    """REFER's ``getMask`` sums an annotation's polygons and LAVT keeps the pixels equal to 1: a
+    polygon given twice covers every pixel twice, so the official GT is empty (pycocotools
+    restated here: the sum of the decoded polygons, ``== 1``)."""
+    poly = _rect(10, 5, 30, 20)
+
+    def edit(anns):
+        anns[0]["segmentation"] = [poly, list(poly)]
+
+    write_fixture(tmp_path, anns_edit=edit)
+    refer = _open(tmp_path)
+    want = mask_utils.decode(mask_utils.frPyObjects([poly, poly], 40, 60)).sum(axis=2) == 1
+    assert not want.any() and not refer.gt_mask(101).any() and 0 in refer.refs
+    assert "cover each other" in refer.warning_examples["empty_mask"][0]
+    union = Refer(tmp_path, "refcoco", "unc", tmp_path / "images", polygon_overlap="union")
+    assert union.gt_mask(101).sum() == mask_utils.area(mask_utils.frPyObjects([poly], 40, 60))[0]
+    assert not union.warnings["empty_mask"]
+
+
+def test_an_empty_gt_scores_zero_with_the_prediction_in_the_union(tmp_path):
+    """LAVT's ``evaluate``: ``I = |P & G|``, ``U = |P | G|``, IoU 0 when ``U == 0``; ``cum_I``
+    and ``cum_U`` summed over every expression, the empty GT's included."""
+    from sssc.eval.metrics import evaluate_masks
+
+    def edit(anns):
+        anns[4]["segmentation"] = []
+
+    write_fixture(tmp_path, anns_edit=edit)
+    refer = _open(tmp_path)
+    split = refer.refs[4].split
+    refs = refer.split_refs(split)
+    assert any(r.ref_id == 4 for r in refs)
+    rng = np.random.default_rng(3)
+    preds, ious, cum_i, cum_u = {}, [], 0, 0
+    for r in refs:
+        gt = _as_eval(refer.gt_mask(r.ann_id))
+        for s in r.sentences:
+            p = rng.random((480, 480)) < 0.3
+            preds[s.sent_id] = p
+            i, u = int((p & gt).sum()), int((p | gt).sum())
+            ious.append(i / u if u else 0.0)
+            cum_i, cum_u = cum_i + i, cum_u + u
+    m = evaluate_masks(refer, split, preds, resolution=480)
+    assert m["num_expressions"] == len(ious)
+    assert m["mIoU"] == pytest.approx(100 * np.mean(ious), abs=1e-12)
+    assert m["oIoU"] == pytest.approx(100 * cum_i / cum_u, abs=1e-12)
+    kept = [s.sent_id for s in refer.refs[4].sentences]
+    assert all(not (preds[k] & _as_eval(refer.gt_mask(105))).any() for k in kept)
+
+
+def _as_eval(gt):
+    """The GT at 480x480 as LAVT's ``T.Resize`` gives it (PIL nearest on a uint8 image)."""
+    img = Image.fromarray(gt.astype(np.uint8) * 255).resize((480, 480), Image.NEAREST)
+    return np.asarray(img) > 0
 
 
 def test_partly_outside_polygon_is_clipped_and_counted(tmp_path):

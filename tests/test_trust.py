@@ -949,3 +949,24 @@ def test_a_correct_phase_stored_before_candidates_at_told_them_apart_as_stored()
         assert config_diff(old, new, stage) == []
     same = config_to_dict(load_config(None, ["train.candidates_at=stored"]))
     assert config_diff(old, same, "correct") == []
+
+
+def test_a_run_stored_before_empty_gt_skipped_those_refs_and_text_field_is_training_only():
+    """``data.empty_gt`` is new: every stage stored without it left out the refs whose GT mask is
+    empty (``skip``), which differs from today's official default (``keep``) and is named, and
+    with the old value set it resumes. ``data.text_field`` (its default now ``sent``) defines the
+    training phases only: Stages 1-2 read REFER's ``sent`` whatever it says."""
+    new = config_to_dict(load_config(None, []))
+    old = json.loads(json.dumps(new))
+    del old["data"]["empty_gt"]
+    old["data"]["text_field"] = "raw"
+    for stage in ("segment", "select"):
+        assert config_diff(old, new, stage) == [("data.empty_gt", "skip", "keep")]
+    for stage in ("bootstrap", "correct"):
+        assert config_diff(old, new, stage) == [
+            ("data.empty_gt", "skip", "keep"),
+            ("data.text_field", "raw", "sent"),
+        ]
+    same = config_to_dict(load_config(None, ["data.empty_gt=skip", "data.text_field=raw"]))
+    for stage in ("segment", "select", "bootstrap", "correct"):
+        assert config_diff(old, same, stage) == []

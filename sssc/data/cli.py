@@ -59,7 +59,9 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--config", help="take root, dataset, split_by and image_dir from a config")
     c.add_argument(
-        "--strict", action="store_true", help="also fail on counted skips (e.g. refs without text)"
+        "--strict",
+        action="store_true",
+        help="also fail on counted items (e.g. refs without text, empty GT masks)",
     )
     c.add_argument(
         "--headers-only",
@@ -101,6 +103,7 @@ def _check(args: argparse.Namespace) -> int:
     from .refer import DatasetError, Refer
 
     root, dataset, split_by, image_dir = args.root, args.dataset, args.split_by, args.image_dir
+    overlap, empty_gt = "refer", "keep"  # the defaults; a --config's own when given
     if args.config:
         try:
             data = load_config(args.config, []).data
@@ -111,6 +114,7 @@ def _check(args: argparse.Namespace) -> int:
         dataset = dataset or data.dataset
         split_by = split_by or data.split_by
         image_dir = image_dir or data.image_dir
+        overlap, empty_gt = data.polygon_overlap, data.empty_gt
     missing = [
         f for f, v in (("--root", root), ("--dataset", dataset), ("--split-by", split_by)) if not v
     ]
@@ -121,7 +125,7 @@ def _check(args: argparse.Namespace) -> int:
 
     image_dir = Path(image_dir) if image_dir else default_image_dir(root, dataset)
     try:
-        refer = Refer(root, dataset, split_by, image_dir)
+        refer = Refer(root, dataset, split_by, image_dir, overlap, empty_gt)
         tagged = _check_images(refer, args.headers_only)
     except DatasetError as e:
         print(f"sssc data check: {e}", file=sys.stderr)
@@ -139,7 +143,13 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{name:<8} {n_img:>8} {n_obj:>8} {n_expr:>12}")
     for kind, n in sorted(refer.warnings.items()):
         examples = "; ".join(refer.warning_examples[kind])
-        print(f"skipped ({kind}): {n}, e.g. {examples}")
+        what = "skipped" if refer.skipped(kind) else "counted, kept"
+        print(f"{what} ({kind}): {n}, e.g. {examples}")
+        if kind == "empty_mask" and not refer.skipped(kind):
+            print(
+                "  their expressions score IoU 0 in evaluation, as in the official code "
+                "(README row 43); data.empty_gt: skip leaves these refs out everywhere"
+            )
     if tagged:
         from .images import turns_shape
 
@@ -155,7 +165,7 @@ def _check(args: argparse.Namespace) -> int:
     if args.strict and refer.warnings:
         kind = sorted(refer.warnings)[0]
         print(
-            f"sssc data check: {refer.refs_path}: {sum(refer.warnings.values())} counted skips "
+            f"sssc data check: {refer.refs_path}: {sum(refer.warnings.values())} counted items "
             f"(--strict), first: {refer.warning_examples[kind][0]} ({kind})",
             file=sys.stderr,
         )

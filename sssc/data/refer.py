@@ -21,9 +21,13 @@ Bad input is handled deliberately, never by a traceback from deep inside:
   ``warnings["ref_without_sentences"]``. A ``sent_id`` used twice, or an id that is not an
   integer: :class:`DatasetError`.
 * A referred annotation whose mask is empty (no polygon with 3 or more points, a polygon entirely
-  outside the image, or an RLE with zero area): its refs are skipped, counted in
-  ``warnings["empty_mask"]``. A polygon that is partly outside the image is clipped to it
-  (rasterisation does that) and counted in ``warnings["polygon_clipped"]``.
+  outside the image, polygons that cover each other's every pixel under ``polygon_overlap:
+  refer``, or an RLE with zero area): counted in ``warnings["empty_mask"]``. With ``empty_gt:
+  keep`` (the default, the official code's: its REFER keeps every ref, and its evaluation scores
+  such a ref's expressions with IoU 0, the prediction in oIoU's union) its refs are kept; with
+  ``skip`` (sssc before 2026-12-07) they are left out everywhere. A polygon that is partly
+  outside the image is clipped to it (rasterisation does that) and counted in
+  ``warnings["polygon_clipped"]``.
 
 ``warning_examples[kind]`` keeps the first few offending items of each kind, for messages.
 The refs pickle is read with a restricted unpickler: plain containers and scalars only.
@@ -56,6 +60,7 @@ __all__ = [
 # The splits in the order the papers list them; any other split name sorts after these.
 _SPLIT_ORDER = ("train", "val", "test", "testA", "testB")
 _MAX_EXAMPLES = 5
+EMPTY_GT = ("keep", "skip")  # data.empty_gt: what becomes of a ref whose GT mask is empty
 
 
 class DatasetError(Exception):
@@ -182,10 +187,13 @@ class Refer:
         split_by: str,
         image_dir: str | Path,
         polygon_overlap: str = "refer",
+        empty_gt: str = "keep",
     ):
         if polygon_overlap not in ("refer", "union"):
             raise ValueError(f"polygon_overlap must be 'refer' or 'union', got {polygon_overlap!r}")
-        self.polygon_overlap = polygon_overlap
+        if empty_gt not in EMPTY_GT:
+            raise ValueError(f"empty_gt must be one of {EMPTY_GT}, got {empty_gt!r}")
+        self.polygon_overlap, self.empty_gt = polygon_overlap, empty_gt
         self.root = Path(root)
         self.dataset = dataset
         self.split_by = split_by
@@ -234,8 +242,20 @@ class Refer:
             )
         image_dir = data_cfg.image_dir or default_image_dir(data_cfg.root, data_cfg.dataset)
         return cls(
-            data_cfg.root, data_cfg.dataset, data_cfg.split_by, image_dir, data_cfg.polygon_overlap
+            data_cfg.root,
+            data_cfg.dataset,
+            data_cfg.split_by,
+            image_dir,
+            data_cfg.polygon_overlap,
+            data_cfg.empty_gt,
         )
+
+    def skipped(self, kind: str) -> bool:
+        """Whether the counted items of ``warnings[kind]`` were left out (``False``: counted and
+        kept, e.g. a clipped polygon, or an empty GT mask under ``empty_gt: keep``)."""
+        if kind == "empty_mask":
+            return self.empty_gt == "skip"
+        return kind != "polygon_clipped"
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -363,7 +383,8 @@ class Refer:
             self.refs[ref_id] = Ref(ref_id, ann_id, image_id, split, category_id, sentences)
 
     def _mask_ok(self, ann_id: int) -> bool:
-        """Whether the annotation's mask is non-empty; counts empty and clipped ones."""
+        """Whether the annotation's refs are kept: counts empty and clipped masks, and leaves
+        out an empty one under ``empty_gt: skip``."""
         ann = self._anns[ann_id]
         info = self.images[int(ann["image_id"])]
         segm = ann["segmentation"]
@@ -372,7 +393,7 @@ class Refer:
             polys = _polygons(segm, f"{self.instances_path}: {item}")
             if not polys:
                 self._warn("empty_mask", f"{item} (no polygon with 3 or more points)")
-                return False
+                return self.empty_gt == "keep"
             allp = np.concatenate(polys).reshape(-1, 2)
             if (
                 (allp < 0).any()
@@ -382,8 +403,11 @@ class Refer:
                 self._warn("polygon_clipped", f"{item} (polygon outside the image)")
         rle = self._rle(ann_id)
         if int(mask_utils.area(rle)) == 0:
-            self._warn("empty_mask", f"{item} (mask has no pixel inside the image)")
-            return False
+            overlap = ""
+            if isinstance(segm, list) and self.polygon_overlap == "refer" and len(segm) > 1:
+                overlap = ", or its polygons cover each other's every pixel"
+            self._warn("empty_mask", f"{item} (mask has no pixel inside the image{overlap})")
+            return self.empty_gt == "keep"
         return True
 
     def _check_images(self) -> None:

@@ -29,8 +29,9 @@ the logits, then takes the argmax); ``"sssc"`` takes the foreground probability,
 
 Empty union: when both the prediction and the GT are empty, ``U = 0``; the IoU is then **0** (LAVT's
 ``this_iou = 0.0 if U == 0``) and the pair adds nothing to ``ΣI`` or ``ΣU``. RefCOCO/+/g GT masks
-are never empty (and :class:`sssc.data.refer.Refer` skips refs whose mask is empty), so this can
-only happen when a small object vanishes in the resize to 480x480.
+are never empty in practice, so this happens when a small object vanishes in the resize to 480x480,
+or for a ref whose GT mask is empty (``data.empty_gt: keep``, the official code's, keeps such refs;
+their expressions score 0, and the prediction counts in ``ΣU``).
 """
 
 from __future__ import annotations

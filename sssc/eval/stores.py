@@ -147,7 +147,9 @@ def _score_per_ref(split: str, refs, s1: Store, s2: Store | None, refer: Refer, 
         pred = _prediction(ref, s1, s2, refer, "original", warnings)  # None: no choice
         pred = np.zeros_like(gt) if pred is None else pred
         i, u = np.count_nonzero(pred & gt), np.count_nonzero(pred | gt)
-        ious.append(i / u)  # the GT is never empty (the reader skips such refs)
+        # An empty union needs an empty GT (data.empty_gt: keep) and no choice; the script's
+        # 0 / 0 is NaN there, which would make its mIoU NaN: scored 0 here, as LAVT does.
+        ious.append(i / u if u else 0.0)
         cum_i, cum_u = cum_i + i, cum_u + u
     v = np.asarray(ious, dtype=np.float64)
     return {
