@@ -222,6 +222,52 @@ def sssc_run(root: Path, vocab_words: list[str], size: int, sets: list[str]) -> 
     return m, ious
 
 
+def check_tokens(root: Path, n: int, seed: int = 11) -> int:
+    """The official ``ReferDataset``'s tokens (its vendored ``BertTokenizer``: ``encode`` with the
+    special tokens, the first 20 kept) against sssc's ``tokenizer: bert`` path
+    (``BertTokenizerFast`` from the same folder, :class:`LAVTTokenizer`) on ``n`` random strings:
+    capitals, accents,
+    punctuation, digits, CJK characters, an emoji, tabs and runs of spaces, words split into
+    word pieces, words no piece covers and one over 100 characters. Returns how many differ."""
+    from ssc_ris.refer_dataset.bert.tokenization_bert import BertTokenizer
+
+    from sssc.correct.tokenizer import LAVTTokenizer, _bert_from_folder
+
+    folder = root / "bert-vocab"
+    folder.mkdir()
+    words = ["man", "woman", "left", "right", "red", "shirt", "cafe", "the", "on", "dog", "big"]
+    pieces = ["##s", "##er", "##est", "##ing", "##e", "##x", "un", "##der", "a", "##b", "##c"]
+    puncts = list(",.!?'-()\"/:;&")
+    chars = ["\u4e2d", "\u6587", "0", "1", "2", "7"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *pieces, *puncts, *chars]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    official = BertTokenizer(str(folder / "vocab.txt"))
+    mine = LAVTTokenizer(_bert_from_folder(folder), 20)
+    rng = np.random.default_rng(seed)
+    extra = [
+        "Caf\u00e9", "CAF\u00c9S", "na\u00efve", "\u4e2d\u6587", "\U0001f600", "shirt's",
+        "well-dressed", "x" * 120, "unbelievable", "abc", "Left,", "7th", "\t", "  ", "mañana",
+    ]  # fmt: skip
+    differ = 0
+    for _ in range(n):
+        parts = [
+            str(rng.choice(words + extra)) if rng.random() < 0.8 else str(rng.choice(puncts))
+            for _ in range(int(rng.integers(0, 30)))
+        ]
+        text = "".join(p + str(rng.choice([" ", " ", "", "  ", "\t"])) for p in parts)
+        if rng.random() < 0.3:
+            text = text.upper() if rng.random() < 0.5 else text.title()
+        want = official.encode(text=text, add_special_tokens=True)[:20]
+        ids, mask = mine(text)
+        got = ids[0, : int(mask.sum())].tolist()
+        if got != want:
+            differ += 1
+            if differ <= 3:
+                print(f"  tokens differ for {text!r}: official {want}, sssc {got}")
+    print(f"tokens: {n - differ} of {n} random strings give the official ids")
+    return differ
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("images", nargs="?", type=int, default=60)
@@ -233,6 +279,7 @@ def main() -> int:
         help="an sssc config override, e.g. data.text_field=raw or data.polygon_overlap=union "
         "(the check then fails)",
     )
+    ap.add_argument("--strings", type=int, default=3000, help="random strings for the tokens")
     args = ap.parse_args()
 
     from official import load, scratch
@@ -265,7 +312,7 @@ def main() -> int:
         f"tokens with [CLS] and [SEP]), {multi} objects of several polygons; sssc with the "
         f"refcoco config{''.join(' --set ' + x for x in args.set)}"
     )
-    failed = 0
+    failed = int(check_tokens(root, args.strings) > 0)
     for size in (480, 24):
         printed, want = official_run(root, size)
         m, got = sssc_run(root, texts, size, args.set)
