@@ -105,6 +105,8 @@ class DataConfig:
     # background) | union
     empty_gt: str = "keep"  # a ref whose GT mask is empty: keep (official: queried, trained on,
     # scored with IoU 0 in evaluation) | skip (left out everywhere)
+    empty_sentences: str = "skip"  # an expression whose sent is empty or blank: skip (sssc) | keep
+    # (official: queried, scored by CLIP, trained on and evaluated as it is, [CLS] [SEP] for LAVT)
     synth: SynthConfig = field(default_factory=SynthConfig)
 
 
@@ -329,6 +331,7 @@ OFFICIAL_RECIPE: dict[str, Any] = {
     "select.candidates": "painted",
     "train.label_background": "largest",
     "train.epoch_seed": 100,
+    "data.empty_sentences": "keep",
     # Not train.selection=best_gt: model selection on GT masks is only ever set by name.
 }
 
@@ -342,6 +345,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.samples_target_check": ("resized", "stored"),
     "data.polygon_overlap": ("refer", "union"),
     "data.empty_gt": ("keep", "skip"),
+    "data.empty_sentences": ("skip", "keep"),
     "eval.upsample": ("lavt", "sssc"),
     "eval.point_rule": ("tris", "sssc"),
     "segment.models.noun_rule": ("official", "sssc"),

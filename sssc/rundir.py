@@ -168,6 +168,8 @@ _ADDED_LATER: dict[str, Any] = {
     "segment.models.image_orientation": "stored",
     # 2026-12-07: refs whose GT mask is empty were left out
     "data.empty_gt": "skip",
+    # 2026-12-07: expressions without text were always left out
+    "data.empty_sentences": "skip",
 }
 # After a NaN stop, a resume may lower the learning rate or add clipping.
 RESUMABLE_AFTER_DIVERGENCE = ("train.lr", "train.grad_clip")

@@ -398,3 +398,48 @@ def test_exif_refuses_images_turned_to_another_shape_before_any_work(tmp_path, m
     assert not (tmp_path / "run" / "segment").exists()
     stages.run_stage("segment", load_config(None, ov), tmp_path / "run")  # stored: not scanned
     assert len(first) == 1 and len(first[0]) > 0
+
+
+def test_blank_expressions_reach_stages_1_and_2_only_under_keep(tmp_path):
+    """``data.empty_sentences`` (README row 44): the official Stages 1-2 query and score a ref's
+    every ``sent``, a blank one included. With ``keep``, Stage 2 scores such an object's
+    candidates against its blank expression too, so its scores differ from ``skip``'s; an
+    object without one scores the same either way."""
+    import pickle
+
+    from tiny_data import TENTHS
+
+    from sssc.data.synthetic import generate
+
+    folder = generate(tmp_path / "gen", num_images=8, **TENTHS)
+    ds = tmp_path / "data" / "refcoco"
+    shutil.copytree(folder, ds)
+    refs = pickle.loads((ds / "refs(synthetic).p").read_bytes())
+    blanked = set()
+    for r in refs[::3]:
+        r["sentences"][0]["sent"] = ""
+        r["sentences"][0]["tokens"] = []
+        blanked.add(r["ann_id"])
+    (ds / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
+    base = models_overrides(tmp_path / "models") + [
+        f"data.root={tmp_path / 'data'}",
+        "data.dataset=refcoco",
+        "data.split_by=unc",
+        f"data.image_dir={ds / 'images'}",
+    ]
+    scores = {}
+    for mode in ("skip", "keep"):
+        cfg = load_config(None, [*base, f"data.empty_sentences={mode}"])
+        stages.run_stage("select", cfg, tmp_path / mode)
+        s1, s2 = Store(tmp_path / mode / "segment"), Store(tmp_path / mode / "select")
+        scores[mode] = {
+            o.ann_id: list(o.scores)
+            for i in s2.image_ids()
+            for o in s2.get(i).objects
+            if s1.get(i).object(o.ann_id).eligible
+        }
+    assert scores["skip"].keys() == scores["keep"].keys()
+    same = {a for a in scores["skip"] if scores["skip"][a] == scores["keep"][a]}
+    scored = set(scores["skip"])
+    assert scored & blanked and scored - blanked
+    assert same == scored - blanked

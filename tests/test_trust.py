@@ -543,9 +543,47 @@ def test_empty_and_none_sentences_are_skipped_and_counted(tmp_path):
 
     _tiny_dataset(tmp_path, edit)
     refer = _open(tmp_path)
-    assert refer.warnings["empty_sentence"] == 2
+    assert refer.warnings["empty_sentence"] == 2 and refer.skipped("empty_sentence")
     texts = [s.raw for r in refer.refs.values() for s in r.sentences]
     assert "" not in texts and "None" not in texts
+
+
+def test_empty_sentences_keep_tokenizes_them_as_the_official_datasets_do(tmp_path):
+    """``data.empty_sentences: keep`` (``recipe: official``, README row 44): the official
+    datasets tokenize every ``sent`` string, a blank one as ``[CLS] [SEP]``, and score it; a
+    ``None`` fails their tokenizer, so it stays skipped (counted apart)."""
+    from sssc.correct.data import ImageSet
+    from sssc.correct.tokenizer import SPECIAL_TOKENS, build_tokenizer
+
+    def edit(refs, coco):
+        refs[0]["sentences"][0]["sent"] = refs[0]["sentences"][0]["raw"] = ""
+        refs[0]["sentences"][0]["tokens"] = []
+        refs[0]["sentences"][1]["sent"] = "  "
+        refs[1]["sentences"][0]["sent"] = None
+        refs[1]["sentences"][0]["raw"] = None
+
+    folder = _tiny_dataset(tmp_path, edit)
+    refs = pickle.loads((folder / "refs(synthetic).p").read_bytes())
+    keep = Refer(tmp_path, "synthetic", "synthetic", folder / "images", empty_sentences="keep")
+    assert keep.warnings["empty_sentence"] == 2 and keep.warnings["missing_sentence"] == 1
+    assert not keep.skipped("empty_sentence") and keep.skipped("missing_sentence")
+    kept = {s.sent_id: s for r in keep.refs.values() for s in r.sentences}
+    blank = [refs[0]["sentences"][k]["sent_id"] for k in (0, 1)]
+    assert [kept[i].sent for i in blank] == ["", "  "] and kept[blank[0]].tokens == ()
+    assert refs[1]["sentences"][0]["sent_id"] not in kept
+    skip = _open(tmp_path)
+    assert not set(blank) & {s.sent_id for r in skip.refs.values() for s in r.sentences}
+    tok = build_tokenizer("lavt-tiny", vocab_words=["circle"])
+    image_id = keep.refs[refs[0]["ref_id"]].image_id
+    split = keep.refs[refs[0]["ref_id"]].split
+    item = ImageSet(keep, split, 16)[image_id]
+    texts = [item["sents"][item["sent_ids"].index(i)] for i in blank]
+    assert texts == ["", "  "]
+    ids, mask = tok(texts)
+    cls, sep = SPECIAL_TOKENS.index("[CLS]"), SPECIAL_TOKENS.index("[SEP]")
+    assert ids[:, :2].tolist() == [[cls, sep]] * 2 and mask.sum(1).tolist() == [2, 2]
+    with pytest.raises(ValueError, match="empty_sentences"):
+        Refer(tmp_path, "synthetic", "synthetic", folder / "images", empty_sentences="drop")
 
 
 def test_a_duplicate_sent_id_is_an_error(tmp_path):

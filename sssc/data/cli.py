@@ -103,7 +103,7 @@ def _check(args: argparse.Namespace) -> int:
     from .refer import DatasetError, Refer
 
     root, dataset, split_by, image_dir = args.root, args.dataset, args.split_by, args.image_dir
-    overlap, empty_gt = "refer", "keep"  # the defaults; a --config's own when given
+    overlap, empty_gt, blank = "refer", "keep", "skip"  # the defaults; a --config's own
     if args.config:
         try:
             data = load_config(args.config, []).data
@@ -114,7 +114,7 @@ def _check(args: argparse.Namespace) -> int:
         dataset = dataset or data.dataset
         split_by = split_by or data.split_by
         image_dir = image_dir or data.image_dir
-        overlap, empty_gt = data.polygon_overlap, data.empty_gt
+        overlap, empty_gt, blank = data.polygon_overlap, data.empty_gt, data.empty_sentences
     missing = [
         f for f, v in (("--root", root), ("--dataset", dataset), ("--split-by", split_by)) if not v
     ]
@@ -125,7 +125,7 @@ def _check(args: argparse.Namespace) -> int:
 
     image_dir = Path(image_dir) if image_dir else default_image_dir(root, dataset)
     try:
-        refer = Refer(root, dataset, split_by, image_dir, overlap, empty_gt)
+        refer = Refer(root, dataset, split_by, image_dir, overlap, empty_gt, blank)
         tagged = _check_images(refer, args.headers_only)
     except DatasetError as e:
         print(f"sssc data check: {e}", file=sys.stderr)
@@ -149,6 +149,12 @@ def _check(args: argparse.Namespace) -> int:
             print(
                 "  their expressions score IoU 0 in evaluation, as in the official code "
                 "(README row 43); data.empty_gt: skip leaves these refs out everywhere"
+            )
+        if kind == "empty_sentence":
+            print(
+                "  the official code tokenizes them as they are ([CLS] [SEP]) and scores them "
+                "(README row 44); data.empty_sentences: "
+                + ("skip leaves them out" if not refer.skipped(kind) else "keep does the same")
             )
     if tagged:
         from .images import turns_shape

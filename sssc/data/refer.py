@@ -16,10 +16,13 @@ Bad input is handled deliberately, never by a traceback from deep inside:
   naming the file or item. Missing images are an error rather than a skip because with the
   RefCOCO family they always mean a wrong ``image_dir`` or an incomplete download, and training
   on a silent subset would make results incomparable.
-* A sentence without text (``sent`` empty or ``None``): skipped, counted in
+* A sentence without text (``sent`` empty, only spaces, or ``None``): skipped, counted in
   ``warnings["empty_sentence"]``; a ref left without sentences: skipped, counted in
-  ``warnings["ref_without_sentences"]``. A ``sent_id`` used twice, or an id that is not an
-  integer: :class:`DatasetError`.
+  ``warnings["ref_without_sentences"]``. With ``empty_sentences: keep`` (``recipe: official``:
+  the official datasets tokenize every ``sent`` string, an empty one as ``[CLS] [SEP]``) an empty
+  or blank string is kept as it is, still counted in ``warnings["empty_sentence"]``, and only a
+  ``None``, on which the official tokenizer fails, is skipped (``warnings["missing_sentence"]``).
+  A ``sent_id`` used twice, or an id that is not an integer: :class:`DatasetError`.
 * A referred annotation whose mask is empty (no polygon with 3 or more points, a polygon entirely
   outside the image, polygons that cover each other's every pixel under ``polygon_overlap:
   refer``, or an RLE with zero area): counted in ``warnings["empty_mask"]``. With ``empty_gt:
@@ -61,6 +64,7 @@ __all__ = [
 _SPLIT_ORDER = ("train", "val", "test", "testA", "testB")
 _MAX_EXAMPLES = 5
 EMPTY_GT = ("keep", "skip")  # data.empty_gt: what becomes of a ref whose GT mask is empty
+EMPTY_SENTENCES = ("skip", "keep")  # data.empty_sentences: of an expression whose sent is blank
 
 
 class DatasetError(Exception):
@@ -188,12 +192,18 @@ class Refer:
         image_dir: str | Path,
         polygon_overlap: str = "refer",
         empty_gt: str = "keep",
+        empty_sentences: str = "skip",
     ):
         if polygon_overlap not in ("refer", "union"):
             raise ValueError(f"polygon_overlap must be 'refer' or 'union', got {polygon_overlap!r}")
         if empty_gt not in EMPTY_GT:
             raise ValueError(f"empty_gt must be one of {EMPTY_GT}, got {empty_gt!r}")
+        if empty_sentences not in EMPTY_SENTENCES:
+            raise ValueError(
+                f"empty_sentences must be one of {EMPTY_SENTENCES}, got {empty_sentences!r}"
+            )
         self.polygon_overlap, self.empty_gt = polygon_overlap, empty_gt
+        self.empty_sentences = empty_sentences
         self.root = Path(root)
         self.dataset = dataset
         self.split_by = split_by
@@ -248,6 +258,7 @@ class Refer:
             image_dir,
             data_cfg.polygon_overlap,
             data_cfg.empty_gt,
+            data_cfg.empty_sentences,
         )
 
     def skipped(self, kind: str) -> bool:
@@ -255,6 +266,8 @@ class Refer:
         kept, e.g. a clipped polygon, or an empty GT mask under ``empty_gt: keep``)."""
         if kind == "empty_mask":
             return self.empty_gt == "skip"
+        if kind == "empty_sentence":
+            return self.empty_sentences == "skip"
         return kind != "polygon_clipped"
 
     # -- loading ---------------------------------------------------------------------------------
@@ -359,9 +372,12 @@ class Refer:
                 continue
             sentences = []
             for j, raw in enumerate(raw_sents):
-                sent = _sentence(raw, f"{item}, sentences[{j}]")
+                sent = _sentence(raw, f"{item}, sentences[{j}]", self.empty_sentences == "keep")
+                if sent is None or not sent.sent.strip():
+                    missing = sent is None and self.empty_sentences == "keep"
+                    kind = "missing_sentence" if missing else "empty_sentence"
+                    self._warn(kind, f"ref {ref_id}, sentences[{j}]")
                 if sent is None:
-                    self._warn("empty_sentence", f"ref {ref_id}, sentences[{j}]")
                     sentences.append(None)
                     continue
                 if sent.sent_id in seen_sent:
@@ -607,12 +623,13 @@ class Refer:
             )
 
 
-def _sentence(s: Any, item: str) -> Sentence | None:
-    """A sentence record; ``None`` for one without text (an empty or missing ``sent``)."""
+def _sentence(s: Any, item: str, keep_empty: bool = False) -> Sentence | None:
+    """A sentence record; ``None`` for one without text (a ``None`` ``sent``, or an empty or
+    blank one unless ``keep_empty``)."""
     try:
         sent_id = _int(s["sent_id"])
         sent = s["sent"]
-        if sent is None or (isinstance(sent, str) and not sent.strip()):
+        if sent is None or (isinstance(sent, str) and not sent.strip() and not keep_empty):
             return None
         if not isinstance(sent, str):
             raise TypeError(f"sent is a {type(sent).__name__}, not text")

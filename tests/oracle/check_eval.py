@@ -1,20 +1,21 @@
 """Oracle: the official evaluation of a model (``scripts/train/test_model.py``'s ``evaluate`` on
 S+S+C's ``ReferDataset`` with ``eval_mode``) against ``sssc.correct.evaluate.evaluate_model``
-(README rows 18 and 22, and the metrics).
+(README rows 18, 22, 43 and 44, and the metrics), and the official tokens against lavt-base's.
 
     SSC_REPO=/path/to/segment-select-correct .venv/bin/python tests/oracle/check_eval.py
 
-Both score one model: a fixed function of its input (each pixel's logit a mix of the normalised
-colour channels, the mix drawn from the expression's token ids), so that any difference in what a
-model is fed (the image's resize and normalisation, the text field, its tokens and their
+Both score one model: a fixed function of its input (foreground where a pixel's normalised colour
+is near a palette colour drawn from the expression's kept token ids), so that any difference in
+what a model is fed (the image's resize and normalisation, the text field, its tokens and their
 truncation) changes its masks. The dataset is written here in RefCOCO's format: images of
-several sizes, objects of one to three polygons that may overlap (row 22), expressions whose
-``raw`` text differs from REFER's ``sent`` (capitals, punctuation) and some longer than LAVT's 20
-tokens, val and train refs in a shuffled refs file. The official loop runs as it is, at 480 and
-at 24 (where thin objects vanish in the GT's nearest resize and some unions are empty), with
-its model called per expression; per expression, its output against its target gives the IoU
-that sssc's must equal, and its printed mIoU, prec@ and oIoU must equal sssc's to their two
-decimals.
+several sizes, objects of one to three polygons that may overlap (row 22), some given one
+polygon twice so that the official GT is empty (row 43), expressions whose ``raw`` text differs
+from REFER's ``sent`` (capitals, punctuation), some longer than LAVT's 20 tokens and some with an
+empty ``sent`` (row 44), val and train refs in a shuffled refs file. The official loop runs as it
+is, at 480 and at 24 (where thin objects vanish in the GT's nearest resize and some unions are
+empty), with its model called per expression; per expression, its output against its target
+gives the IoU that sssc's must equal, and its printed mIoU, prec@ and oIoU must equal sssc's to
+their two decimals.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ def dataset(root: Path, images: int, seed: int = 3) -> list[dict]:
                     cut = int(rng.integers(1, n + 1))
                     raw = " ".join(tokens[:cut]).capitalize() + ", " + " ".join(tokens[cut:])
                     raw = raw.rstrip(", ") + "."
+                if rng.random() < 0.03:  # REFER's sent can be empty where raw had no word
+                    tokens, raw = [], str(rng.choice(["?", "...", "!!"]))
                 sents.append({"sent_id": sent_id, "sent": " ".join(tokens), "raw": raw,
                               "tokens": tokens})  # fmt: skip
                 sent_id += 1
@@ -202,7 +205,9 @@ def sssc_run(root: Path, vocab_words: list[str], size: int, sets: list[str]) -> 
         [
             f"data.root={root}",
             f"data.image_dir={root / 'images'}", f"train.image_size={size}",
-            f"eval.resolution={size}", "eval.upsample=lavt", "train.num_workers=0", *sets,
+            f"eval.resolution={size}", "eval.upsample=lavt", "train.num_workers=0",
+            "data.empty_sentences=keep",  # recipe: official's (row 44): scored as they are
+            *sets,
         ],
     )  # fmt: skip
     refer = Refer.from_config(cfg.data)
@@ -276,8 +281,8 @@ def main() -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="an sssc config override, e.g. data.text_field=raw or data.polygon_overlap=union "
-        "(the check then fails)",
+        help="an sssc config override, e.g. data.text_field=raw, data.polygon_overlap=union or "
+        "data.empty_sentences=skip (the check then fails)",
     )
     ap.add_argument("--strings", type=int, default=3000, help="random strings for the tokens")
     args = ap.parse_args()
@@ -305,11 +310,13 @@ def main() -> int:
     val = [r for r in file_refs if r["split"] == "val"]
     n_sent = sum(len(r["sentences"]) for r in val)
     long = sum(len(s["tokens"]) > 18 for r in val for s in r["sentences"])
+    blank = sum(not s["sent"] for r in val for s in r["sentences"])
     multi = sum(len(a["segmentation"]) > 1 for a in json.loads(
         (root / "refcoco" / "instances.json").read_text())["annotations"])  # fmt: skip
     print(
         f"{args.images} images, {len(val)} val refs, {n_sent} val expressions ({long} over 20 "
-        f"tokens with [CLS] and [SEP]), {multi} objects of several polygons; sssc with the "
+        f"tokens with [CLS] and [SEP], {blank} empty), {multi} objects of several polygons; "
+        "sssc with data.empty_sentences=keep and the "
         f"refcoco config{''.join(' --set ' + x for x in args.set)}"
     )
     failed = int(check_tokens(root, args.strings) > 0)
