@@ -117,7 +117,8 @@ def test_check_skips_are_reported_and_strict_fails(synth_root, capsys):
 def test_check_reports_an_empty_gt_as_kept_unless_the_config_skips_it(synth_root, capsys):
     import json
 
-    before = _counts(_run_check(synth_root, capsys))  # the dataset as written
+    assert _check(synth_root) == 0
+    before = _counts(capsys.readouterr().out)  # the dataset as written
     path = synth_root / "synthetic" / "instances.json"
     coco = json.loads(path.read_text())
     refs = pickle.loads((synth_root / "synthetic" / "refs(synthetic).p").read_bytes())
@@ -135,12 +136,6 @@ def test_check_reports_an_empty_gt_as_kept_unless_the_config_skips_it(synth_root
     out = capsys.readouterr().out
     assert "skipped (empty_mask): 1" in out
     assert _counts(out)["total"][1] == before["total"][1] - 1
-
-
-def _run_check(root, capsys):
-    capsys.readouterr()
-    assert _check(root) == 0
-    return capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -99,11 +99,11 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from ..config import ConfigError, load_config
+    from ..config import ConfigError, DataConfig, load_config
     from .refer import DatasetError, Refer
 
     root, dataset, split_by, image_dir = args.root, args.dataset, args.split_by, args.image_dir
-    overlap, empty_gt, blank = "refer", "keep", "skip"  # the defaults; a --config's own
+    data = DataConfig()  # how the reader treats what it counts: the defaults, or the --config's
     if args.config:
         try:
             data = load_config(args.config, []).data
@@ -114,7 +114,6 @@ def _check(args: argparse.Namespace) -> int:
         dataset = dataset or data.dataset
         split_by = split_by or data.split_by
         image_dir = image_dir or data.image_dir
-        overlap, empty_gt, blank = data.polygon_overlap, data.empty_gt, data.empty_sentences
     missing = [
         f for f, v in (("--root", root), ("--dataset", dataset), ("--split-by", split_by)) if not v
     ]
@@ -125,7 +124,15 @@ def _check(args: argparse.Namespace) -> int:
 
     image_dir = Path(image_dir) if image_dir else default_image_dir(root, dataset)
     try:
-        refer = Refer(root, dataset, split_by, image_dir, overlap, empty_gt, blank)
+        refer = Refer(
+            root,
+            dataset,
+            split_by,
+            image_dir,
+            data.polygon_overlap,
+            data.empty_gt,
+            data.empty_sentences,
+        )
         tagged = _check_images(refer, args.headers_only)
     except DatasetError as e:
         print(f"sssc data check: {e}", file=sys.stderr)
@@ -154,7 +161,7 @@ def _check(args: argparse.Namespace) -> int:
             print(
                 "  the official code tokenizes them as they are ([CLS] [SEP]) and scores them "
                 "(README row 44); data.empty_sentences: "
-                + ("skip leaves them out" if not refer.skipped(kind) else "keep does the same")
+                + ("skip leaves them out" if not refer.skipped(kind) else "keep keeps them so")
             )
     if tagged:
         from .images import turns_shape

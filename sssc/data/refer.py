@@ -372,14 +372,15 @@ class Refer:
                 continue
             sentences = []
             for j, raw in enumerate(raw_sents):
-                sent = _sentence(raw, f"{item}, sentences[{j}]", self.empty_sentences == "keep")
-                if sent is None or not sent.sent.strip():
-                    missing = sent is None and self.empty_sentences == "keep"
-                    kind = "missing_sentence" if missing else "empty_sentence"
+                keep = self.empty_sentences == "keep"
+                sent = _sentence(raw, f"{item}, sentences[{j}]", keep)
+                if sent is None:  # under keep, only a None sent
+                    kind = "missing_sentence" if keep else "empty_sentence"
                     self._warn(kind, f"ref {ref_id}, sentences[{j}]")
-                if sent is None:
                     sentences.append(None)
                     continue
+                if not sent.sent.strip():  # kept as it is
+                    self._warn("empty_sentence", f"ref {ref_id}, sentences[{j}]")
                 if sent.sent_id in seen_sent:
                     raise DatasetError(
                         f"{item}: sent_id {sent.sent_id} is also in ref {seen_sent[sent.sent_id]}; "
