@@ -7,16 +7,21 @@ All providers see ``sssc.kernels.testing.random_image(480, 640)`` and 30
   composite, PIL ``Image.resize`` bicubic (short side 336), center crop, to tensor, normalize.
 - ``ours``: ``reverse_blur`` on CPU tensors (torch backend): one blur, one fused pass (an
   approximation at mask edges: ``select.models.composite: fast``).
-- ``exact``: ``reverse_blur(backend="exact")`` on CPU tensors: the official composite-then-resize
-  in float32, batched (``select.models.composite: exact``, Stage 2's default).
+- ``exact_dense``: the official composite-then-resize in float32 as dense batched products over
+  every mask's full-resolution composite (the exact backend's CUDA path; its CPU path until
+  2026-12-07), in chunks of 8 MB of masks as that CPU path ran.
+- ``exact``: ``reverse_blur(backend="exact")`` on CPU tensors: the same formula, each mask's
+  work over its bounding box (``select.models.composite: exact``, Stage 2's default).
 - ``triton``: ``reverse_blur`` on CUDA (skipped without a GPU).
 
-``extra_info`` records images/s and masks/s, and for ``ours``/``triton`` the speed-up over
-``opencv_per_mask`` measured in the same run. A second group sweeps sigma (5, 50, 200) for ``ours``
-to show that the cost does not grow with sigma.
+``extra_info`` records images/s and masks/s, the speed-up over ``opencv_per_mask`` measured in the
+same run, and for ``exact`` the speed-up over ``exact_dense``. A second group sweeps sigma (5, 50,
+200) for ``ours`` to show that the cost does not grow with sigma.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import cv2
 import numpy as np
@@ -29,7 +34,7 @@ from sssc.kernels import CLIP_MEAN, CLIP_STD, reverse_blur
 from sssc.kernels.testing import blob_masks, random_image
 
 HEIGHT, WIDTH, NUM_MASKS, SIZE = 480, 640, 30, 336
-PROVIDERS = ["opencv_per_mask", "ours", "exact", "triton"]
+PROVIDERS = ["opencv_per_mask", "ours", "exact_dense", "exact", "triton"]
 _MEANS: dict[str, float] = {}  # provider -> mean seconds, for the speed-up in the same run
 
 
@@ -56,6 +61,23 @@ def opencv_per_mask(
     return torch.stack(outs)
 
 
+def exact_dense(image: torch.Tensor, masks: torch.Tensor, sigma: float = 50.0, size: int = SIZE):
+    """The exact formula as dense products over every mask's full-resolution composite."""
+    rb = importlib.import_module("sssc.kernels.reverse_blur")
+    integer = not image.dtype.is_floating_point
+    x = image.to(torch.float32) / (255.0 if integer else 1.0)
+    _, h, w = x.shape
+    by, bx, ry, rx = rb._exact_operators(h, w, sigma, size, "center", integer)
+    blurred = by @ x @ bx.T
+    m, s = rb._normalize_affine(CLIP_MEAN, CLIP_STD, "cpu")
+    step = max(1, (1 << 23) // (12 * h * w))
+    chunks = [
+        rb._exact_dense(blurred, x - blurred, masks[i : i + step], ry, rx, integer, m, s)
+        for i in range(0, len(masks), step)
+    ]
+    return torch.cat(chunks)
+
+
 @pytest.fixture(scope="module")
 def blur_inputs():
     image = random_image(HEIGHT, WIDTH)
@@ -73,6 +95,8 @@ def _record(benchmark, provider: str, masks: int) -> None:
     )
     if provider != "opencv_per_mask" and "opencv_per_mask" in _MEANS:
         benchmark.extra_info["speedup_vs_opencv_per_mask"] = _MEANS["opencv_per_mask"] / mean
+    if provider == "exact" and "exact_dense" in _MEANS:
+        benchmark.extra_info["speedup_vs_exact_dense"] = _MEANS["exact_dense"] / mean
 
 
 def _mae_01(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -87,6 +111,8 @@ def test_reverse_blur_providers(benchmark, blur_inputs, provider):
     benchmark.group = f"reverse_blur {WIDTH}x{HEIGHT} C={NUM_MASKS} sigma=50 size={SIZE}"
     if provider == "opencv_per_mask":
         out = benchmark.pedantic(opencv_per_mask, args=(hwc, masks), rounds=2, iterations=1)
+    elif provider == "exact_dense":
+        out = benchmark(exact_dense, torch.from_numpy(image), torch.from_numpy(masks))
     elif provider in ("ours", "exact"):
         img, m = torch.from_numpy(image), torch.from_numpy(masks)
         backend = "torch" if provider == "ours" else "exact"

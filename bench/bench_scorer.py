@@ -14,7 +14,7 @@ Same random-init open_clip ViT-B-32 for both, 8 images of 480x640 with 20 candid
 ``extra_info`` records images/s and masks/s; for the streaming providers also the speed-up over
 ``paper_per_mask`` and the share of prompting plus data movement: the streaming time minus the
 time of the bare encoder on the same prompts at the same batch size, over the latter (both
-measured in the same run).
+measured in the same run, each its fastest round).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from benchutil import mean_seconds
+from benchutil import mean_seconds, min_seconds
 
 pytest.importorskip("open_clip", reason="open_clip is in the select extra")
 
@@ -125,9 +125,11 @@ def test_scorer_providers(benchmark, clip_cpu, provider):
     out = benchmark.pedantic(_streaming, (scorer, items, sync), rounds=2, iterations=1)
     _record(benchmark, provider)
     enc = _encoder_only(scorer, items, sync)
-    mean = mean_seconds(benchmark)
     benchmark.extra_info["encoder_only_s"] = enc
-    benchmark.extra_info["prompting_and_data_share_of_encoder"] = (mean - enc) / enc
+    # Best round against the encoder's best of 2: this CPU's speed drifts by 10-20% between
+    # minutes, more than the prompting costs, and a mean against a best would count the drift.
+    fastest = min_seconds(benchmark)
+    benchmark.extra_info["prompting_and_data_share_of_encoder"] = (fastest - enc) / enc
     assert out.shape == (IMAGES * CANDS, clip.embed_dim)
     if provider in ("streaming", "streaming_fast"):  # the paper's way's embeddings, nearly
         ref = _paper(clip_cpu, items[:1])

@@ -12,3 +12,9 @@ def mean_seconds(benchmark) -> float:
     """
     stats = benchmark.stats
     return float("nan") if stats is None else stats.stats.mean
+
+
+def min_seconds(benchmark) -> float:
+    """The fastest timed round of ``benchmark`` in seconds (NaN under ``--benchmark-disable``)."""
+    stats = benchmark.stats
+    return float("nan") if stats is None else stats.stats.min

@@ -160,6 +160,50 @@ def test_exact_backend_is_the_reference_in_float32(h, w, size, image_dtype, sigm
     assert float((out - ref).abs().max()) <= 2e-5
 
 
+def _awkward_masks(h: int, w: int) -> torch.Tensor:
+    """Masks whose boxes test the exact path's per-box work: empty, one pixel in each corner
+    (which the center crop of a non-square image drops), a row, a column, two far-apart specks
+    (one box spanning the image), the whole image, and a blob."""
+    masks = torch.zeros(10, h, w, dtype=torch.bool)
+    masks[1, 0, 0] = masks[2, h - 1, w - 1] = masks[3, 0, w - 1] = True
+    masks[4, h // 2, :] = True
+    masks[5, :, w // 3] = True
+    masks[6, 1, 2] = masks[6, h - 2, w - 3] = True
+    masks[7] = True
+    masks[8] = torch.from_numpy(blob_masks(1, h, w, seed=5)[0])
+    masks[9, h // 4 : h // 2, w // 5 : w // 2] = True
+    return masks
+
+
+@pytest.mark.parametrize("crop", ["center", "none"])
+@pytest.mark.parametrize("image_dtype", ["uint8", "float32"])
+@pytest.mark.parametrize("h,w,size", SHAPES)
+def test_exact_backend_per_box_equals_the_dense_products(h, w, size, image_dtype, crop):
+    """On the CPU the exact backend works over each mask's bounding box; its output equals the
+    dense batched products it replaces (CUDA's path, run here on the CPU) and the float64
+    reference, for boxes that are empty, one pixel, cropped away or the whole image."""
+    img = torch.from_numpy(make_inputs(h, w, 1, image_dtype)[0])
+    masks = _awkward_masks(h, w)
+    rb = sys.modules["sssc.kernels.reverse_blur"]
+    integer = image_dtype == "uint8"
+    by, bx, ry, rx = rb._exact_operators(h, w, 50.0, size, crop, integer)
+    x = img.to(torch.float32) / (255.0 if integer else 1.0)
+    blurred = by @ x @ bx.T
+    m, s = rb._normalize_affine(CLIP_MEAN, CLIP_STD, "cpu")
+    dense = rb._exact_dense(blurred, x - blurred, masks, ry, rx, integer, m, s)
+    out = reverse_blur(img, masks, 50.0, size, crop, backend="exact")
+    assert float((out - dense).abs().max()) <= 2e-5
+    assert float((out - reverse_blur_reference(img, masks, 50.0, size, crop)).abs().max()) <= 2e-5
+    # uint8 and float 0/1 masks give the same prompts as bool ones
+    for other in (masks.to(torch.uint8), masks.to(torch.float32)):
+        assert torch.equal(reverse_blur(img, other, 50.0, size, crop, backend="exact"), out)
+    if crop == "center" and abs(w - h) / 2 > 10:  # the crop drops the corners' pixels (far
+        # beyond the resize's taps): their prompts are the empty mask's, the blurred image's
+        for k in (1, 2, 3):
+            assert torch.equal(out[k], out[0])
+        assert not torch.equal(out[4], out[0])  # a row through the middle is kept
+
+
 def test_exact_backend_matches_the_official_uint8_pipeline_where_the_fast_one_does_not():
     """At mask edges the fast backend's per-pixel mask average is not the official
     composite-then-resize; the exact one is, up to the official uint8 rounding (OpenCV's blur,
