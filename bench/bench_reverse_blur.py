@@ -64,18 +64,9 @@ def opencv_per_mask(
 def exact_dense(image: torch.Tensor, masks: torch.Tensor, sigma: float = 50.0, size: int = SIZE):
     """The exact formula as dense products over every mask's full-resolution composite."""
     rb = importlib.import_module("sssc.kernels.reverse_blur")
-    integer = not image.dtype.is_floating_point
-    x = image.to(torch.float32) / (255.0 if integer else 1.0)
-    _, h, w = x.shape
-    by, bx, ry, rx = rb._exact_operators(h, w, sigma, size, "center", integer)
-    blurred = by @ x @ bx.T
-    m, s = rb._normalize_affine(CLIP_MEAN, CLIP_STD, "cpu")
-    step = max(1, (1 << 23) // (12 * h * w))
-    chunks = [
-        rb._exact_dense(blurred, x - blurred, masks[i : i + step], ry, rx, integer, m, s)
-        for i in range(0, len(masks), step)
-    ]
-    return torch.cat(chunks)
+    return rb._reverse_blur_exact(
+        image, masks, sigma, size, "center", CLIP_MEAN, CLIP_STD, per_box=False
+    )
 
 
 @pytest.fixture(scope="module")

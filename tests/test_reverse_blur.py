@@ -185,12 +185,8 @@ def test_exact_backend_per_box_equals_the_dense_products(h, w, size, image_dtype
     img = torch.from_numpy(make_inputs(h, w, 1, image_dtype)[0])
     masks = _awkward_masks(h, w)
     rb = sys.modules["sssc.kernels.reverse_blur"]
-    integer = image_dtype == "uint8"
-    by, bx, ry, rx = rb._exact_operators(h, w, 50.0, size, crop, integer)
-    x = img.to(torch.float32) / (255.0 if integer else 1.0)
-    blurred = by @ x @ bx.T
-    m, s = rb._normalize_affine(CLIP_MEAN, CLIP_STD, "cpu")
-    dense = rb._exact_dense(blurred, x - blurred, masks, ry, rx, integer, m, s)
+    args = (img, masks, 50.0, size, crop, CLIP_MEAN, CLIP_STD)
+    dense = rb._reverse_blur_exact(*args, per_box=False)
     out = reverse_blur(img, masks, 50.0, size, crop, backend="exact")
     assert float((out - dense).abs().max()) <= 2e-5
     assert float((out - reverse_blur_reference(img, masks, 50.0, size, crop)).abs().max()) <= 2e-5

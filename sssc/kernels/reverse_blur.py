@@ -440,14 +440,22 @@ def _exact_operators(
 
 
 def _reverse_blur_exact(
-    image: torch.Tensor, masks: torch.Tensor, sigma: float, size: int, crop: str, mean, std
+    image: torch.Tensor,
+    masks: torch.Tensor,
+    sigma: float,
+    size: int,
+    crop: str,
+    mean,
+    std,
+    per_box: bool | None = None,
 ) -> torch.Tensor:
     """The reference's math in float32, on the input's device: one blur per image, then per mask
     the composite at full resolution and PIL's two resize passes as matrix products (the
     official order; its uint8 rounding is not reproduced).
 
     On CUDA the masks go through the dense products in one batch. On the CPU each mask costs its
-    bounding box instead of the image (:func:`_exact_in_boxes`), with the same formula."""
+    bounding box instead of the image (:func:`_exact_in_boxes`), with the same formula;
+    ``per_box`` overrides that choice (the tests and the bench compare the two)."""
     integer_image = not image.dtype.is_floating_point
     img = image.to(torch.float32)
     if integer_image:
@@ -461,7 +469,9 @@ def _reverse_blur_exact(
     blurred = by @ img @ bx.T  # [3, H, W]
     m, s = _normalize_affine(mean, std, dev)
     diff = img - blurred
-    exact = _exact_in_boxes if dev.type == "cpu" else _exact_dense
+    if per_box is None:
+        per_box = dev.type == "cpu"
+    exact = _exact_in_boxes if per_box else _exact_dense
     return exact(blurred, diff, masks, ry, rx, integer_image, m, s)
 
 
@@ -475,10 +485,23 @@ def _exact_dense(
     m: torch.Tensor,
     s: torch.Tensor,
 ) -> torch.Tensor:
-    """The exact path as dense batched products (CUDA): every mask's full-resolution composite
-    ``B + m_c * D`` through both resize passes. Returns ``[C, 3, S, S]`` float32."""
-    comp = torch.addcmul(blurred, masks.to(torch.float32)[:, None], diff)
-    return (_pil_resize(comp, ry, rx, clip) - m) / s
+    """The exact path as dense batched products (CUDA; the CPU's until 2026-12-07): every mask's
+    full-resolution composite ``B + m_c * D`` through both resize passes, all masks at once on
+    CUDA, a few at a time on the CPU. Returns ``[C, 3, S, S]`` float32."""
+    c, h, w = masks.shape
+    out = torch.empty(c, 3, ry.shape[0], rx.shape[0], dtype=torch.float32, device=blurred.device)
+    step = max(1, _CHUNK_BYTES // (12 * h * w)) if blurred.device.type == "cpu" else max(c, 1)
+    for i in range(0, c, step):
+        comp = torch.addcmul(blurred, masks[i : i + step].to(torch.float32)[:, None], diff)
+        out[i : i + step] = (_pil_resize(comp, ry, rx, clip) - m) / s
+    return out
+
+
+def _true_span(b: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first and one past the last index of a True along ``dim`` of a bool tensor (both
+    meaningless where there is none)."""
+    n = b.shape[dim]
+    return b.to(torch.int8).argmax(dim), n - b.flip(dim).to(torch.int8).argmax(dim)
 
 
 def _tap_span(r: torch.Tensor) -> tuple[list[int], list[int]]:
@@ -486,9 +509,8 @@ def _tap_span(r: torch.Tensor) -> tuple[list[int], list[int]]:
     output pixel whose taps reach it (``(S, 0)`` for a pixel that the crop drops)."""
     used = r != 0
     any_ = used.any(0)
-    first = torch.where(any_, used.to(torch.int8).argmax(0), r.shape[0])
-    last = torch.where(any_, r.shape[0] - used.flip(0).to(torch.int8).argmax(0), 0)
-    return first.tolist(), last.tolist()
+    first, end = _true_span(used, 0)
+    return torch.where(any_, first, r.shape[0]).tolist(), torch.where(any_, end, 0).tolist()
 
 
 def _exact_in_boxes(
@@ -527,19 +549,14 @@ def _exact_in_boxes(
     set_ = set_.view(torch.uint8)
     rows = set_.amax(2) != 0  # [C, H]
     has = rows.any(1).tolist()
-    y_lo = rows.to(torch.int8).argmax(1).tolist()
-    y_hi = (rows.shape[1] - rows.flip(1).to(torch.int8).argmax(1)).tolist()
+    y_lo, y_hi = (t.tolist() for t in _true_span(rows, 1))
     j_first, j_last = _tap_span(rx)
     i_first, i_last = _tap_span(ry)
     for k in range(c):
         if not has[k]:
             continue
         y0, y1 = y_lo[k], y_hi[k]
-        cols = set_[k, y0:y1].amax(0) != 0  # the box's rows only
-        x0, x1 = (
-            int(cols.to(torch.int8).argmax()),
-            len(cols) - int(cols.flip(0).to(torch.int8).argmax()),
-        )
+        x0, x1 = (int(t) for t in _true_span(set_[k, y0:y1].amax(0) != 0, 0))  # the box's rows
         j0, j1 = min(j_first[x0:x1]), max(j_last[x0:x1])
         i0, i1 = min(i_first[y0:y1]), max(i_last[y0:y1])
         if j1 <= j0 or i1 <= i0:  # the crop drops the whole box
