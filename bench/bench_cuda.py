@@ -81,8 +81,13 @@ def _record(benchmark, provider: str, **info) -> float:
 
 
 def _pedantic(benchmark, group: str, fn, rounds: int = 10):
-    """Time ``fn`` as a row of ``group`` (set before timing: pytest-benchmark reads it then)."""
+    """Time ``fn`` as a row of ``group`` (set before timing: pytest-benchmark reads it then).
+
+    A dry run times one call with no warm-up: it checks the plumbing, never a figure, and the
+    Triton interpreter makes every call slow."""
     benchmark.group = group
+    if DRY:
+        return benchmark.pedantic(fn, rounds=1, iterations=1, warmup_rounds=0)
     fn()  # compile, allocator, autotune-free warm-up
     return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
 
