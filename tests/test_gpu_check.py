@@ -145,7 +145,13 @@ def test_projection_says_what_was_not_measured(tmp_path):
 def test_dry_run_of_the_gpu_suite(tmp_path):
     """``bench/bench_cuda.py`` in dry mode, then its report: every group has rows and the report
     has every table. On a CPU this runs the Triton paths in the interpreter."""
-    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    # Not an xdist worker's variables: pytest-benchmark reads PYTEST_XDIST_WORKER and then refuses
+    # --benchmark-only in this child, which is a plain pytest run.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k != "CUDA_VISIBLE_DEVICES" and not k.startswith("PYTEST_XDIST")
+    }
     env.update(SSSC_BENCH_DRY="1", TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
     out = tmp_path / "bench.json"
     res = subprocess.run(
