@@ -70,10 +70,13 @@ main() {
   done
 
   if [ "${TESTS:-1}" = 1 ]; then
-    step "tests: the three kernels' tests on this device"
+    # Only the cases that run on the device: the Triton paths and the CUDA checks (101 cases; the
+    # CPU cases of these files run in CI, and the sm_90 compile tests are covered by compiling
+    # here). All 633 took over 100 s under the interpreter, which cut off the junit XML.
+    step "tests: the three kernels' Triton and CUDA cases on this device"
     timeout "${TEST_BUDGET:-100}" "$py" -m pytest -q -p no:cacheprovider \
       tests/test_soft_iou.py tests/test_greedy_match.py tests/test_reverse_blur.py \
-      --junitxml "$out/tests.xml" --maxfail=5 2>&1 | tail -15
+      -k "(triton or cuda) and not sm90" --junitxml "$out/tests.xml" --maxfail=5 2>&1 | tail -15
     echo "tests exit ${PIPESTATUS[0]}"
   fi
 
