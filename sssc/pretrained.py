@@ -25,13 +25,16 @@ __all__ = [
     "Clip",
     "WeightsError",
     "check_weights",
+    "clip_source",
     "existing_path",
     "is_random",
     "load_clip",
+    "problems_message",
     "random_init",
     "sha256_file",
     "shipped_weights",
     "verify_manifest",
+    "weight_problems",
 ]
 
 RANDOM = "random"
@@ -81,32 +84,78 @@ def is_random(path: str) -> bool:
     return path.strip().lower() == RANDOM
 
 
-def check_weights(section: str, settings: dict[str, str], optional: tuple[str, ...] = ()) -> None:
+def clip_source(model: str) -> str:
+    """Where the official weights of the open_clip architecture ``model`` are published: the URL
+    of its ``openai`` release in open_clip's registry (ViT-B-32 for Stage 1's class projection,
+    ViT-L-14-336 for Stage 2's scoring), or the registry itself for another architecture."""
+    try:
+        from open_clip.pretrained import get_pretrained_url
+
+        url = get_pretrained_url(model, "openai")
+    except Exception:  # open_clip missing, or an architecture it does not know
+        url = ""
+    if url:
+        return f"{url} (open_clip's {model} 'openai'; list others with open_clip.list_pretrained())"
+    return WEIGHTS_SOURCES["clip_weights"]
+
+
+def weight_problems(
+    section: str,
+    settings: dict[str, str],
+    optional: tuple[str, ...] = (),
+    sources: dict[str, str] | None = None,
+) -> list[str]:
+    """One message per weight setting that is empty or names a missing file (see
+    :func:`check_weights`); ``sources`` overrides where a setting's official weights are."""
+    problems = []
+    for key, value in settings.items():
+        value = (value or "").strip()
+        if is_random(value) or (not value and key in optional):
+            continue
+        where = (sources or {}).get(key) or WEIGHTS_SOURCES.get(key, "the model's official release")
+        if not value:
+            problems.append(
+                f"{section}.{key} is empty: set it to a local weights file (download from "
+                f"{where}), or to '{RANDOM}' for random weights (tests only)"
+            )
+        elif not Path(value).exists():
+            problems.append(
+                f"{section}.{key}={value!r}: no such file ({Path(value).resolve()}). The official "
+                f"weights are published at {where}"
+            )
+    return problems
+
+
+def problems_message(problems: list[str], before: str) -> str:
+    """One problem as it is; several as a list under a line saying what they hold up."""
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} things are missing before {before}:\n" + "\n".join(
+        f"  - {p}" for p in problems
+    )
+
+
+def check_weights(
+    section: str,
+    settings: dict[str, str],
+    optional: tuple[str, ...] = (),
+    sources: dict[str, str] | None = None,
+) -> None:
     """Fail before any work if a weight setting is empty or names a missing file.
 
     Args:
         section: the config section, e.g. ``segment.models``, for the message.
         settings: setting name -> path (or ``random``).
         optional: settings that may be empty (a packaged default is used then).
+        sources: setting name -> where its official weights are, where the setting's default
+            source (``WEIGHTS_SOURCES``) does not fit, e.g. :func:`clip_source` of the model.
 
     Raises:
-        WeightsError: naming the setting, the file, and where the official weights are.
+        WeightsError: naming every such setting, its file, and where the official weights are.
     """
-    for key, value in settings.items():
-        value = (value or "").strip()
-        if is_random(value) or (not value and key in optional):
-            continue
-        where = WEIGHTS_SOURCES.get(key, "the model's official release")
-        if not value:
-            raise WeightsError(
-                f"{section}.{key} is empty: set it to a local weights file (download from "
-                f"{where}), or to '{RANDOM}' for random weights (tests only)"
-            )
-        if not Path(value).exists():
-            raise WeightsError(
-                f"{section}.{key}={value!r}: no such file ({Path(value).resolve()}). The official "
-                f"weights are published at {where}"
-            )
+    problems = weight_problems(section, settings, optional, sources)
+    if problems:
+        raise WeightsError(problems_message(problems, f"{section} can load its models"))
 
 
 SHIPPED = "sssc:"  # a weights setting "sssc:NAME" names a folder shipped in configs/weights/NAME
@@ -257,7 +306,7 @@ def load_clip(name: str, weights: str, device: str | torch.device, section: str)
         WeightsError: the weights file is not set or missing (before anything is built).
         ValueError: ``name`` is not an open_clip architecture.
     """
-    check_weights(section, {"clip_weights": weights})
+    check_weights(section, {"clip_weights": weights}, sources={"clip_weights": clip_source(name)})
     try:
         import open_clip
     except ImportError as e:

@@ -96,16 +96,15 @@ def run_stage(stage: str, cfg: Any, run_dir: str | Path) -> dict:
     """
     if stage not in ("segment", "select", "bootstrap", "correct", "all"):
         raise StageError(f"unknown stage {stage!r}; choose segment, select, bootstrap or correct")
-    # Missing weights fail before anything is created or started.
-    _check_model_weights(cfg, ("segment",) if stage == "segment" else ("segment", "select"))
     if stage in ("bootstrap", "correct", "all"):
-        from .correct.phase import TrainError, check_image_size, check_init_weights
+        from .correct.phase import TrainError, check_image_size
 
         try:
             check_image_size(cfg.train)  # before Stages 1-2, which may take hours
-            check_init_weights(cfg.train)
         except TrainError as e:
             raise StageError(f"--stage {stage}: {e}") from None
+    # Missing weights and data fail before anything is created or started, all in one message.
+    _check_model_weights(cfg, stage)
     try:
         run_dir = open_run_dir(run_dir)
         # Under torchrun the ranks of one job share the folder: rank 0 holds the lock for them.
@@ -290,28 +289,41 @@ def _write(
     )
 
 
-def _check_model_weights(cfg: Any, stages: tuple[str, ...]) -> None:
-    """The models backends' weight paths (and Stage 1's NLTK data), checked before any stage
-    does any work."""
-    from .pretrained import WeightsError, check_weights
+def _check_model_weights(cfg: Any, stage: str) -> None:
+    """Every file a run of ``stage`` needs and cannot make (the models backends' weights, Stage 1's
+    spaCy model and NLTK data, Stage 3's initial weights), checked before any stage does any
+    work: one error names them all, so that one round of downloads sets a run up."""
+    from .pretrained import problems_message, weight_problems
 
-    try:
-        if "segment" in stages and cfg.segment.backend == "models":
-            from .segment.runner import check_segment_weights
+    problems: list[str] = []
+    if cfg.segment.backend == "models":  # every stage reads Stage 1's output
+        from .segment.nouns import NltkNounPhrases, NounError, spacy_model_problem
+        from .segment.runner import segment_weight_problems
 
-            check_segment_weights(cfg.segment.models)
-            m = cfg.segment.models
-            if m.nouns == "spacy" and m.noun_fallback == "nltk":
-                from .segment.nouns import NltkNounPhrases, NounError
-
+        m = cfg.segment.models
+        problems += segment_weight_problems(m)
+        if m.nouns == "spacy":
+            problems += [p for p in [spacy_model_problem(m.spacy_model)] if p]
+            if m.noun_fallback == "nltk":
                 try:
                     NltkNounPhrases(m.nltk_data)  # its data, which a run reads mid-stage
                 except NounError as e:
-                    raise StageError(str(e)) from None
-        if "select" in stages and cfg.select.backend == "models":
-            check_weights("select.models", {"clip_weights": cfg.select.models.clip_weights})
-    except WeightsError as e:
-        raise StageError(str(e)) from None
+                    problems.append(str(e))
+    if stage != "segment" and cfg.select.backend == "models":
+        from .pretrained import clip_source
+
+        m = cfg.select.models
+        problems += weight_problems(
+            "select.models",
+            {"clip_weights": m.clip_weights},
+            sources={"clip_weights": clip_source(m.clip_model)},
+        )
+    if stage in ("bootstrap", "correct", "all"):
+        from .correct.phase import init_weight_problems
+
+        problems += init_weight_problems(cfg.train)
+    if problems:
+        raise StageError(problems_message(problems, f"--stage {stage} can start"))
 
 
 # The packages whose code makes a models-backend stage's outputs: each session logs their

@@ -150,3 +150,21 @@ def test_rule_extractor(sentence, nouns):
 def test_missing_spacy_model_names_the_install_command():
     with pytest.raises(NounError, match="python -m spacy download sssc_no_such_model"):
         SpacyNounExtractor("sssc_no_such_model")
+
+
+def test_spacy_model_problem_is_found_without_loading(tmp_path):
+    """A name spaCy has no package or folder for is reported with the install command; a saved
+    pipeline folder and a blank pipeline are fine (spacy.load takes all three)."""
+    from sssc.segment.nouns import spacy_model_problem
+
+    msg = spacy_model_problem("sssc_no_such_spacy_model")
+    assert "spacy_model='sssc_no_such_spacy_model'" in msg
+    assert "python -m spacy download sssc_no_such_spacy_model" in msg
+    with pytest.raises(OSError):  # what spaCy itself says about it
+        spacy.load("sssc_no_such_spacy_model")
+    folder = tmp_path / "pipe"
+    spacy.blank("en").to_disk(folder)
+    for ok in (str(folder), "blank:en"):
+        assert spacy_model_problem(ok) is None
+        spacy.load(ok)
+    assert spacy_model_problem(str(tmp_path / "absent")) is not None

@@ -257,6 +257,71 @@ def test_cli_models_backend_without_weights_exits_2(tmp_path, capsys, args, sett
     assert not (tmp_path / "run").exists()
 
 
+# OpenAI's published CLIP checkpoints (the URLs of OpenAI's clip package): Stage 1 projects
+# nouns with ViT-B/32, Stage 2 scores with ViT-L/14@336.
+_CLIP_B32 = (
+    "https://openaipublic.azureedge.net/clip/models/"
+    "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt"
+)
+_CLIP_L14_336 = (
+    "https://openaipublic.azureedge.net/clip/models/"
+    "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt"
+)
+
+
+def test_cli_names_every_missing_file_at_once(tmp_path, capsys, monkeypatch):
+    """A real-data run missing everything: one error lists each setting to fill, each with
+    where its official file is (CLIP's per model), and nothing is created."""
+    nltk = pytest.importorskip("nltk")
+    monkeypatch.setattr(nltk.data, "path", [])
+    from sssc.cli import train_main
+
+    sets = [
+        "segment.backend=models",
+        "select.backend=models",
+        "segment.models.nouns=spacy",
+        "segment.models.spacy_model=sssc_no_such_spacy_model",
+        "segment.models.noun_fallback=nltk",
+        f"segment.models.nltk_data={tmp_path}",
+        f"train.swin_weights={tmp_path / 'swin_base_patch4_window12_384_22k.pth'}",
+        "train.bert_weights=",
+        "train.random_init=false",
+        f"data.root={tmp_path / 'data'}",
+    ]
+    args = ["--stage", "correct", "--run", str(tmp_path / "run")]
+    assert train_main([*args, *[a for s in sets for a in ("--set", s)]]) == 2
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert lines[0] == "sssc-train: 8 things are missing before --stage correct can start:"
+    items = [x for x in lines[1:] if x.startswith("  - ")]
+    assert len(items) == 8
+    want = [
+        ("segment.models.clip_weights is empty", _CLIP_B32),
+        ("segment.models.gdino_weights is empty", "groundingdino_swint_ogc.pth"),
+        ("segment.models.sam_weights is empty", "sam_vit_h_4b8939.pth"),
+        ("segment.models.spacy_model='sssc_no_such_spacy_model'", "spacy download"),
+        ("'punkt_tab'", "nltk.downloader"),
+        ("select.models.clip_weights is empty", _CLIP_L14_336),
+        ("train.swin_weights", "swin_base_patch4_window12_384_22k.pth does not exist"),
+        ("train.bert_weights empty", "bert-base-uncased"),
+    ]
+    for item, (what, where) in zip(items, want, strict=True):
+        assert what in item and where in item, (what, item)
+    assert _CLIP_L14_336 not in items[0] and _CLIP_B32 not in items[5]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
+
+
+def test_one_missing_file_keeps_one_line(tmp_path, capsys):
+    from sssc.cli import train_main
+
+    sets = ["select.backend=models", f"data.root={tmp_path / 'data'}"]
+    args = ["--stage", "select", "--run", str(tmp_path / "run")]
+    assert train_main([*args, *[a for s in sets for a in ("--set", s)]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sssc-train: select.models.clip_weights is empty")
+    assert len(err.strip().splitlines()) == 1 and _CLIP_L14_336 in err
+
+
 def test_official_detector_rules_run_end_to_end(tmp_path):
     """The official labelling (exact phrases) and retry with a random detector: most boxes name
     no class; they stay in the pool with label "" and no object may take them."""

@@ -37,6 +37,7 @@ __all__ = [
     "build_model",
     "check_image_size",
     "check_init_weights",
+    "init_weight_problems",
     "epoch_plans",
     "finished_metrics",
     "keep_good_checkpoint",
@@ -104,25 +105,41 @@ def open_stores(run_dir: Path, cfg: Any, targets: str) -> tuple[Store, Store | N
     return s1, s2, (s2.producer if s2 else s1.labels_producer)
 
 
-def check_init_weights(t: Any) -> None:
-    """Empty ``train.swin_weights``/``bert_weights`` are an error unless ``train.random_init``;
-    a given one must exist (shipped ``sssc:NAME`` weights must match their checksums)."""
+def init_weight_problems(t: Any) -> list[str]:
+    """A message for each of ``train.swin_weights``/``bert_weights`` that names a missing file
+    (or damaged shipped weights), and for empty ones unless ``train.random_init``."""
     from sssc.pretrained import WeightsError, existing_path
 
+    problems = []
     for k in ("swin_weights", "bert_weights"):
         if getattr(t, k):
             try:
                 existing_path(f"train.{k}", getattr(t, k))
             except WeightsError as e:
-                raise TrainError(str(e)) from None
+                problems.append(str(e))
     missing = [k for k in ("swin_weights", "bert_weights") if not getattr(t, k)]
     if missing and not t.random_init:
-        raise TrainError(
+        problems.append(
             f"train.{' and train.'.join(missing)} empty: {t.model} would start from random "
             "weights. Give the pretrained files (README, 'Reproduce Table 1': Swin-B ImageNet-22k "
             "swin_base_patch4_window12_384_22k.pth, an HF bert-base-uncased folder), or set "
             "train.random_init: true to train from random weights on purpose"
         )
+    return problems
+
+
+def check_init_weights(t: Any) -> None:
+    """Empty ``train.swin_weights``/``bert_weights`` are an error unless ``train.random_init``;
+    a given one must exist (shipped ``sssc:NAME`` weights must match their checksums).
+
+    Raises:
+        TrainError: naming every such problem.
+    """
+    from sssc.pretrained import problems_message
+
+    problems = init_weight_problems(t)
+    if problems:
+        raise TrainError(problems_message(problems, "training can start"))
 
 
 def check_image_size(t: Any) -> None:

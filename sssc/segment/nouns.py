@@ -39,6 +39,7 @@ __all__ = [
     "head_nouns",
     "make_noun_extractor",
     "noun_phrases_from_chunks",
+    "spacy_model_problem",
 ]
 
 _NOUN_POS = ("NOUN", "PROPN")
@@ -272,9 +273,8 @@ class SpacyNounExtractor:
             self.nlp = spacy.load(model, exclude=["ner", "lemmatizer"])
         except OSError as e:
             raise NounError(
-                f"segment.models.spacy_model={model!r}: spaCy cannot load it ({e}). Install it "
-                f"with: python -m spacy download {model}  (or set segment.models.nouns=rules "
-                "for the synthetic dataset)"
+                f"segment.models.spacy_model={model!r}: spaCy cannot load it ({e}). "
+                f"{_spacy_install_hint(model)}"
             ) from None
         self.name = model
 
@@ -318,6 +318,34 @@ class RuleNounExtractor:
                 return [self._forms[m.group(1)]]
         words = re.findall(r"[a-z]+", s)
         return words[-1:]
+
+
+def _spacy_install_hint(model: str) -> str:
+    return (
+        f"Install it with: python -m spacy download {model}  (or set segment.models.nouns=rules "
+        "for the synthetic dataset)"
+    )
+
+
+def spacy_model_problem(model: str) -> str | None:
+    """Why spaCy could not load ``model`` (``segment.models.spacy_model``), found without
+    loading it: spaCy or the model package (or folder) is not installed; ``None`` when both are.
+    """
+    try:
+        import spacy
+    except ImportError as e:
+        return (
+            f"spaCy is not installed ({e}); pip install 'sssc[segment]', then "
+            f"python -m spacy download {model}"
+        )
+    if model.startswith("blank:") or spacy.util.is_package(model):
+        return None
+    if Path(model).expanduser().is_dir():
+        return None
+    return (
+        f"segment.models.spacy_model={model!r}: spaCy cannot find it (no installed package or "
+        f"folder of that name). {_spacy_install_hint(model)}"
+    )
 
 
 def make_noun_extractor(

@@ -23,7 +23,7 @@ import numpy as np
 from ..data import masks as _masks
 from ..data.images import ORIENTATIONS, exif_orientation, turns_shape
 from ..data.refer import Refer
-from ..pretrained import check_weights
+from ..pretrained import WeightsError, clip_source, problems_message, weight_problems
 from ..store import s1_record
 from .detector import GroundingDinoDetector
 from .nouns import make_noun_extractor
@@ -34,6 +34,7 @@ __all__ = [
     "IMAGE_GROUPINGS",
     "ModelsSegmenter",
     "check_segment_weights",
+    "segment_weight_problems",
     "segment_producer",
     "turned_images",
 ]
@@ -41,9 +42,9 @@ __all__ = [
 IMAGE_GROUPINGS = ("image", "file_runs")
 
 
-def check_segment_weights(m: Any) -> None:
-    """Every weight path of ``segment.models``, checked before anything is built or read."""
-    check_weights(
+def segment_weight_problems(m: Any) -> list[str]:
+    """A message for every weight path of ``segment.models`` that is empty or missing."""
+    return weight_problems(
         "segment.models",
         {
             "clip_weights": m.clip_weights,
@@ -53,7 +54,19 @@ def check_segment_weights(m: Any) -> None:
             "sam_weights": m.sam_weights,
         },
         optional=("gdino_config", "gdino_text_encoder"),
+        sources={"clip_weights": clip_source(m.clip_model)},
     )
+
+
+def check_segment_weights(m: Any) -> None:
+    """Every weight path of ``segment.models``, checked before anything is built or read.
+
+    Raises:
+        WeightsError: naming every empty or missing one.
+    """
+    problems = segment_weight_problems(m)
+    if problems:
+        raise WeightsError(problems_message(problems, "segment.models can load its models"))
 
 
 def turned_images(refer: Refer, ids: Iterable[int], progress: bool = False) -> list[tuple]:

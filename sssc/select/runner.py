@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..data.refer import Refer
-from ..pretrained import check_weights, load_clip
+from ..pretrained import check_weights, clip_source, load_clip
 from ..store import Store, StoreError, s2_record
 from .scorer import ImageItem, S1Images, StreamingScorer, select_objects
 
@@ -64,7 +64,11 @@ class ModelsSelector:
         shard_size: int,
         device: str = "cpu",
     ):
-        check_weights("select.models", {"clip_weights": m.clip_weights})
+        check_weights(
+            "select.models",
+            {"clip_weights": m.clip_weights},
+            sources={"clip_weights": clip_source(m.clip_model)},
+        )
         self.refer, self.m, self.s1 = refer, m, s1
         self.producer = select_producer(m, s1.labels_producer)
         self.scorer = StreamingScorer(
