@@ -162,6 +162,13 @@ def predict(model, image, text, threshold: float = 0.5, return_prob: bool = Fals
     texts = [text] if isinstance(text, str) else list(text)
     if not texts:
         raise ValueError("predict: give at least one expression")
+    for k, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            which = "the expression" if isinstance(text, str) else f"expression {k}"
+            raise ValueError(
+                f"predict: {which} is {t!r}: an expression without a word refers to nothing "
+                "(training skips such expressions too, data.empty_sentences)"
+            )
     x = preprocess_image(rgb, p.image_size)[None].expand(len(texts), -1, -1, -1)
     ids, mask = p.tokenize(texts)
     with torch.no_grad():
@@ -219,17 +226,43 @@ def _predict_cli(args) -> int:
     from PIL import Image
 
     try:
+        outs = [(f, o) for f, o in (("--out", args.out), ("--mask-out", args.mask_out)) if o]
+        for flag, out in outs:  # before the model loads and runs
+            _check_output(flag, out)
+        if not args.text.strip():
+            raise ValueError(f"--text {args.text!r}: an expression without a word names nothing")
         rgb = _as_rgb(args.image)
         p = load_predictor(args.checkpoint, args.device, bert_path=args.bert, model=args.model)
         mask = predict(p, rgb, args.text)
+        Image.fromarray(overlay(rgb, mask)).save(args.out)
+        if args.mask_out:
+            Image.fromarray(mask.astype(np.uint8) * 255).save(args.mask_out)
     except (OSError, ValueError) as e:
         print(f"sssc predict: {e}", file=sys.stderr)
         return 2
-    Image.fromarray(overlay(rgb, mask)).save(args.out)
-    if args.mask_out:
-        Image.fromarray(mask.astype(np.uint8) * 255).save(args.mask_out)
     print(f"{args.out}: {int(mask.sum())} of {mask.size} pixels ({100 * mask.mean():.1f}%)")
     return 0
+
+
+def _check_output(flag: str, out: str) -> None:
+    """An image path PIL can write: an existing folder, a file name with an image extension.
+
+    Raises:
+        ValueError: naming the flag and what is wrong.
+    """
+    from PIL import Image
+
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"{flag} {out}: is a folder; give a file name such as {path / 'mask.png'}")
+    if not path.parent.is_dir():
+        raise ValueError(f"{flag} {out}: the folder {path.parent} does not exist")
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(
+            f"{flag} {out}: PIL cannot tell an image format from "
+            f"{repr(path.suffix) if path.suffix else 'a name without an extension'}; end the name "
+            "with .png (or another image extension)"
+        )
 
 
 def eval_checkpoint_main(args: argparse.Namespace) -> int:

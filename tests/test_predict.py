@@ -95,3 +95,43 @@ def test_cli_missing_checkpoint_exits_2_naming_it(tmp_path, capsys):
     argv = ["predict", "--checkpoint", str(tmp_path / "nope.pt"), "--image", str(img)]
     assert main([*argv, "--text", "x", "--out", str(tmp_path / "o.png")]) == 2
     assert "nope.pt: checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flag, out, says",
+    [
+        ("--out", "nodir/o.png", "the folder"),
+        ("--out", ".", "is a folder"),
+        ("--out", "o", "without an extension"),
+        ("--mask-out", "nodir/m.png", "the folder"),
+        ("--mask-out", "m.notanimage", "'.notanimage'"),
+    ],
+    ids=["out-no-folder", "out-folder", "out-no-extension", "mask-no-folder", "mask-extension"],
+)
+def test_cli_refuses_an_unwritable_output_before_the_model_runs(tmp_path, capsys, flag, out, says):
+    """Checked before the checkpoint is even read: the missing checkpoint is not what is named,
+    and nothing is written."""
+    img = tmp_path / "in.png"
+    Image.fromarray(_image()).save(img)
+    argv = ["predict", "--checkpoint", str(tmp_path / "nope.pt"), "--image", str(img)]
+    outs = {"--out": str(tmp_path / "o.png"), flag: str(tmp_path / out)}
+    assert main([*argv, "--text", "x", *[a for kv in outs.items() for a in kv]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sssc predict: {flag} ") and says in err and "nope.pt" not in err
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["in.png"]
+
+
+@pytest.mark.parametrize("text", ["", "   "])
+def test_a_blank_expression_is_refused(ckpt, tmp_path, capsys, text):
+    path, _, _ = ckpt
+    rgb = _image(45, 60, seed=2)
+    with pytest.raises(ValueError, match="without a word"):
+        sssc.predict(str(path), rgb, text)
+    with pytest.raises(ValueError, match="expression 1 is"):
+        sssc.predict(str(path), rgb, ["the red circle", text])
+    img = tmp_path / "in.png"
+    Image.fromarray(rgb).save(img)
+    argv = ["predict", "--checkpoint", str(path), "--image", str(img), "--text", text]
+    assert main([*argv, "--out", str(tmp_path / "o.png")]) == 2
+    assert "without a word names nothing" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
