@@ -138,7 +138,14 @@ def load_predictor(
     return Predictor(net, tokenize, image_size, torch.device(device))
 
 
-def predict(model, image, text, threshold: float = 0.5, return_prob: bool = False) -> np.ndarray:
+def predict(
+    model,
+    image,
+    text,
+    threshold: float = 0.5,
+    return_prob: bool = False,
+    blank: str = "refuse",
+) -> np.ndarray:
     """The mask of each expression on an image.
 
     Args:
@@ -147,6 +154,9 @@ def predict(model, image, text, threshold: float = 0.5, return_prob: bool = Fals
         text: one expression or a list of them.
         threshold: on the foreground probability (0.5: the model's argmax).
         return_prob: return the float32 probability instead of the bool mask.
+        blank: an empty or blank expression: ``refuse`` (``ValueError``; training skips them
+            too, ``data.empty_sentences``) or ``keep`` (tokenized as ``[CLS] [SEP]``, as LAVT's
+            ``demo_inference.py`` would; README, deviation row 44).
 
     Returns:
         ``[H, W]`` for one expression, ``[N, H, W]`` for a list; bool (or float32 probabilities),
@@ -162,12 +172,17 @@ def predict(model, image, text, threshold: float = 0.5, return_prob: bool = Fals
     texts = [text] if isinstance(text, str) else list(text)
     if not texts:
         raise ValueError("predict: give at least one expression")
+    if blank not in ("refuse", "keep"):
+        raise ValueError(f"predict: blank must be 'refuse' or 'keep', got {blank!r}")
     for k, t in enumerate(texts):
-        if not isinstance(t, str) or not t.strip():
+        if not isinstance(t, str):
+            raise ValueError(f"predict: expression {k} is {type(t).__name__}, not a string")
+        if blank == "refuse" and not t.strip():
             which = "the expression" if isinstance(text, str) else f"expression {k}"
             raise ValueError(
                 f"predict: {which} is {t!r}: an expression without a word refers to nothing "
-                "(training skips such expressions too, data.empty_sentences)"
+                "(training skips such expressions too, data.empty_sentences); blank='keep' "
+                "runs it as LAVT's demo would"
             )
     x = preprocess_image(rgb, p.image_size)[None].expand(len(texts), -1, -1, -1)
     ids, mask = p.tokenize(texts)
@@ -217,6 +232,12 @@ def add_predict_command(sub) -> None:
     p.add_argument("--out", required=True, help="PNG: the image with the mask drawn over it")
     p.add_argument("--mask-out", help="PNG: the bare mask (white on black)")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--blank",
+        choices=("refuse", "keep"),
+        default="refuse",
+        help="a blank --text: refuse it (default) or run it as [CLS] [SEP] (LAVT's demo)",
+    )
     p.set_defaults(func=_predict_cli)
 
 
@@ -229,11 +250,14 @@ def _predict_cli(args) -> int:
         outs = [(f, o) for f, o in (("--out", args.out), ("--mask-out", args.mask_out)) if o]
         for flag, out in outs:  # before the model loads and runs
             _check_output(flag, out)
-        if not args.text.strip():
-            raise ValueError(f"--text {args.text!r}: an expression without a word names nothing")
+        if args.blank == "refuse" and not args.text.strip():
+            raise ValueError(
+                f"--text {args.text!r}: an expression without a word names nothing (--blank keep "
+                "runs it as LAVT's demo would)"
+            )
         rgb = _as_rgb(args.image)
         p = load_predictor(args.checkpoint, args.device, bert_path=args.bert, model=args.model)
-        mask = predict(p, rgb, args.text)
+        mask = predict(p, rgb, args.text, blank=args.blank)
         Image.fromarray(overlay(rgb, mask)).save(args.out)
         if args.mask_out:
             Image.fromarray(mask.astype(np.uint8) * 255).save(args.mask_out)

@@ -135,3 +135,23 @@ def test_a_blank_expression_is_refused(ckpt, tmp_path, capsys, text):
     assert main([*argv, "--out", str(tmp_path / "o.png")]) == 2
     assert "without a word names nothing" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("text", ["", "   "])
+def test_blank_keep_runs_the_expression_as_lavts_demo(ckpt, tmp_path, capsys, text):
+    """``blank="keep"``: the blank text goes through the tokenizer as it is (LAVT's demo
+    encodes it as [CLS] [SEP]); the mask is the evaluation path's on those tokens."""
+    path, model, tok = ckpt
+    rgb = _image()
+    ids, mask = tok([text])
+    assert int(mask.sum()) == 2  # [CLS] [SEP] and nothing else
+    pred = sssc.predict(str(path), rgb, text, blank="keep")
+    want = to_eval_mask(_reference_prob(model, tok, rgb, text).astype(np.float32), (50, 70))
+    assert np.count_nonzero(pred != want) <= 2
+    with pytest.raises(ValueError, match="blank must be"):
+        sssc.predict(str(path), rgb, text, blank="skip")
+    img = tmp_path / "in.png"
+    Image.fromarray(rgb).save(img)
+    argv = ["predict", "--checkpoint", str(path), "--image", str(img), "--text", text]
+    assert main([*argv, "--out", str(tmp_path / "o.png"), "--blank", "keep"]) == 0
+    assert (tmp_path / "o.png").exists() and "pixels" in capsys.readouterr().out
