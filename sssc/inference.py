@@ -169,21 +169,7 @@ def predict(
 
     p = model if isinstance(model, Predictor) else load_predictor(model)
     rgb = _as_rgb(image)
-    texts = [text] if isinstance(text, str) else list(text)
-    if not texts:
-        raise ValueError("predict: give at least one expression")
-    if blank not in ("refuse", "keep"):
-        raise ValueError(f"predict: blank must be 'refuse' or 'keep', got {blank!r}")
-    for k, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise ValueError(f"predict: expression {k} is {type(t).__name__}, not a string")
-        if blank == "refuse" and not t.strip():
-            which = "the expression" if isinstance(text, str) else f"expression {k}"
-            raise ValueError(
-                f"predict: {which} is {t!r}: an expression without a word refers to nothing "
-                "(training skips such expressions too, data.empty_sentences); blank='keep' "
-                "runs it as LAVT's demo would"
-            )
+    texts = _check_texts(text, blank, "predict")
     x = preprocess_image(rgb, p.image_size)[None].expand(len(texts), -1, -1, -1)
     ids, mask = p.tokenize(texts)
     with torch.no_grad():
@@ -193,6 +179,31 @@ def predict(
     out = prob[:, 0].cpu().numpy()
     out = out if return_prob else out > threshold
     return out[0] if isinstance(text, str) else out
+
+
+def _check_texts(text, blank: str, who: str) -> list[str]:
+    """``text`` (one expression or a list) as a list, each a string, none blank unless
+    ``blank == "keep"``.
+
+    Raises:
+        ValueError: naming ``who`` (``predict``, ``--text``) and the expression.
+    """
+    texts = [text] if isinstance(text, str) else list(text)
+    if not texts:
+        raise ValueError(f"{who}: give at least one expression")
+    if blank not in ("refuse", "keep"):
+        raise ValueError(f"{who}: blank must be 'refuse' or 'keep', got {blank!r}")
+    for k, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise ValueError(f"{who}: expression {k} is {type(t).__name__}, not a string")
+        if blank == "refuse" and not t.strip():
+            which = "the expression" if isinstance(text, str) else f"expression {k}"
+            raise ValueError(
+                f"{who}: {which} is {t!r}: an expression without a word names nothing (training "
+                "skips such expressions too, data.empty_sentences); keep it with blank='keep' "
+                "(sssc predict --blank keep), as LAVT's demo would"
+            )
+    return texts
 
 
 def _as_rgb(image) -> np.ndarray:
@@ -250,11 +261,7 @@ def _predict_cli(args) -> int:
         outs = [(f, o) for f, o in (("--out", args.out), ("--mask-out", args.mask_out)) if o]
         for flag, out in outs:  # before the model loads and runs
             _check_output(flag, out)
-        if args.blank == "refuse" and not args.text.strip():
-            raise ValueError(
-                f"--text {args.text!r}: an expression without a word names nothing (--blank keep "
-                "runs it as LAVT's demo would)"
-            )
+        _check_texts(args.text, args.blank, "--text")
         rgb = _as_rgb(args.image)
         p = load_predictor(args.checkpoint, args.device, bert_path=args.bert, model=args.model)
         mask = predict(p, rgb, args.text, blank=args.blank)

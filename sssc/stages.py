@@ -293,7 +293,7 @@ def _check_model_weights(cfg: Any, stage: str) -> None:
     """Every file a run of ``stage`` needs and cannot make (the models backends' weights, Stage 1's
     spaCy model and NLTK data, Stage 3's initial weights), checked before any stage does any
     work: one error names them all, so that one round of downloads sets a run up."""
-    from .pretrained import problems_message, weight_problems
+    from .pretrained import problems_message
 
     problems: list[str] = []
     if cfg.segment.backend == "models":  # every stage reads Stage 1's output
@@ -303,21 +303,17 @@ def _check_model_weights(cfg: Any, stage: str) -> None:
         m = cfg.segment.models
         problems += segment_weight_problems(m)
         if m.nouns == "spacy":
-            problems += [p for p in [spacy_model_problem(m.spacy_model)] if p]
+            if spacy := spacy_model_problem(m.spacy_model):
+                problems.append(spacy)
             if m.noun_fallback == "nltk":
                 try:
                     NltkNounPhrases(m.nltk_data)  # its data, which a run reads mid-stage
                 except NounError as e:
                     problems.append(str(e))
     if stage != "segment" and cfg.select.backend == "models":
-        from .pretrained import clip_source
+        from .select.runner import select_weight_problems
 
-        m = cfg.select.models
-        problems += weight_problems(
-            "select.models",
-            {"clip_weights": m.clip_weights},
-            sources={"clip_weights": clip_source(m.clip_model)},
-        )
+        problems += select_weight_problems(cfg.select.models)
     if stage in ("bootstrap", "correct", "all"):
         from .correct.phase import init_weight_problems
 

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 
 from ..data.refer import Refer
-from ..pretrained import check_weights, clip_source, load_clip
+from ..pretrained import clip_source, load_clip, weight_problems
 from ..store import Store, StoreError, s2_record
 from .scorer import ImageItem, S1Images, StreamingScorer, select_objects
 
-__all__ = ["ModelsSelector", "select_producer"]
+__all__ = ["ModelsSelector", "select_producer", "select_weight_problems"]
 
 
 def select_producer(m: Any, s1_producer: dict) -> dict:
@@ -38,6 +38,16 @@ def select_producer(m: Any, s1_producer: dict) -> dict:
         "score": m.score,
         "segment": s1_producer,
     }
+
+
+def select_weight_problems(m: Any) -> list[str]:
+    """A message if ``select.models.clip_weights`` is empty or missing (naming the configured
+    model's official weights)."""
+    return weight_problems(
+        "select.models",
+        {"clip_weights": m.clip_weights},
+        sources={"clip_weights": clip_source(m.clip_model)},
+    )
 
 
 class ModelsSelector:
@@ -64,11 +74,6 @@ class ModelsSelector:
         shard_size: int,
         device: str = "cpu",
     ):
-        check_weights(
-            "select.models",
-            {"clip_weights": m.clip_weights},
-            sources={"clip_weights": clip_source(m.clip_model)},
-        )
         self.refer, self.m, self.s1 = refer, m, s1
         self.producer = select_producer(m, s1.labels_producer)
         self.scorer = StreamingScorer(
