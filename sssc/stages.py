@@ -104,7 +104,7 @@ def run_stage(stage: str, cfg: Any, run_dir: str | Path) -> dict:
         except TrainError as e:
             raise StageError(f"--stage {stage}: {e}") from None
     # Missing weights and data fail before anything is created or started, all in one message.
-    _check_model_weights(cfg, stage)
+    _check_model_weights(cfg, stage, Path(run_dir))
     try:
         run_dir = open_run_dir(run_dir)
         # Under torchrun the ranks of one job share the folder: rank 0 holds the lock for them.
@@ -289,14 +289,41 @@ def _write(
     )
 
 
-def _check_model_weights(cfg: Any, stage: str) -> None:
+def _made_here(stage: str, cfg: Any, run_dir: Path) -> bool:
+    """Whether ``run_dir/stage`` holds a complete store made with this run's settings, read
+    without writing or validating the shards: a later stage then reuses it and needs none of the
+    files that made it."""
+    from .config import config_to_dict
+
+    d = run_dir / stage
+    if not store_complete(d):
+        return False
+    try:
+        check_stage_config(d, config_to_dict(cfg), stage)
+    except RunDirError:
+        return False
+    return True
+
+
+def _check_model_weights(cfg: Any, stage: str, run_dir: Path) -> None:
     """Every file a run of ``stage`` needs and cannot make (the models backends' weights, Stage 1's
     spaCy model and NLTK data, Stage 3's initial weights), checked before any stage does any
-    work: one error names them all, so that one round of downloads sets a run up."""
+    work: one error names them all, so that one round of downloads sets a run up.
+
+    An upstream stage whose store in ``run_dir`` is complete and made with these settings is
+    reused, so its files are not asked for: Stage 3 can train where GroundingDINO, SAM and spaCy
+    are not installed, on a run folder whose Stages 1-2 ran elsewhere. (A store that turns out
+    damaged when it is read is redone, and the models it needs are then loaded and checked.)
+    """
     from .pretrained import problems_message
 
     problems: list[str] = []
-    if cfg.segment.backend == "models":  # every stage reads Stage 1's output
+    # Every stage reads Stage 1's output; Stage 2's is read by the training stages.
+    need_segment = stage == "segment" or not _made_here("segment", cfg, run_dir)
+    need_select = stage == "select" or (
+        stage != "segment" and not _made_here("select", cfg, run_dir)
+    )
+    if need_segment and cfg.segment.backend == "models":
         from .segment.nouns import NltkNounPhrases, NounError, spacy_model_problem
         from .segment.runner import segment_weight_problems
 
@@ -310,7 +337,7 @@ def _check_model_weights(cfg: Any, stage: str) -> None:
                     NltkNounPhrases(m.nltk_data)  # its data, which a run reads mid-stage
                 except NounError as e:
                     problems.append(str(e))
-    if stage != "segment" and cfg.select.backend == "models":
+    if need_select and cfg.select.backend == "models":
         from .select.runner import select_weight_problems
 
         problems += select_weight_problems(cfg.select.models)

@@ -27,7 +27,7 @@ from tiny_models import models_overrides  # noqa: E402
 from sssc import stages  # noqa: E402
 from sssc.config import load_config  # noqa: E402
 from sssc.data.refer import Refer  # noqa: E402
-from sssc.store import Store  # noqa: E402
+from sssc.store import Store, store_complete  # noqa: E402
 
 TESTS = Path(__file__).parent
 
@@ -508,3 +508,33 @@ def test_blank_expressions_reach_stages_1_and_2_only_under_keep(tmp_path):
     scored = set(scores["skip"])
     assert scored & blanked and scored - blanked
     assert same == scored - blanked
+
+
+def test_a_reused_stage_needs_none_of_its_model_files(tmp_path, capsys):
+    """Stage 1 ran where its models were; they are gone (another machine, say). Stage 2 and
+    Stage 3 reuse its complete store, so they start without them; a target stage, or a
+    store that is not complete, still asks for every one of them."""
+    from sssc.cli import train_main
+
+    ov = _overrides(tmp_path)[: -len(synth_sets(8))] + synth_sets(4)
+    cfg = load_config(None, ov)
+    run_dir = tmp_path / "run"
+    stages.run_stage("segment", cfg, run_dir)
+    models = tmp_path / "models"
+    (models / "gdino_tiny.py").rename(models / "gdino_tiny.moved")
+    (models / "tiny-bert").rename(models / "tiny-bert.moved")
+    gone = ("segment.models.gdino_config", "segment.models.gdino_text_encoder")
+
+    args = ["--run", str(run_dir), *[a for s in ov for a in ("--set", s)]]
+    assert train_main(["--stage", "select", *args]) == 0
+    assert store_complete(run_dir / "select") and "does not exist" not in capsys.readouterr().err
+    stages._check_model_weights(cfg, "correct", run_dir)  # both stores are reused
+
+    assert train_main(["--stage", "segment", *args]) == 2  # the target stage runs its models
+    err = capsys.readouterr().err
+    assert err.startswith("sssc-train: 2 things are missing before --stage segment can start:")
+    assert all(g in err for g in gone)
+    (run_dir / "segment" / "store.json").unlink()  # no longer complete: Stage 1 would run
+    with pytest.raises(stages.StageError, match="2 things are missing") as e:
+        stages._check_model_weights(cfg, "correct", run_dir)
+    assert all(g in str(e.value) for g in gone)
