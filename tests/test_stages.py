@@ -117,6 +117,26 @@ def test_corrupt_segment_shard_is_redone(tmp_path, sets, capsys):
     assert shard.read_bytes() == good
 
 
+def test_eval_names_the_store_it_lacks(tmp_path, sets, capsys):
+    """sssc eval names the missing store it was asked for, and the command that makes it;
+    a Stage 2 store whose Stage 1 store is gone names that one."""
+    run = tmp_path / "run"
+    assert main(["eval", "--run", str(run), "--stage", "select"]) == 2
+    assert capsys.readouterr().err == f"sssc eval: --run {run}: no such run folder\n"
+    assert train_main(["--stage", "segment", "--run", str(run), *sets]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--stage", "select"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'select'}: no Stage 2 store here (missing store.json)" in err
+    assert f"`sssc-train --stage select --run {run}` makes it" in err
+    assert train_main(["--stage", "select", "--run", str(run), *sets]) == 0
+    (run / "segment" / "store.json").unlink()
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--stage", "select"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'segment'}: no pseudo-label store here (missing store.json)" in err
+
+
 def test_changed_settings_do_not_reuse_a_store(tmp_path, sets, capsys):
     run = tmp_path / "run"
     assert train_main(["--stage", "segment", "--run", str(run), *sets]) == 0

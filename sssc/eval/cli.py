@@ -114,6 +114,15 @@ def eval_main(args: argparse.Namespace) -> int:
     from .stores import evaluate_stage
 
     run = Path(args.run)
+    if not run.is_dir():
+        return _usage(f"--run {run}: no such run folder")
+    made = run / args.stage / "store.json"
+    if not made.is_file():  # before the config and the dataset, which may be elsewhere
+        what = "Stage 1" if args.stage == "segment" else "Stage 2"
+        return _usage(
+            f"{run / args.stage}: no {what} store here (missing {made.name}); "
+            f"`sssc-train --stage {args.stage} --run {run}` makes it"
+        )
     try:
         cfg = load_run_config(run, args.stage, args.config, args.set)
         splits = args.split or [cfg.data.eval_split]

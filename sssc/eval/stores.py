@@ -74,8 +74,9 @@ def evaluate_stage(
     # S+S reads the pools as Stage 2 did; the S1 oracle scores the pools it is given
     if stage == "select":
         pools, background = cfg.select.candidates, "minimum"
-    s1 = Store(run_dir / "segment", kind="S1", pools=pools, background=background)
+    # The store asked for first, so that a missing one is the one named.
     s2 = Store(run_dir / "select", kind="S2") if stage == "select" else None
+    s1 = Store(run_dir / "segment", kind="S1", pools=pools, background=background)
     if s2 is not None:
         check_join(s1, s2)
     store = s2 or s1
