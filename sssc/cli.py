@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from .inference import add_predict_command, eval_checkpoint_main
     from .viz import add_viz_command
 
-    p = argparse.ArgumentParser(prog="sssc", description="sssc tools: data, eval, viz.")
+    p = argparse.ArgumentParser(prog="sssc", description="sssc tools: data, eval, predict, viz.")
     sub = p.add_subparsers(dest="cmd", required=True)
     add_data_commands(sub)
     add_eval_command(sub, checkpoint_main=eval_checkpoint_main)

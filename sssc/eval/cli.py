@@ -44,7 +44,7 @@ def add_eval_command(subparsers, checkpoint_main=None) -> None:
     """
     p = subparsers.add_parser(
         "eval",
-        help="score S1 (oracle) or S2 of a run against the GT",
+        help="score a run's S1 (oracle) or S2, or a checkpoint, against the GT",
         description="Score a run's Stage 1 oracle (--stage segment) or Stage 2 choice "
         "(--stage select) against the GT: mIoU, oIoU, prec@0.5..0.9, PointM, PointIt.",
     )
