@@ -45,6 +45,7 @@ __all__ = [
     "fsync_dir",
     "load_run_config",
     "config_diff",
+    "missing_store",
     "open_run_dir",
     "pid_alive",
     "read_json",
@@ -189,6 +190,22 @@ def open_run_dir(path: str | Path) -> Path:
     except OSError as e:
         raise RunDirError(f"--run {p}: cannot create the run folder: {e.strerror or e}") from None
     return p
+
+
+def missing_store(run_dir: str | Path, stage: str) -> str | None:
+    """Why a reader (``sssc eval``, ``sssc viz``) finds no ``stage`` store in a run folder, naming
+    the command that makes it; ``None`` when its ``store.json`` is there (not validated)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        what = "is a file, not a run folder" if run.exists() else "no such run folder"
+        return f"--run {run}: {what}"
+    if (run / stage / "store.json").is_file():
+        return None
+    what = "Stage 1" if stage == "segment" else "Stage 2"
+    return (
+        f"{run / stage}: no {what} store here (missing store.json); "
+        f"`sssc-train --stage {stage} --run {run}` makes it"
+    )
 
 
 # ---------------------------------------------------------------------------------------- lock

@@ -127,10 +127,13 @@ def add_viz_command(subparsers) -> None:
 def viz_main(args: argparse.Namespace) -> int:
     from .config import ConfigError
     from .data.refer import DatasetError, Refer
-    from .rundir import load_run_config
+    from .rundir import load_run_config, missing_store
     from .store import Store, StoreError
 
     run = Path(args.run)
+    if problem := missing_store(run, "segment"):  # before the config and the dataset
+        print(f"sssc viz: {problem}", file=sys.stderr)
+        return 2
     try:
         selected = (run / "select" / "store.json").exists()
         cfg = load_run_config(run, "select" if selected else "segment", args.config, args.set)

@@ -66,3 +66,19 @@ def test_viz_panels_choice_and_exit_codes(tmp_path, capsys):
     capsys.readouterr()
     assert main(["viz", "--run", str(run), "--image-id", "999999"]) == 2
     assert "999999" in capsys.readouterr().err
+
+
+def test_viz_names_a_missing_run_or_store(tmp_path, capsys):
+    """Before the config and the dataset (which would be reported instead, and wrongly)."""
+    run = tmp_path / "run"
+    assert main(["viz", "--run", str(run), "--first", "1"]) == 2
+    assert capsys.readouterr().err == f"sssc viz: --run {run}: no such run folder\n"
+    run.write_text("")
+    assert main(["viz", "--run", str(run), "--first", "1"]) == 2
+    assert capsys.readouterr().err == f"sssc viz: --run {run}: is a file, not a run folder\n"
+    run.unlink()
+    (run / "select").mkdir(parents=True)
+    assert main(["viz", "--run", str(run), "--first", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sssc viz: {run / 'segment'}: no Stage 1 store here")
+    assert f"`sssc-train --stage segment --run {run}` makes it" in err

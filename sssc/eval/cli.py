@@ -109,20 +109,13 @@ def eval_main(args: argparse.Namespace) -> int:
         return _usage("--background applies to --pools painted")
     from ..config import ConfigError
     from ..data.refer import DatasetError, Refer
-    from ..rundir import load_run_config
+    from ..rundir import load_run_config, missing_store
     from ..store import StoreError
     from .stores import evaluate_stage
 
     run = Path(args.run)
-    if not run.is_dir():
-        return _usage(f"--run {run}: no such run folder")
-    made = run / args.stage / "store.json"
-    if not made.is_file():  # before the config and the dataset, which may be elsewhere
-        what = "Stage 1" if args.stage == "segment" else "Stage 2"
-        return _usage(
-            f"{run / args.stage}: no {what} store here (missing {made.name}); "
-            f"`sssc-train --stage {args.stage} --run {run}` makes it"
-        )
+    if problem := missing_store(run, args.stage):  # before the config and the dataset
+        return _usage(problem)
     try:
         cfg = load_run_config(run, args.stage, args.config, args.set)
         splits = args.split or [cfg.data.eval_split]
