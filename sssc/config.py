@@ -418,10 +418,13 @@ def resolve_device(device: str) -> str:
     """The torch device of a ``device`` setting: ``auto`` is ``cuda`` when CUDA is available.
 
     Raises:
-        ConfigError: ``cuda`` (or ``cuda:N``) was asked for and this torch sees no such GPU.
+        ConfigError: not ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; or ``cuda`` (or ``cuda:N``)
+            was asked for and this torch sees no such GPU.
     """
     import torch
 
+    if not _DEVICE.fullmatch(device):
+        raise ConfigError(f"device={device!r}: give auto, cpu, cuda or cuda:N")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):

@@ -61,7 +61,7 @@ def load_predictor(
     Args:
         checkpoint: a ``<run>/<phase>/checkpoint.pt`` written by ``sssc-train``, or a checkpoint
             released by LAVT or S+S+C (``model`` + ``bert_model``, or ``lavt_one``), as it is.
-        device: ``"cpu"``, ``"cuda"``, ...
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when there is one).
         bert_path: the local ``bert-base-uncased`` folder whose ``vocab.txt`` tokenizes the text.
             Published checkpoints need it (they name only the hub id); for sssc checkpoints it
             replaces the path saved at training time.
@@ -72,10 +72,12 @@ def load_predictor(
     Raises:
         FileNotFoundError: the checkpoint (or the BERT folder) is missing.
         ValueError: the file is not a LAVT checkpoint in a known layout, holds a Python object
-            other than ``argparse.Namespace``, or does not fit the model config.
+            other than ``argparse.Namespace``, or does not fit the model config; ``device`` is
+            not one of the above, or names a GPU this torch does not see.
     """
     import torch
 
+    from .config import resolve_device
     from .correct.checkpoints import (
         checkpoint_format,
         published_args,
@@ -89,6 +91,7 @@ def load_predictor(
         load_model_config,
     )
 
+    device = resolve_device(str(device))  # before the checkpoint is read
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(
@@ -238,11 +241,19 @@ def add_predict_command(sub) -> None:
     )
     p.add_argument("--bert", help="local bert-base-uncased folder (published checkpoints)")
     p.add_argument("--model", help="model config of a published checkpoint (default lavt-base)")
-    p.add_argument("--image", required=True)
+    p.add_argument("--image", required=True, help="the image (any format PIL reads)")
     p.add_argument("--text", required=True, help="the referring expression")
-    p.add_argument("--out", required=True, help="PNG: the image with the mask drawn over it")
-    p.add_argument("--mask-out", help="PNG: the bare mask (white on black)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="image file (.png, .jpg, ...): the image with the mask drawn over it",
+    )
+    p.add_argument("--mask-out", help="image file: the bare mask (white on black)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), cuda, cuda:N or auto (CUDA when there is one)",
+    )
     p.add_argument(
         "--blank",
         choices=("refuse", "keep"),
@@ -257,7 +268,10 @@ def _predict_cli(args) -> int:
 
     from PIL import Image
 
+    from .config import resolve_device
+
     try:
+        resolve_device(args.device)
         outs = [(f, o) for f, o in (("--out", args.out), ("--mask-out", args.mask_out)) if o]
         for flag, out in outs:  # before the model loads and runs
             _check_output(flag, out)

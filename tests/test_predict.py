@@ -98,6 +98,35 @@ def test_cli_missing_checkpoint_exits_2_naming_it(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    "device, says",
+    [("gpu", "device='gpu': give auto, cpu, cuda or cuda:N"), ("cuda:7", "torch sees")],
+)
+def test_a_device_that_is_not_there_exits_2_before_the_checkpoint_is_read(
+    tmp_path, capsys, device, says
+):
+    img = tmp_path / "in.png"
+    Image.fromarray(_image()).save(img)
+    argv = ["predict", "--checkpoint", str(tmp_path / "nope.pt"), "--image", str(img)]
+    assert main([*argv, "--text", "x", "--out", str(tmp_path / "o.png"), "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sssc predict: ") and says in err and "nope.pt" not in err
+    with pytest.raises(ValueError, match="give auto, cpu, cuda or cuda:N"):
+        sssc.load_predictor(tmp_path / "nope.pt", "gpu")
+
+
+def test_auto_device_is_the_cpu_without_a_gpu(ckpt):
+    path, _, _ = ckpt
+    if torch.cuda.is_available():
+        pytest.skip("auto picks the GPU here")
+    p = sssc.load_predictor(path, "auto")
+    assert p.device == torch.device("cpu")
+    rgb = _image(seed=4)
+    np.testing.assert_array_equal(
+        sssc.predict(p, rgb, "the red circle"), sssc.predict(str(path), rgb, "the red circle")
+    )
+
+
+@pytest.mark.parametrize(
     "flag, out, says",
     [
         ("--out", "nodir/o.png", "the folder"),
