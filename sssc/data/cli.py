@@ -31,14 +31,24 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
         description="With no options: the embedded default's dataset.",
     )
     s.add_argument("--out", required=True, help="dataset root; writes OUT/synthetic/")
-    s.add_argument("--seed", type=int, default=default["seed"])
-    s.add_argument("--num-images", type=int, default=default["num_images"])
-    s.add_argument("--image-size", type=int, default=default["image_size"])
+    s.add_argument("--seed", type=int, default=default["seed"], help="(default: %(default)s)")
     s.add_argument(
-        "--val-images", type=int, default=default["val_images"], help="val images (0: a tenth)"
+        "--num-images", type=int, default=default["num_images"], help="(default: %(default)s)"
     )
     s.add_argument(
-        "--test-images", type=int, default=default["test_images"], help="test images (0: a tenth)"
+        "--image-size", type=int, default=default["image_size"], help="side (default: %(default)s)"
+    )
+    s.add_argument(
+        "--val-images",
+        type=int,
+        default=default["val_images"],
+        help="val images (default: %(default)s; 0: a tenth)",
+    )
+    s.add_argument(
+        "--test-images",
+        type=int,
+        default=default["test_images"],
+        help="test images (default: %(default)s; 0: a tenth)",
     )
     s.set_defaults(func=_synth)
 
