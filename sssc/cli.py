@@ -51,6 +51,7 @@ def train_main(argv: list[str] | None = None) -> int:
     """``sssc-train``: parse, load the config, run the stage (and the missing ones before it)."""
     args = _train_parser().parse_args(argv)
     from .config import ConfigError, load_config
+    from .rundir import Interrupted
     from .stages import StageError, run_stage
 
     try:
@@ -60,6 +61,16 @@ def train_main(argv: list[str] | None = None) -> int:
     except (ConfigError, StageError) as e:
         print(f"sssc-train: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # the state is saved: the same command resumes
+        print(f"sssc-train: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
+        print(
+            "sssc-train: stopped at once (Ctrl-C); the same command resumes from the last "
+            "checkpoint and the finished shards",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "Interrupted",
     "OWN_FILES",
     "RESUMABLE_AFTER_DIVERGENCE",
     "RunDirError",
@@ -178,6 +179,19 @@ RESUMABLE_AFTER_DIVERGENCE = ("train.lr", "train.grad_clip")
 
 class RunDirError(Exception):
     """The run folder cannot be used as asked; the message says why and what to do."""
+
+
+class Interrupted(Exception):
+    """A run stopped at a SIGINT or SIGTERM after saving its state; the same command resumes it
+    (:func:`sssc.correct.trainutil.graceful_stop`).
+
+    Attributes:
+        signum: the signal (``sssc-train`` exits with ``128 + signum``, as a shell reports it).
+    """
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 def open_run_dir(path: str | Path) -> Path:

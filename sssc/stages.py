@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -508,7 +509,15 @@ def _finish(stage: str, refer: Refer, cfg: Any, run_dir: Path, log: _Log, ranks:
 def _run_stage3(stage: str, cfg: Any, run_dir: Path) -> dict:
     """``bootstrap``, or ``correct``/``all``: bootstrap, correct (and ``+epochs``), then a table."""
     from .correct.train import TrainError, train_phase
-    from .correct.trainutil import CheckpointWriteError, cleanup_dist, setup_dist
+    from .correct.trainutil import (
+        CheckpointWriteError,
+        Interrupted,
+        cleanup_dist,
+        graceful_stop,
+        setup_dist,
+        stop_agreed,
+        stop_signal,
+    )
 
     # Under torchrun every rank writes its share of the missing Stage 1-2 shards.
     rank, world, own_pg = setup_dist()
@@ -520,21 +529,41 @@ def _run_stage3(stage: str, cfg: Any, run_dir: Path) -> dict:
     phases = ["bootstrap"]
     if stage != "bootstrap":
         phases += ["correct"] + (["plus_epochs"] if cfg.train.plus_epochs else [])
+
+    def check_stop(before: str) -> None:  # a signal arrived as the previous phase ended
+        if signum := stop_agreed(world, _Ranks(rank, world).device(cfg)):
+            raise Interrupted(
+                f"stopped by {signal.Signals(signum).name} before the {before} phase; the same "
+                "command goes on from there",
+                signum,
+            )
+
     try:
         refer = Refer.from_config(cfg.data)
-        out = {"bootstrap": train_phase("bootstrap", cfg, run_dir, refer)}
-        later, beside = phases[1:], None
-        if "plus_epochs" in later and _phases_in_parallel(cfg, world):
-            later.remove("plus_epochs")
-            beside = _PhaseProcess("plus_epochs", cfg, run_dir)
-        try:
-            out.update({ph: train_phase(ph, cfg, run_dir, refer) for ph in later})
-        except BaseException:
-            if beside is not None:  # it resumes from its checkpoint on the rerun
-                beside.stop()
-            raise
-        if beside is not None:
-            out["plus_epochs"] = beside.join()
+        with graceful_stop():  # SIGINT/SIGTERM: each phase stops after a step, with a checkpoint
+            out = {"bootstrap": train_phase("bootstrap", cfg, run_dir, refer)}
+            later, beside = phases[1:], None
+            if later:
+                check_stop(later[0])
+            if "plus_epochs" in later and _phases_in_parallel(cfg, world):
+                later.remove("plus_epochs")
+                beside = _PhaseProcess("plus_epochs", cfg, run_dir)
+            try:
+                for ph in later:
+                    check_stop(ph)
+                    out[ph] = train_phase(ph, cfg, run_dir, refer)
+            except Interrupted:
+                if beside is not None:  # it stops after its step too, with a checkpoint
+                    beside.interrupt()
+                raise
+            except BaseException:
+                if beside is not None:  # it resumes from its checkpoint on the rerun
+                    beside.stop()
+                raise
+            if beside is not None:
+                if stop_signal():  # a signal to this process alone, as its phases ended
+                    beside.interrupt()
+                out["plus_epochs"] = beside.join()
     except (TrainError, CheckpointWriteError, FileNotFoundError, ValueError) as e:
         raise StageError(f"--stage {stage}: {e}") from None
     except DatasetError as e:
@@ -582,12 +611,35 @@ class _PhaseProcess:
         self.proc.kill()
         self.proc.join()
 
+    def interrupt(self) -> None:
+        """Ask the phase to stop after its step, with a checkpoint (SIGTERM), and wait for it."""
+        if self.proc.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGTERM)
+        self.proc.join()
+
     def join(self) -> dict:
-        """Wait for the phase: its ``metrics.json`` object, or its error (the end of its log)."""
+        """Wait for the phase: its ``metrics.json`` object, or its error (the end of its log).
+
+        Raises:
+            Interrupted: a signal stopped it after a checkpoint (exit code ``128 + signum``).
+            TrainError: it failed.
+        """
         self.proc.join()
         if self.proc.exitcode == 0:
             return read_json(self.log.with_name("metrics.json"), "metrics")
         from .correct.train import TrainError
+        from .correct.trainutil import Interrupted
+
+        code = self.proc.exitcode
+        signum = -code if code < 0 else code - 128
+        if signum in (signal.SIGINT, signal.SIGTERM):
+            saved = "its state saved" if code > 0 else "before it could save its state"
+            raise Interrupted(
+                f"{self.phase}: stopped by {signal.Signals(signum).name} in its process, {saved}; "
+                f"the same command resumes it (its output: {self.log})",
+                signum,
+            )
 
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         tail = "\n".join(text.replace("\r", "\n").splitlines()[-6:])  # progress bars use \r
@@ -599,20 +651,38 @@ class _PhaseProcess:
 
 def _phase_child(phase: str, cfg: Any, run_dir: str, log: str, parent: int) -> None:
     import ctypes
-    import signal
+    import traceback
 
+    # Ctrl-C reaches the whole process group: until its own handler is in place (graceful_stop),
+    # this process leaves it to the parent, which stops it with SIGTERM after its own stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):  # Linux: die when the parent does
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before the line above took effect
         os._exit(1)
+    code = 0
     with open(log, "a", buffering=1) as f:
         os.dup2(f.fileno(), 1), os.dup2(f.fileno(), 2)
         sys.stdout = sys.stderr = f
-        from .correct.train import TrainError, train_phase
-        from .correct.trainutil import CheckpointWriteError
-
         try:
-            train_phase(phase, cfg, run_dir)
+            from .correct.train import TrainError, train_phase
+            from .correct.trainutil import CheckpointWriteError, Interrupted, graceful_stop
+
+            with graceful_stop():
+                train_phase(phase, cfg, run_dir)
+        except Interrupted as e:
+            print(e)
+            code = 128 + e.signum
+        except KeyboardInterrupt:  # a second Ctrl-C
+            print(f"{phase}: stopped at once by a second SIGINT; its last checkpoint stays")
+            code = 128 + signal.SIGINT
         except (TrainError, CheckpointWriteError, FileNotFoundError, ValueError) as e:
             print(f"{phase}: {e}")  # the last lines of the log, which the parent reports
-            raise SystemExit(2) from None
+            code = 2
+        except BaseException:  # anything else: its traceback into the log, while it is open
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # fds 1 and 2: the log
+    if code:
+        raise SystemExit(code)

@@ -3,7 +3,9 @@
 import collections
 import itertools
 import json
+import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -926,3 +928,100 @@ def test_evaluation_prefetch_gives_every_pack_asked_for_in_any_order(base):
         assert got.keys() == want.keys()
         for key in want:
             assert torch.equal(got[key], want[key]), key
+
+
+# ------------------------------------------------------------------ SIGINT / SIGTERM: a stop
+
+
+def _signal_at(at, *signums):
+    """``on_step`` sending this process each of ``signums`` after global step ``at``."""
+
+    def send(gstep):
+        if gstep == at:
+            for s in signums:
+                os.kill(os.getpid(), s)
+
+    return send
+
+
+@pytest.mark.parametrize(
+    "signums, at",
+    [((signal.SIGINT,), 3), ((signal.SIGTERM, signal.SIGTERM), 3), ((signal.SIGINT,), None)],
+    ids=["sigint-mid-epoch", "sigterm-twice", "sigint-in-the-last-step-of-epoch-1"],
+)
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_resume_is_exact(
+    base, tmp_path, signums, at
+):
+    """In ``graceful_stop``, SIGINT or SIGTERM lets the step in progress end, saves the phase's
+    state (mid-epoch, or after the epoch's evaluation when that step was the epoch's last) and
+    raises ``Interrupted``; the resume then equals an uninterrupted run, loss for loss. The old
+    handlers come back."""
+    from sssc.correct.trainutil import Interrupted, graceful_stop
+
+    run, sets = _run_copy(base, tmp_path)
+    cfg = load_config(None, sets)  # checkpoint_every 0: the stop's checkpoint is its own
+    refer = Refer.from_config(cfg.data)
+    steps = [len(pack_images(refer, "train", 24, shuffle=True, seed=e)) for e in range(2)]
+    at = at or steps[0]  # the step in progress when the signal lands (sent once step at-1 ended)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with graceful_stop(), pytest.raises(Interrupted) as e:
+        train_phase("bootstrap", cfg, run, refer, on_step=_signal_at(at - 1, *signums))
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    name = signal.Signals(signums[0]).name
+    assert e.value.signum == signums[0] and f"bootstrap: stopped by {name} at " in str(e.value)
+    ckpt = torch.load(run / "bootstrap" / "checkpoint.pt", weights_only=True)
+    assert ckpt["global_step"] == at and not ckpt["done"]
+    if at == steps[0]:
+        assert (ckpt["epoch"], ckpt["step"]) == (1, 0) and "the end of epoch 1/2" in str(e.value)
+    else:
+        assert (ckpt["epoch"], ckpt["step"]) == (0, at) and f"step {at} of epoch 1/2" in str(
+            e.value
+        )
+    resumed = train_phase("bootstrap", cfg, run, refer)
+
+    ref_run = tmp_path / "ref"
+    shutil.copytree(base[0] / "run", ref_run)
+    straight = train_phase("bootstrap", cfg, ref_run, refer)
+    got, got_evals = _losses(run / "bootstrap" / "log.jsonl")
+    want, want_evals = _losses(ref_run / "bootstrap" / "log.jsonl")
+    assert len(got) == len(want) == sum(steps) and got == want
+    assert [x["eval"] for x in got_evals] == [x["eval"] for x in want_evals]
+    assert resumed["mIoU"] == straight["mIoU"]
+
+
+def test_a_second_sigint_stops_at_once(base, tmp_path):
+    """Ctrl-C twice: ``KeyboardInterrupt`` where the second one lands, no checkpoint written."""
+    from sssc.correct.trainutil import graceful_stop
+
+    run, sets = _run_copy(base, tmp_path)
+    cfg = load_config(None, sets)
+    with graceful_stop(), pytest.raises(KeyboardInterrupt):
+        train_phase("bootstrap", cfg, run, on_step=_signal_at(2, signal.SIGINT, signal.SIGINT))
+    assert not (run / "bootstrap" / "checkpoint.pt").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _stop_worker(rank, world, port, sets, run, at):
+    from sssc.correct.trainutil import Interrupted, graceful_stop
+
+    join(rank, world, port)
+    send = _signal_at(at, signal.SIGTERM) if rank == 1 else None  # one rank's signal only
+    try:
+        with graceful_stop():
+            train_phase("bootstrap", load_config(None, sets), run, on_step=send)
+    except Interrupted as e:
+        (run / f"stopped{rank}.json").write_text(json.dumps([e.signum, str(e)]))
+
+
+def test_ddp_ranks_stop_together_when_one_is_signalled(base, tmp_path):
+    """A signal to one rank stops every rank after the same step (they agree in the loss's
+    all-reduce), with one checkpoint; none is left waiting in a collective."""
+    run, sets = _run_copy(base, tmp_path)
+    sets = [*sets, "train.bootstrap_epochs=1", "data.batch_expressions=18"]
+    spawn(_stop_worker, (sets, run, 1))
+    stops = [json.loads((run / f"stopped{r}.json").read_text()) for r in (0, 1)]
+    assert [s[0] for s in stops] == [signal.SIGTERM, signal.SIGTERM]
+    assert all("bootstrap: stopped by SIGTERM at step 2 of epoch 1/1" in s[1] for s in stops)
+    ckpt = torch.load(run / "bootstrap" / "checkpoint.pt", weights_only=True)
+    assert (ckpt["global_step"], ckpt["done"]) == (2, False)
+    assert isinstance(ckpt["rng"], list) and len(ckpt["rng"]) == 2  # both ranks' RNG streams

@@ -1008,3 +1008,72 @@ def test_a_run_stored_before_empty_gt_skipped_those_refs_and_text_field_is_train
     same = config_to_dict(load_config(None, ["data.empty_gt=skip", "data.text_field=raw"]))
     for stage in ("segment", "select", "bootstrap", "correct"):
         assert config_diff(old, same, stage) == []
+
+
+def test_ctrl_c_stops_both_parallel_phases_with_checkpoints_and_the_rerun_ends_the_same(tmp_path):
+    """Ctrl-C (SIGINT to the process group) in correct's third step, while +epochs trains
+    beside it: correct saves after that step, the +epochs process stops too (after its step,
+    or at once if the signal came before it could save), sssc-train waits for it and exits 130
+    naming the checkpoint; the same command then ends with the uninterrupted run's models."""
+    ref, sig = tmp_path / "ref", tmp_path / "sig"
+    for d in (ref, sig):
+        d.mkdir()
+    args = ["--stage", "correct", "--run", "run"]
+    on = _sets(Path("data"), **{"train.plus_epochs": "true", "train.parallel_phases": "true"})
+    _killer("none", [*args, *on], ref)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    spec = "sssc.correct.train:match_targets:3:after:SIGINT"
+    p = subprocess.run(
+        [sys.executable, str(KILLER), spec, *args, *on],
+        cwd=sig,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        start_new_session=True,  # the group that the Ctrl-C reaches: not pytest's
+    )
+    assert p.returncode == 130, p.stderr[-3000:]
+    ckpt_path = sig / "run" / "correct" / "checkpoint.pt"
+    said = "sssc-train: correct: stopped by SIGINT at step 3 of epoch 1/2, its state saved in "
+    assert f"{said}run/correct/checkpoint.pt; the same command resumes it" in p.stderr
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    assert (ckpt["global_step"], ckpt["done"]) == (3, False)  # checkpoint_every 2: the stop's own
+    child = int(p.stdout.split("training beside correct in process ")[1].split(";")[0])
+    assert _zombie_or_gone(child), "sssc-train returned before the +epochs process ended"
+    assert not (sig / "run" / "plus_epochs" / "metrics.json").exists()
+    _killer("none", [*args, *on], sig)
+    for phase in ("bootstrap", "correct", "plus_epochs"):
+        a = torch.load(ref / "run" / phase / "checkpoint.pt", weights_only=True)
+        b = torch.load(sig / "run" / phase / "checkpoint.pt", weights_only=True)
+        _tensors_equal(a["model"], b["model"], f"{phase}.model")
+        ma = json.loads((ref / "run" / phase / "metrics.json").read_text())
+        assert ma == json.loads((sig / "run" / phase / "metrics.json").read_text())
+
+
+def _crashing_child(log: str, run: str) -> None:
+    import sssc.correct.train as train
+
+    def boom(*a, **k):
+        raise RuntimeError("boom in the phase")
+
+    train.train_phase = boom
+    from sssc import stages
+
+    stages._phase_child("plus_epochs", None, run, log, os.getppid())
+
+
+def test_an_unexpected_error_in_the_phase_process_leaves_its_traceback_in_the_log(tmp_path):
+    """Not "lost sys.stderr": the traceback is written while the log is still open."""
+    import multiprocessing
+
+    log = tmp_path / "console.log"
+    proc = multiprocessing.get_context("spawn").Process(
+        target=_crashing_child, args=(str(log), str(tmp_path))
+    )
+    proc.start()
+    proc.join(120)
+    assert proc.exitcode == 1
+    text = log.read_text()
+    assert "Traceback" in text and "RuntimeError: boom in the phase" in text
+    assert "lost sys.stderr" not in text

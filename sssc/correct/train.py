@@ -35,6 +35,7 @@ import json
 import math
 import os
 import random
+import signal
 import time
 from functools import partial
 from pathlib import Path
@@ -68,6 +69,7 @@ from .phase import (
     stop_diverged,
 )
 from .trainutil import (
+    Interrupted,
     append_log,
     cleanup_dist,
     get_rng,
@@ -76,6 +78,7 @@ from .trainutil import (
     save_checkpoint,
     set_rng,
     setup_dist,
+    stop_signal,
     sync_batchnorm,
     tensorboard,
     truncate_log,
@@ -214,6 +217,28 @@ def _train_phase(phase, cfg, run_dir: Path, refer, on_step, rank: int, world: in
     if counts_resumed is not None and rank == 0:
         counts += counts_resumed.to(device)
     last: dict | None = None  # rank 0's latest evaluation ({} on the other ranks)
+    # A stop asked for by a signal (trainutil.graceful_stop): the ranks agree on it in the loss's
+    # all-reduce, so that they all stop after the same step.
+    stop_votes, vote = torch.zeros((), device=device), torch.zeros(1, device=device)
+
+    def reduce(sums: torch.Tensor) -> None:
+        vote.fill_(0.0 if stop_signal() is None else 1.0)  # on the device: no copy from the host
+        both = torch.cat([sums, vote.to(sums.dtype)])
+        dist.all_reduce(both)
+        sums.copy_(both[:-1]), stop_votes.copy_(both[-1])
+
+    def stop_asked() -> bool:  # after the loss value's host sync
+        return bool(stop_votes) if world > 1 else stop_signal() is not None
+
+    def interrupted() -> Interrupted:
+        signum = stop_signal() or signal.SIGTERM  # another rank's signal: torchrun's SIGTERM
+        where = f"step {step} of epoch {epoch + 1}" if step else f"the end of epoch {epoch}"
+        return Interrupted(
+            f"{phase}: stopped by {signal.Signals(signum).name} at {where}/{epochs}, its state "
+            f"saved in {ckpt_path}; the same command resumes it from there",
+            signum,
+        )
+
     best = state.get("best") if state is not None and state.get("phase") == phase else None
 
     def evaluate() -> dict:  # reads epoch/gstep at call time
@@ -321,9 +346,7 @@ def _train_phase(phase, cfg, run_dir: Path, refer, on_step, rank: int, world: in
                 counts[0] += target.shape[0]
                 ce = weighted_ce_sums(logits, target, weights, sample_weight, t.loss_norm)
                 iou = soft_iou_loss_sums(logits, target, sample_weight) if iou_weight else None
-                loss, value = batch_loss(
-                    ce, iou, iou_weight, world, dist.all_reduce if world > 1 else None
-                )
+                loss, value = batch_loss(ce, iou, iou_weight, world, reduce if world > 1 else None)
                 value = float(value)  # host sync: NaN check and log
                 if not math.isfinite(value):
                     raise stop_diverged(
@@ -354,12 +377,15 @@ def _train_phase(phase, cfg, run_dir: Path, refer, on_step, rank: int, world: in
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{value:.4f}", samples_s=f"{rate:.0f}")
-                if (
+                stop = stop_asked() and step < len(plans[epoch])  # else: at the epoch's end
+                if stop or (
                     t.checkpoint_every
                     and step % t.checkpoint_every == 0
                     and step < len(plans[epoch])
                 ):
                     save()
+                if stop:
+                    raise interrupted()
                 if on_step is not None:
                     on_step(gstep)
         finally:
@@ -379,6 +405,8 @@ def _train_phase(phase, cfg, run_dir: Path, refer, on_step, rank: int, world: in
                     out / "best.pt", {"phase": phase, "model": model.state_dict(), "metrics": best}
                 )
         save()
+        if epoch < epochs and stop_asked():  # the last epoch goes on to the phase's end
+            raise interrupted()
     if last is None and world == 1:  # resumed after the last epoch's checkpoint
         last = logged_eval(log_path, epoch, gstep)  # its evaluation, when the log has it
     if last is None:  # every rank takes part

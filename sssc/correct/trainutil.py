@@ -9,19 +9,24 @@ import json
 import os
 import random
 import shutil
+import signal
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..rundir import atomic_write_text
+from ..rundir import Interrupted, atomic_write_text
 
 __all__ = [
     "GlobalBN2d",
+    "Interrupted",
     "append_log",
     "cleanup_dist",
     "get_rng",
+    "graceful_stop",
     "load_checkpoint",
     "plot_curves",
     "progress_bar",
@@ -29,10 +34,84 @@ __all__ = [
     "save_checkpoint",
     "set_rng",
     "setup_dist",
+    "stop_agreed",
+    "stop_signal",
     "sync_batchnorm",
     "tensorboard",
     "truncate_log",
 ]
+
+
+# ----------------------------------------------------------------------------- a graceful stop
+
+
+_STOP: list[int] = []  # the signals that asked for a stop inside graceful_stop()
+_INSTALLED: list[int] = []  # the pid whose graceful_stop() block is open
+
+
+@contextlib.contextmanager
+def graceful_stop():
+    """``with graceful_stop():`` SIGINT (Ctrl-C) and SIGTERM (a scheduler's pre-emption notice)
+    ask the training loop to stop after the step in progress, save a checkpoint and raise
+    :class:`Interrupted`, instead of losing the work since the last checkpoint. A second SIGINT
+    stops at once (``KeyboardInterrupt``); SIGTERM again changes nothing (SIGKILL stops at once).
+
+    Installs nothing outside the main thread, or inside another such block (whose stop request
+    stands until it ends). Children forked inside the block (data loader workers) do as Python
+    does without it: SIGINT raises ``KeyboardInterrupt``, which a worker takes as its cue to end
+    quietly, and SIGTERM ends the process.
+    """
+    if threading.current_thread() is not threading.main_thread() or _INSTALLED:
+        yield
+        return
+    owner = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != owner:  # a forked child: the default behaviour
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if signum == signal.SIGINT and signal.SIGINT in _STOP:
+            raise KeyboardInterrupt
+        if not _STOP:
+            print(
+                f"\nsssc: {signal.Signals(signum).name}: stopping after the step in progress, "
+                "with a checkpoint (Ctrl-C again stops at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+        _STOP.append(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    _INSTALLED.append(owner)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        _STOP.clear()
+        _INSTALLED.clear()
+
+
+def stop_signal() -> int | None:
+    """The first signal that asked for a stop in :func:`graceful_stop`; ``None`` if none did."""
+    return _STOP[0] if _STOP else None
+
+
+def stop_agreed(world: int, device: str | torch.device) -> int | None:
+    """:func:`stop_signal`, agreed on by every rank (one all-reduce): a stop any rank was asked
+    for (SIGTERM on a rank that had none), so that no rank goes on alone into a collective."""
+    signum = stop_signal()
+    if world == 1:
+        return signum
+    flag = torch.tensor([0.0 if signum is None else 1.0], device=device)
+    dist.all_reduce(flag)
+    return (signum or signal.SIGTERM) if float(flag) > 0 else None
+
+
+# --------------------------------------------------------------------------------- the process
 
 
 def setup_dist() -> tuple[int, int, bool]:
