@@ -160,3 +160,30 @@ def test_stage3_with_an_unknown_model_is_a_clear_error(tmp_path, sets, capsys):
     assert train_main([*args, "--set", "train.model=no-such-model"]) == 2
     err = capsys.readouterr().err
     assert "--stage bootstrap" in err and "no-such-model: model config not found" in err
+
+
+@pytest.mark.parametrize("how, code", [("SIGINT", 130), ("SIGTERM", 143), ("twice", 130)])
+def test_a_stopped_run_exits_128_plus_the_signal_with_its_message(
+    tmp_path, monkeypatch, capsys, how, code
+):
+    """A graceful stop (its state saved) and a second Ctrl-C: the shell's codes, one line each,
+    no traceback."""
+    import signal
+
+    from sssc import stages
+    from sssc.rundir import Interrupted
+
+    def stop(*a):
+        if how == "twice":
+            raise KeyboardInterrupt
+        raise Interrupted(
+            f"bootstrap: stopped by {how} at step 3 of epoch 1/2", signal.Signals[how]
+        )
+
+    monkeypatch.setattr(stages, "run_stage", stop)
+    assert train_main(["--stage", "bootstrap", "--run", str(tmp_path / "run")]) == code
+    err = capsys.readouterr().err
+    if how == "twice":
+        assert err.startswith("sssc-train: stopped at once (Ctrl-C); the same command resumes")
+    else:
+        assert err == f"sssc-train: bootstrap: stopped by {how} at step 3 of epoch 1/2\n"
