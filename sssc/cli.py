@@ -17,7 +17,11 @@ def _train_parser() -> argparse.ArgumentParser:
     from .rundir import add_config_args
 
     p = argparse.ArgumentParser(
-        prog="sssc-train", description="Run one stage of Segment, Select, Correct."
+        prog="sssc-train",
+        description="Run one stage of Segment, Select, Correct.",
+        epilog="A rerun of the same command resumes where a run stopped. In training, Ctrl-C or "
+        "SIGTERM stops after the step in progress with a checkpoint (exit 130 or 143); a second "
+        "Ctrl-C stops at once.",
     )
     p.add_argument("--stage", choices=STAGES, required=True)
     add_config_args(p, "YAML config; default: the embedded synthetic dataset on CPU")
