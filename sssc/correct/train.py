@@ -15,9 +15,11 @@ choice instead, the epoch with the best val oIoU against GT (``best.pt``; the ne
 from it), and every report of it says "selected on GT".
 
 Output: ``checkpoint.pt`` (atomic: a temporary file, then ``os.replace``; every epoch, every
-``train.checkpoint_every`` steps, and at the end), ``log.jsonl`` (a line per step and per
-evaluation), TensorBoard scalars under ``tb/`` when tensorboard is installed, ``curves.png`` when
-matplotlib is, and ``metrics.json`` (the last epoch's model on ``data.eval_split``).
+``train.checkpoint_every`` steps, at the end, and after the step in progress when a signal asks
+for a stop inside :func:`sssc.correct.trainutil.graceful_stop`, which ``sssc-train`` opens),
+``log.jsonl`` (a line per step and per evaluation), TensorBoard scalars under ``tb/`` when
+tensorboard is installed, ``curves.png`` when matplotlib is, and ``metrics.json`` (the last
+epoch's model on ``data.eval_split``).
 
 Data parallel: run under ``torchrun``; every rank packs the same global batches and takes every
 ``world``-th image of each (``images``), or its consecutive share of the samples (``samples``:
