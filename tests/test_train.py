@@ -74,6 +74,22 @@ def _losses(path):
     return [r["loss"] for r in recs if "loss" in r], [r for r in recs if "eval" in r]
 
 
+def _resume_equals_uninterrupted(base, tmp_path, cfg, refer, run, num_steps) -> dict:
+    """Resume the bootstrap in ``run`` and train it again uninterrupted from ``base``: the same
+    losses bit for bit (weights, optimizer, schedule, RNG and batches), evaluations and metrics.
+    Returns the uninterrupted run's metrics."""
+    resumed = train_phase("bootstrap", cfg, run, refer)
+    ref_run = tmp_path / "ref"
+    shutil.copytree(base[0] / "run", ref_run)
+    straight = train_phase("bootstrap", cfg, ref_run, refer)
+    got, got_evals = _losses(run / "bootstrap" / "log.jsonl")
+    want, want_evals = _losses(ref_run / "bootstrap" / "log.jsonl")
+    assert len(want) == num_steps and got == want
+    assert [e["eval"] for e in got_evals] == [e["eval"] for e in want_evals]
+    assert resumed["mIoU"] == straight["mIoU"]
+    return straight
+
+
 def test_resume_after_a_kill_mid_epoch_equals_an_uninterrupted_run(base, tmp_path):
     run, sets = _run_copy(base, tmp_path)
     cfg = load_config(None, [*sets, "train.checkpoint_every=2"])
@@ -93,18 +109,7 @@ def test_resume_after_a_kill_mid_epoch_equals_an_uninterrupted_run(base, tmp_pat
         train_phase("bootstrap", cfg, run, refer, on_step=kill)
     ckpt = torch.load(run / "bootstrap" / "checkpoint.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["step"], ckpt["done"]) == (1, 2, False)
-    resumed = train_phase("bootstrap", cfg, run, refer)
-
-    ref_run = tmp_path / "ref"
-    shutil.copytree(base[0] / "run", ref_run)
-    straight = train_phase("bootstrap", cfg, ref_run, refer)
-
-    got, got_evals = _losses(run / "bootstrap" / "log.jsonl")
-    want, want_evals = _losses(ref_run / "bootstrap" / "log.jsonl")
-    assert len(want) == sum(steps) and len(got) == len(want)
-    assert got == want  # bit-identical: same weights, optimizer, schedule, RNG and batches
-    assert [e["eval"]["mIoU"] for e in got_evals] == [e["eval"]["mIoU"] for e in want_evals]
-    assert resumed["mIoU"] == straight["mIoU"]
+    straight = _resume_equals_uninterrupted(base, tmp_path, cfg, refer, run, sum(steps))
     for k in METRIC_KEYS + ["producer"]:
         assert k in straight
     assert straight["producer"]["name"] == "simulated"
@@ -977,16 +982,7 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_resume_is_exact
         assert (ckpt["epoch"], ckpt["step"]) == (0, at) and f"step {at} of epoch 1/2" in str(
             e.value
         )
-    resumed = train_phase("bootstrap", cfg, run, refer)
-
-    ref_run = tmp_path / "ref"
-    shutil.copytree(base[0] / "run", ref_run)
-    straight = train_phase("bootstrap", cfg, ref_run, refer)
-    got, got_evals = _losses(run / "bootstrap" / "log.jsonl")
-    want, want_evals = _losses(ref_run / "bootstrap" / "log.jsonl")
-    assert len(got) == len(want) == sum(steps) and got == want
-    assert [x["eval"] for x in got_evals] == [x["eval"] for x in want_evals]
-    assert resumed["mIoU"] == straight["mIoU"]
+    _resume_equals_uninterrupted(base, tmp_path, cfg, refer, run, sum(steps))
 
 
 def test_a_second_sigint_stops_at_once(base, tmp_path):
