@@ -549,8 +549,9 @@ def _run_stage3(stage: str, cfg: Any, run_dir: Path) -> dict:
                 later.remove("plus_epochs")
                 beside = _PhaseProcess("plus_epochs", cfg, run_dir)
             try:
-                for ph in later:
-                    check_stop(ph)
+                for i, ph in enumerate(later):
+                    if i:  # the first was checked before +epochs started
+                        check_stop(ph)
                     out[ph] = train_phase(ph, cfg, run_dir, refer)
             except Interrupted:
                 if beside is not None:  # it stops after its step too, with a checkpoint

@@ -229,7 +229,7 @@ def _train_phase(phase, cfg, run_dir: Path, refer, on_step, rank: int, world: in
         dist.all_reduce(both)
         sums.copy_(both[:-1]), stop_votes.copy_(both[-1])
 
-    def stop_asked() -> bool:  # after the loss value's host sync
+    def stop_asked() -> bool:  # at an epoch's end (in a step: read with the loss value)
         return bool(stop_votes) if world > 1 else stop_signal() is not None
 
     def interrupted() -> Interrupted:
@@ -350,6 +350,7 @@ def _train_phase(phase, cfg, run_dir: Path, refer, on_step, rank: int, world: in
                 iou = soft_iou_loss_sums(logits, target, sample_weight) if iou_weight else None
                 loss, value = batch_loss(ce, iou, iou_weight, world, reduce if world > 1 else None)
                 value = float(value)  # host sync: NaN check and log
+                voted = world > 1 and bool(stop_votes)  # arrived with the value: no wait
                 if not math.isfinite(value):
                     raise stop_diverged(
                         model, batch, out, value, epoch, step, t.lr, rank, amp, device
@@ -379,7 +380,8 @@ def _train_phase(phase, cfg, run_dir: Path, refer, on_step, rank: int, world: in
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{value:.4f}", samples_s=f"{rate:.0f}")
-                stop = stop_asked() and step < len(plans[epoch])  # else: at the epoch's end
+                asked = voted if world > 1 else stop_signal() is not None
+                stop = asked and step < len(plans[epoch])  # else: at the epoch's end
                 if stop or (
                     t.checkpoint_every
                     and step % t.checkpoint_every == 0
