@@ -268,10 +268,7 @@ def _predict_cli(args) -> int:
 
     from PIL import Image
 
-    from .config import resolve_device
-
     try:
-        resolve_device(args.device)
         outs = [(f, o) for f, o in (("--out", args.out), ("--mask-out", args.mask_out)) if o]
         for flag, out in outs:  # before the model loads and runs
             _check_output(flag, out)
